@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Everything they need is installed here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: all venv controlplane test test-fast demo lint clean
+
+all: test
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[operator,train,serve,dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Builds kube-apiserver, controller-manager, scheduler, etcd, kwok and helm into ~/.cache/gptops (once).
+controlplane:
+	@if [ "$${GPTOPS_SKIP_CLUSTER:-0}" = 1 ]; then echo "GPTOPS_SKIP_CLUSTER=1: not building the control plane"; \
+	else tools/build-controlplane.sh >/dev/null; fi
+
+test: venv controlplane
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Pure and pipeline tests only, no control plane.
+test-fast: venv
+	GPTOPS_SKIP_CLUSTER=1 $(PY) -m pytest -m "not cluster and not slow" $(PYTEST_ARGS)
+
+demo: venv
+	$(VENV)/bin/gptops run examples/quickstart/quickstart.yaml
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs

@@ -1,0 +1,20 @@
+"""The `gptops` command line: one Typer app; each command group lives in its own module and is added here."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="gptops",
+    help="Fine-tune, evaluate and serve GPT-style models, on Kubernetes or on this machine.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the gptops version."""
+    from gptops import __version__
+
+    typer.echo(__version__)
