@@ -1,0 +1,84 @@
+"""Names shared by the operator, the builders and the pipeline: API group, kinds, labels, annotations, stages.
+
+Imports nothing from gptops; everything else may import this.
+"""
+
+from __future__ import annotations
+
+GROUP = "gptops.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+KIND_GPTMODEL = "GPTModel"
+KIND_FINETUNEJOB = "FineTuneJob"
+PLURAL_GPTMODEL = "gptmodels"
+PLURAL_FINETUNEJOB = "finetunejobs"
+SINGULAR_GPTMODEL = "gptmodel"
+SINGULAR_FINETUNEJOB = "finetunejob"
+SHORTNAME_GPTMODEL = "gm"
+SHORTNAME_FINETUNEJOB = "ftj"
+CATEGORY = "gptops"
+
+#: kopf keeps its finalizer, progress and diff-base annotations under this prefix (DESIGN §4).
+KOPF_STORAGE_PREFIX = GROUP
+FINALIZER = f"{GROUP}/finalizer"
+
+# The fixed label set of every child. Never copy the parent's labels (Argo CD's tracking label would prune children).
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_FINETUNEJOB = f"{GROUP}/finetunejob"
+LABEL_MODEL = f"{GROUP}/model"
+LABEL_STAGE = f"{GROUP}/stage"
+LABEL_GENERATION = f"{GROUP}/generation"
+LABEL_REVISION = f"{GROUP}/revision"
+MANAGED_BY = "gptops"
+APP_NAME = "gptops"
+
+ANNOTATION_REVISION = f"{GROUP}/revision"
+ANNOTATION_ARTIFACT = f"{GROUP}/artifact"
+ANNOTATION_ADAPTER = f"{GROUP}/adapter"
+ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
+
+# Pipeline stages, in order.
+STAGE_PREPARE = "prepare"
+STAGE_TRAIN = "train"
+STAGE_EVALUATE = "evaluate"
+STAGES = (STAGE_PREPARE, STAGE_TRAIN, STAGE_EVALUATE)
+
+# Where things live inside the Pods the builders make.
+ARTIFACTS_MOUNT = "/artifacts"
+SOURCE_MODEL_MOUNT = "/models"
+TERMINATION_LOG = "/dev/termination-log"
+VLLM_PORT = 8000
+RDZV_PORT = 29500
+GPU_RESOURCE = "nvidia.com/gpu"
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/gptops/trainer:0.1.0"
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+
+
+def fixed_labels(
+    *,
+    component: str,
+    model: str | None = None,
+    finetunejob: str | None = None,
+    stage: str | None = None,
+    generation: int | None = None,
+    revision: str | None = None,
+) -> dict[str, str]:
+    """The explicit label set of a child; values are made label-safe (<= 63 chars)."""
+    from gptops.api.names import label_value
+
+    labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_NAME: APP_NAME, LABEL_COMPONENT: component}
+    for key, value in (
+        (LABEL_MODEL, model),
+        (LABEL_FINETUNEJOB, finetunejob),
+        (LABEL_STAGE, stage),
+        (LABEL_GENERATION, None if generation is None else str(generation)),
+        (LABEL_REVISION, revision),
+    ):
+        if value:
+            labels[key] = label_value(value)
+    return labels
