@@ -18,3 +18,8 @@ def version() -> None:
     from gptops import __version__
 
     typer.echo(__version__)
+
+
+from gptops.devcluster.cli import app as dev_cluster_app  # noqa: E402
+
+app.add_typer(dev_cluster_app, name="dev-cluster")

@@ -1,0 +1,335 @@
+"""Starts and stops the local control plane: etcd, kube-apiserver, controller-manager, scheduler and kwok with
+fake GPU nodes, as plain processes on 127.0.0.1; PKI, logs, pids and the kubeconfig live in one state directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from gptops.devcluster import processes
+from gptops.devcluster.pki import Pki, write_pki
+from gptops.devcluster.stages import NODE_LEASE_SECONDS, build_stages
+
+BIN_ENV = "GPTOPS_CONTROLPLANE_BIN"
+BUILD_SCRIPT = Path(__file__).resolve().parents[3] / "tools" / "build-controlplane.sh"
+PROGRAMS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+SERVICE_CIDR = "10.0.0.0/24"
+POD_CIDR = "10.244.0.0/16"
+GPU_LABEL = "nvidia.com/gpu.present"
+NODE_CAPACITY = {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "8"}
+# What start() removes from a state directory before a fresh start; nothing else there is touched.
+_STATE_ENTRIES = ("etcd", "pki", "logs", "state.json", "kubeconfig", "kwok.yaml")
+
+
+class DevClusterError(RuntimeError):
+    """The dev cluster could not be built, started or stopped; the message says why."""
+
+
+@dataclass(frozen=True)
+class DevCluster:
+    """A started dev cluster: its state directory, API server URL and admin kubeconfig."""
+
+    dir: Path
+    server: str
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    @property
+    def pki(self) -> Pki:
+        return Pki(self.dir / "pki")
+
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One recorded process of a dev cluster, as `status` reports it."""
+
+    name: str
+    pid: int
+    program: str
+    log: Path
+    alive: bool
+
+
+def default_dir() -> Path:
+    """~/.cache/gptops/dev-cluster, following GPTOPS_CACHE and XDG_CACHE_HOME like tools/build-controlplane.sh."""
+    cache = os.environ.get("GPTOPS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "gptops"
+    return Path(cache) / "dev-cluster"
+
+
+def find_binaries() -> Path:
+    """The directory holding the control-plane programs: $GPTOPS_CONTROLPLANE_BIN, else built by tools/."""
+    if os.environ.get(BIN_ENV):
+        bin_dir = Path(os.environ[BIN_ENV])
+    elif BUILD_SCRIPT.exists():
+        bin_dir = _build()
+    else:
+        raise DevClusterError(f"set {BIN_ENV} to a directory with {', '.join(PROGRAMS)} (no {BUILD_SCRIPT} to build them)")
+    missing = [p for p in PROGRAMS if not os.access(bin_dir / p, os.X_OK)]
+    if missing:
+        raise DevClusterError(f"{bin_dir} lacks {', '.join(missing)}")
+    return bin_dir
+
+
+def _build() -> Path:
+    """Run tools/build-controlplane.sh (a no-op when built), echoing its progress, and return the bin dir it prints."""
+    proc = subprocess.Popen(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = collections.deque(maxlen=20)
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        last.append(line)
+    out = proc.stdout.read().strip().splitlines()
+    if proc.wait() != 0 or not out:
+        raise DevClusterError(
+            f"{BUILD_SCRIPT} failed (exit {proc.returncode}), so the control plane is not available:\n" + "".join(last)
+        )
+    return Path(out[-1])
+
+
+def start(directory: Path, nodes: int = 2, die_with_parent: bool = False) -> DevCluster:
+    """Start a fresh cluster with state in `directory`; on failure stop what was started and raise DevClusterError."""
+    directory = Path(directory).resolve()
+    if any(c.alive for c in status(directory)):
+        raise DevClusterError(f"a dev cluster already runs from {directory}; stop it with `gptops dev-cluster down`")
+    bin_dir = find_binaries()
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in _STATE_ENTRIES:
+        path = directory / entry
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    launcher = _Launcher(directory, bin_dir, die_with_parent)
+    try:
+        return launcher.run(nodes)
+    except (processes.StartError, DevClusterError, OSError) as err:
+        stop(directory)
+        raise DevClusterError(str(err)) from err
+
+
+def stop(directory: Path) -> list[str]:
+    """Stop the recorded processes in reverse start order (SIGTERM, then SIGKILL); returns the names stopped."""
+    stopped = []
+    for c in reversed(status(directory)):
+        if c.alive:
+            processes.stop(c.pid, c.program)
+            stopped.append(c.name)
+    return stopped
+
+
+def status(directory: Path) -> list[Component]:
+    """The processes recorded in `directory`, in start order, and whether each still runs."""
+    state = Path(directory) / "state.json"
+    if not state.exists():
+        return []
+    return [
+        Component(c["name"], c["pid"], c["program"], Path(c["log"]), processes.runs_program(c["pid"], c["program"]))
+        for c in json.loads(state.read_text())["components"]
+    ]
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, user: str) -> Path:
+    """Write a kubeconfig for `user` with the CA and client cert embedded."""
+
+    def b64(p: Path) -> str:
+        return base64.b64encode(p.read_bytes()).decode()
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "gptops-dev", "cluster": {"server": server, "certificate-authority-data": b64(ca)}}],
+        "users": [{"name": user, "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)}}],
+        "contexts": [{"name": "gptops-dev", "context": {"cluster": "gptops-dev", "user": user}}],
+        "current-context": "gptops-dev",
+    }
+    path.touch(mode=0o600)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class _Launcher:
+    """Starts the processes one by one, recording each pid in state.json as soon as it exists."""
+
+    def __init__(self, directory: Path, bin_dir: Path, die_with_parent: bool):
+        self.dir = directory
+        self.bin = bin_dir
+        self.die_with_parent = die_with_parent
+        self.components: list[dict] = []
+
+    def run(self, nodes: int) -> DevCluster:
+        pki = write_pki(self.dir / "pki")
+        etcd_port, peer_port = processes.free_port(), processes.free_port()
+        etcd = f"http://127.0.0.1:{etcd_port}"
+        self._start("etcd", [
+            "--name=gptops", f"--data-dir={self.dir / 'etcd'}",
+            f"--listen-client-urls={etcd}", f"--advertise-client-urls={etcd}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-cluster=gptops=http://127.0.0.1:{peer_port}",
+            "--unsafe-no-fsync=true", "--log-level=warn",
+        ], lambda: b'"health":"true"' in _http_get(f"{etcd}/health"), timeout=30)
+
+        api_port = processes.free_port()
+        cluster = DevCluster(self.dir, f"https://127.0.0.1:{api_port}")
+        api = _Api(cluster)
+        self._start("kube-apiserver", [
+            f"--etcd-servers={etcd}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+            f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
+            f"--client-ca-file={pki.ca_cert}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki.sa_pub}", f"--service-account-signing-key-file={pki.sa_key}",
+            "--authorization-mode=Node,RBAC", "--allow-privileged=true",
+            # The default reconciler would publish 127.0.0.1 as the `kubernetes` Service's endpoint, which is invalid.
+            "--endpoint-reconciler-type=none",
+        ], lambda: api.get("/readyz") == b"ok", timeout=90)
+
+        kubeconfig = write_kubeconfig(
+            cluster.kubeconfig, cluster.server, pki.ca_cert, pki.admin_cert, pki.admin_key, "admin"
+        )
+        kube_auth = [f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+                     f"--authorization-kubeconfig={kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1"]
+        kcm_port, scheduler_port, kwok_port = (processes.free_port() for _ in range(3))
+        kwok_config = self.dir / "kwok.yaml"
+        kwok_config.write_text(yaml.safe_dump_all(build_stages(), sort_keys=False))
+        self._start("kube-controller-manager", [
+            *kube_auth, f"--secure-port={kcm_port}", "--controllers=*", "--use-service-account-credentials=false",
+            f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_cert}",
+            f"--cluster-signing-cert-file={pki.ca_cert}", f"--cluster-signing-key-file={pki.ca_key}",
+        ], lambda: _https_healthz(kcm_port), timeout=60)
+        self._start("kube-scheduler", [*kube_auth, f"--secure-port={scheduler_port}"],
+                    lambda: _https_healthz(scheduler_port), timeout=60)
+        self._start("kwok", [
+            f"--kubeconfig={kubeconfig}", f"--config={kwok_config}", "--manage-all-nodes=true",
+            f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}", f"--cidr={POD_CIDR}",
+            f"--server-address=127.0.0.1:{kwok_port}",
+        ], lambda: _http_get(f"http://127.0.0.1:{kwok_port}/healthz") == b"ok", timeout=30)
+
+        for i in range(nodes):
+            api.post("/api/v1/nodes", build_fake_node(f"gpu-node-{i}"))
+        _wait(lambda: _nodes_ready(api, nodes), 60, "the fake nodes to be Ready and untainted", self.dir)
+        _wait(lambda: api.exists("/api/v1/namespaces/default/serviceaccounts/default"), 60,
+              "the `default` ServiceAccount (the controller-manager's serviceaccount controller)", self.dir)
+        return cluster
+
+    def _start(self, name: str, args: list[str], ready, timeout: float) -> None:
+        program = str(self.bin / name)
+        log = self.dir / "logs" / f"{name}.log"
+        pid = processes.spawn([program, *args], log, self.die_with_parent)
+        self.components.append({"name": name, "pid": pid, "program": program, "log": str(log)})
+        (self.dir / "state.json").write_text(json.dumps({"components": self.components}, indent=2))
+        processes.wait_ready(name, pid, log, ready, timeout)
+
+
+def build_fake_node(name: str) -> dict:
+    """A Node with GPU capacity that kwok (managing all nodes) keeps Ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                GPU_LABEL: "true",
+            },
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+        },
+        "status": {"capacity": NODE_CAPACITY, "allocatable": NODE_CAPACITY},
+    }
+
+
+def _nodes_ready(api: _Api, count: int) -> bool:
+    ready = [
+        n for n in json.loads(api.get("/api/v1/nodes"))["items"]
+        if not n["spec"].get("taints")
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+    ]
+    return len(ready) >= count
+
+
+def _wait(check, timeout: float, what: str, directory: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {c.name} ---\n{processes.tail(c.log, 10)}" for c in status(directory))
+            raise DevClusterError(f"timed out after {timeout:.0f}s waiting for {what}; log tails:\n{logs}")
+        time.sleep(0.2)
+
+
+class _Api:
+    """Just enough of the Kubernetes API for start-up, over HTTPS with the admin client cert."""
+
+    def __init__(self, cluster: DevCluster):
+        self.server = cluster.server
+        self.pki = cluster.pki
+        self._context: ssl.SSLContext | None = None
+
+    def _ssl(self) -> ssl.SSLContext:
+        if self._context is None:
+            self._context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+            self._context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+        return self._context
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> bytes:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=self._ssl(), timeout=5) as resp:
+            return resp.read()
+
+    def get(self, path: str) -> bytes:
+        return self._request("GET", path)
+
+    def post(self, path: str, body: dict) -> bytes:
+        return self._request("POST", path, body)
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.get(path)
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return False
+            raise
+        return True
+
+
+def _http_get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return resp.read()
+
+
+def _https_healthz(port: int) -> bool:
+    """The controller-manager and scheduler serve /healthz on a self-signed cert; only the answer matters here."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=context, timeout=2) as resp:
+        return resp.read() == b"ok"
