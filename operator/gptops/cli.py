@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from gptops.devcluster.cli import app as dev_cluster_app
+
 app = typer.Typer(
     name="gptops",
     help="Fine-tune, evaluate and serve GPT-style models, on Kubernetes or on this machine.",
@@ -19,7 +21,5 @@ def version() -> None:
 
     typer.echo(__version__)
 
-
-from gptops.devcluster.cli import app as dev_cluster_app  # noqa: E402
 
 app.add_typer(dev_cluster_app, name="dev-cluster")
