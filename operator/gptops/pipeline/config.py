@@ -1,0 +1,520 @@
+"""Typed configs of the three pipeline stages, and the mapping from FineTuneJob/GPTModel spec dicts to them.
+
+Plain dicts in, dataclasses out: no torch, no pydantic, so the operator and `gptops run` can import this cheaply.
+Defaults are those of docs/api.md; every `__post_init__` names the bad field in its ValueError.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Where a stage Pod sees the volumes and ConfigMaps a spec names. The trainer Job builder mounts them here;
+# the environment variables exist so that a test or an unusual cluster can move them.
+PVC_MOUNT_ROOT_ENV = "GPTOPS_PVC_ROOT"
+PVC_MOUNT_ROOT = "/mnt/pvc"  # a PVC `claimName` is mounted at /mnt/pvc/<claimName>
+CONFIGMAP_MOUNT_ROOT_ENV = "GPTOPS_CONFIGMAP_ROOT"
+CONFIGMAP_MOUNT_ROOT = "/etc/gptops/configmaps"  # a ConfigMap `name` is mounted at /etc/gptops/configmaps/<name>
+
+FILE_FORMATS = ("auto", "text", "jsonl", "json", "csv", "parquet")
+DATA_FORMATS = ("text", "chat", "prompt-completion")
+DEDUPE_MODES = ("none", "exact", "normalized")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+ARCHITECTURES = ("gpt2", "llama")
+METRICS = ("perplexity", "bleu")
+MAX_DEFAULT_BLOCK_SIZE = 1024
+
+
+def pvc_path(claim_name: str, path: str = "") -> Path:
+    """The path inside a stage Pod of `path` on the volume `claim_name`."""
+    root = Path(os.environ.get(PVC_MOUNT_ROOT_ENV, PVC_MOUNT_ROOT))
+    return root / claim_name / path.lstrip("/")
+
+
+def configmap_path(name: str, key: str) -> Path:
+    """The path inside a stage Pod of the key `key` of the mounted ConfigMap `name`."""
+    return Path(os.environ.get(CONFIGMAP_MOUNT_ROOT_ENV, CONFIGMAP_MOUNT_ROOT)) / name / key
+
+
+@dataclass
+class DataSource:
+    """Where the raw dataset comes from; `kind` picks which of the other fields are used."""
+
+    kind: str
+    """One of huggingface, url, s3, path (a local file or directory: local, pvc and configMap sources)."""
+    location: str
+    """A hub dataset name, an http(s) URL, an s3:// URI, or a filesystem path, depending on `kind`."""
+    hf_config: str | None = None
+    """huggingface: the dataset configuration name."""
+    hf_split: str = "train"
+    """huggingface: the split to read."""
+    hf_revision: str | None = None
+    """huggingface: a revision (branch, tag or commit) of the dataset repository."""
+    endpoint_url: str | None = None
+    """s3: an S3-compatible endpoint (MinIO, moto); None means AWS. Credentials come from the usual AWS_* env."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("huggingface", "url", "s3", "path"):
+            raise ValueError(f"dataset.source: unknown source kind {self.kind!r}")
+        if not self.location:
+            raise ValueError(f"dataset.source.{self.kind}: the location must not be empty")
+        if self.kind == "url" and not self.location.startswith(("http://", "https://")):
+            raise ValueError(f"dataset.source.url.url: expected an http(s) URL, got {self.location!r}")
+        if self.kind == "s3" and not self.location.startswith("s3://"):
+            raise ValueError(f"dataset.source.s3.uri: expected s3://bucket/key, got {self.location!r}")
+
+    def describe(self) -> str:
+        """A one-line, secret-free description for manifests and logs."""
+        return f"{self.kind}:{self.location}"
+
+
+@dataclass
+class ModelSource:
+    """The model a stage starts from: pretrained weights somewhere, or a fresh architecture (`scratch`)."""
+
+    kind: str
+    """One of huggingface (a hub id), path (a local or mounted directory), s3 (a prefix to download), scratch."""
+    location: str = ""
+    """The hub id, directory or s3:// prefix; empty for scratch."""
+    revision: str | None = None
+    """huggingface: the revision to load."""
+    endpoint_url: str | None = None
+    """s3: an S3-compatible endpoint; None means AWS."""
+    architecture: str = "gpt2"
+    """scratch: gpt2 or llama."""
+    layers: int = 4
+    """scratch: transformer blocks."""
+    heads: int = 4
+    """scratch: attention heads per block."""
+    hidden: int = 256
+    """scratch: model width; divisible by heads."""
+    context_length: int = 256
+    """scratch: maximum sequence length (positions)."""
+    vocab_size: int = 8000
+    """scratch: size of the byte-level BPE vocabulary trained on the data."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("huggingface", "path", "s3", "scratch"):
+            raise ValueError(f"model.source: unknown source kind {self.kind!r}")
+        if self.kind != "scratch" and not self.location:
+            raise ValueError(f"model.source.{self.kind}: the location must not be empty")
+        if self.kind == "scratch":
+            if self.architecture not in ARCHITECTURES:
+                raise ValueError(f"source.scratch.architecture: expected one of {ARCHITECTURES}, got {self.architecture!r}")
+            for name in ("layers", "heads", "hidden", "context_length"):
+                if getattr(self, name) < 1:
+                    raise ValueError(f"source.scratch.{_camel(name)}: must be at least 1, got {getattr(self, name)}")
+            if self.hidden % self.heads:
+                raise ValueError(f"source.scratch.hidden: {self.hidden} is not divisible by heads ({self.heads})")
+            if self.vocab_size < 300:
+                raise ValueError(f"source.scratch.tokenizer.vocabSize: must be at least 300 (256 bytes + merges), got {self.vocab_size}")
+
+    @property
+    def is_scratch(self) -> bool:
+        return self.kind == "scratch"
+
+    def describe(self) -> str:
+        """A one-line description: the base reference recorded with adapters and reports."""
+        if self.kind == "scratch":
+            return f"scratch:{self.architecture}-{self.layers}l-{self.hidden}h"
+        return self.location + (f"@{self.revision}" if self.revision else "")
+
+
+@dataclass
+class PrepareConfig:
+    """The prepare stage: load, clean, tokenize, pack and split a dataset into `<artifact_root>/dataset`."""
+
+    source: DataSource
+    """The raw data."""
+    model: ModelSource
+    """The starting model: its tokenizer is reused, or (scratch) a new one is trained on the data."""
+    artifact_root: Path
+    """The run's artifact directory; writes dataset/ and tokenizer/ under it."""
+    file_format: str = "auto"
+    """How to parse files: auto (by suffix), text, jsonl, json, csv or parquet."""
+    format: str = "text"
+    """What a record is: text, chat (a list of messages) or prompt-completion."""
+    text_field: str = "text"
+    """The field holding the document (format text); plain text files have it implicitly."""
+    messages_field: str = "messages"
+    """The field holding the list of {role, content} messages (format chat)."""
+    prompt_field: str = "prompt"
+    """The field holding the prompt (format prompt-completion)."""
+    completion_field: str = "completion"
+    """The field holding the completion (format prompt-completion)."""
+    lowercase: bool = False
+    """Lowercase every document."""
+    remove_stop_words: bool = False
+    """Drop the stop words of `stop_words_language` (the list shipped by the stop-words package)."""
+    stop_words_language: str = "english"
+    """Language of the stop-word list."""
+    sentence_segmentation: bool = False
+    """Split documents into sentences (pysbd), one sentence per line."""
+    dedupe: str = "exact"
+    """none, exact (identical text) or normalized (equal after case folding and collapsing whitespace/punctuation)."""
+    min_chars: int = 1
+    """Documents shorter than this, after preprocessing, are dropped."""
+    max_chars: int | None = None
+    """Documents longer than this are dropped; None keeps all."""
+    packing: bool = True
+    """Concatenate documents (EOS-separated) into fixed blocks of `block_size`: no padding, no waste."""
+    block_size: int | None = None
+    """Tokens per block; None means the model's context length, capped at 1024."""
+    num_proc: int = 1
+    """Processes for batched preprocessing and tokenization."""
+    validation_split: float = 0.1
+    """Fraction of documents held out for evaluation, in (0, 0.5]."""
+    seed: int = 42
+    """Seed of the train/validation split."""
+
+    def __post_init__(self) -> None:
+        self.artifact_root = Path(self.artifact_root)
+        if self.file_format not in FILE_FORMATS:
+            raise ValueError(f"dataset.fileFormat: expected one of {FILE_FORMATS}, got {self.file_format!r}")
+        if self.format not in DATA_FORMATS:
+            raise ValueError(f"dataset.format: expected one of {DATA_FORMATS}, got {self.format!r}")
+        if self.dedupe not in DEDUPE_MODES:
+            raise ValueError(f"dataset.preprocessing.dedupe: expected one of {DEDUPE_MODES}, got {self.dedupe!r}")
+        if self.min_chars < 0:
+            raise ValueError(f"dataset.preprocessing.minChars: must be >= 0, got {self.min_chars}")
+        if self.max_chars is not None and self.max_chars < max(self.min_chars, 1):
+            raise ValueError(f"dataset.preprocessing.maxChars: must be >= minChars ({self.min_chars}), got {self.max_chars}")
+        if self.block_size is not None and self.block_size < 2:
+            raise ValueError(f"dataset.preprocessing.blockSize: must be at least 2, got {self.block_size}")
+        if self.num_proc < 1:
+            raise ValueError(f"dataset.preprocessing.numProc: must be at least 1, got {self.num_proc}")
+        if not 0 < self.validation_split <= 0.5:
+            raise ValueError(f"dataset.validationSplit: must be in (0, 0.5], got {self.validation_split}")
+        if self.remove_stop_words:
+            from stop_words import AVAILABLE_LANGUAGES, LANGUAGE_MAPPING
+
+            if self.stop_words_language not in AVAILABLE_LANGUAGES and self.stop_words_language not in LANGUAGE_MAPPING:
+                raise ValueError(
+                    f"dataset.preprocessing.stopWordsLanguage: no stop-word list for {self.stop_words_language!r}"
+                )
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter settings (peft)."""
+
+    r: int = 8
+    """Rank of the update matrices."""
+    alpha: int = 16
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(default_factory=list)
+    """Module names to adapt; empty lets peft pick the attention projections it knows for the architecture."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"training.lora.r: must be at least 1, got {self.r}")
+        if self.alpha < 1:
+            raise ValueError(f"training.lora.alpha: must be at least 1, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"training.lora.dropout: must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    """The train stage: fine-tune (or train from scratch) on `<artifact_root>/dataset`, write model/ or adapter/."""
+
+    model: ModelSource
+    """The starting model."""
+    artifact_root: Path
+    """The run's artifact directory: reads dataset/ and tokenizer/, writes checkpoints/, model/ or adapter/."""
+    method: str = "full"
+    """full (every weight) or lora (a peft adapter; needs pretrained weights)."""
+    epochs: float = 1.0
+    """Passes over the training split; ignored when max_steps is set."""
+    max_steps: int | None = None
+    """Optimizer steps to take; wins over epochs."""
+    learning_rate: float = 5e-5
+    """Peak learning rate (linear decay after warmup)."""
+    batch_size: int = 8
+    """Sequences per device per micro-batch."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+    warmup_ratio: float = 0.0
+    """Fraction of the steps spent warming the learning rate up from 0."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    precision: str = "auto"
+    """auto (bf16 where the GPU supports it, else fp32), bf16, fp16 or fp32."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA settings, used when method is lora."""
+    checkpoint_every_steps: int = 200
+    """Save a resumable checkpoint every this many optimizer steps."""
+    resume: str = "auto"
+    """auto: continue from the newest complete checkpoint in checkpoints/; never: start over."""
+    seed: int = 42
+    """Seed of weight init (scratch, LoRA), data order and dropout."""
+    logging_steps: int = 10
+    """Log (and report progress) every this many steps."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep on disk; older ones are deleted."""
+
+    def __post_init__(self) -> None:
+        self.artifact_root = Path(self.artifact_root)
+        if self.method not in ("full", "lora"):
+            raise ValueError(f"training.method: expected full or lora, got {self.method!r}")
+        if self.method == "lora" and self.model.is_scratch:
+            raise ValueError("training.method: lora needs pretrained weights, but the GPTModel's source is scratch; use full")
+        if self.epochs <= 0:
+            raise ValueError(f"training.epochs: must be > 0, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"training.maxSteps: must be at least 1, got {self.max_steps}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"training.learningRate: must be > 0, got {self.learning_rate}")
+        if self.batch_size < 1:
+            raise ValueError(f"training.batchSize: must be at least 1, got {self.batch_size}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(f"training.gradientAccumulationSteps: must be at least 1, got {self.gradient_accumulation_steps}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"training.warmupRatio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0:
+            raise ValueError(f"training.weightDecay: must be >= 0, got {self.weight_decay}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"training.precision: expected one of {PRECISIONS}, got {self.precision!r}")
+        if self.checkpoint_every_steps < 1:
+            raise ValueError(f"training.checkpointEverySteps: must be at least 1, got {self.checkpoint_every_steps}")
+        if self.resume not in ("auto", "never"):
+            raise ValueError(f"training.resume: expected auto or never, got {self.resume!r}")
+        if self.logging_steps < 1:
+            raise ValueError(f"logging_steps: must be at least 1, got {self.logging_steps}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints: must be at least 1, got {self.keep_checkpoints}")
+
+
+@dataclass
+class EvalConfig:
+    """The evaluate stage: perplexity and BLEU of the trained model (and of the starting model) on held-out data."""
+
+    model: ModelSource
+    """The starting model: the baseline, and for LoRA the base the adapter applies to."""
+    artifact_root: Path
+    """The run's artifact directory: reads dataset/, tokenizer/, model/ or adapter/; writes eval/report.json."""
+    method: str = "full"
+    """How the model was trained (full: load model/; lora: base + adapter/)."""
+    metrics: list[str] = field(default_factory=lambda: ["perplexity"])
+    """Which metrics to compute: perplexity, bleu."""
+    compare_with_base: bool = True
+    """Also evaluate the starting model (for scratch: its seeded random init) for relative gates."""
+    max_new_tokens: int = 64
+    """BLEU: tokens generated (greedily) per prompt."""
+    max_samples: int = 100
+    """BLEU: at most this many prompt/reference pairs."""
+    batch_size: int = 8
+    """Sequences per forward pass."""
+    precision: str = "auto"
+    """Like training.precision: the dtype the models run in."""
+    seed: int = 42
+    """Seed of the scratch baseline's init (the same as training's, so it is the true starting point)."""
+
+    def __post_init__(self) -> None:
+        self.artifact_root = Path(self.artifact_root)
+        if self.method not in ("full", "lora"):
+            raise ValueError(f"training.method: expected full or lora, got {self.method!r}")
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise ValueError(f"evaluation.metrics: expected a non-empty subset of {METRICS}, got {self.metrics!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"evaluation.bleu.maxNewTokens: must be at least 1, got {self.max_new_tokens}")
+        if self.max_samples < 1:
+            raise ValueError(f"evaluation.bleu.maxSamples: must be at least 1, got {self.max_samples}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be at least 1, got {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"training.precision: expected one of {PRECISIONS}, got {self.precision!r}")
+
+
+@dataclass
+class StageConfigs:
+    """The three stage configs of one FineTuneJob run."""
+
+    prepare: PrepareConfig
+    train: TrainConfig
+    evaluate: EvalConfig
+
+
+def configs_from_spec(
+    ftj_spec: dict[str, Any],
+    model_spec: dict[str, Any],
+    artifact_root: Path | str,
+    base_dir: Path | None = None,
+    start_model: str | None = None,
+) -> StageConfigs:
+    """Map the camelCase FineTuneJob and GPTModel specs (docs/api.md) to the three stage configs, applying defaults.
+
+    Either argument may also be the whole object (with `spec`). `base_dir` resolves relative `local.path`s;
+    `start_model` (a directory, e.g. the served revision's model/) overrides the GPTModel's source
+    (startFrom: serving). Raises ValueError naming the bad field.
+    """
+    ftj_spec = _unwrap(ftj_spec)
+    model_obj = model_spec if isinstance(model_spec, dict) else {}
+    model_spec = _unwrap(model_obj)
+    artifact_root = Path(artifact_root)
+    base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+
+    model = _model_source(model_spec.get("source") or {}, base_dir, "source")
+    if start_model is None and ftj_spec.get("startFrom", "auto") in ("auto", "serving"):
+        served = ((model_obj.get("status") or {}) if "spec" in model_obj else {}).get("servingArtifact")
+        if served:
+            start_model = served
+        elif ftj_spec.get("startFrom") == "serving":
+            raise ValueError("startFrom: serving, but the GPTModel has no status.servingArtifact yet")
+    if start_model:
+        model = ModelSource(kind="s3" if str(start_model).startswith("s3://") else "path", location=str(start_model))
+
+    dataset = ftj_spec.get("dataset") or {}
+    fields = dataset.get("fields") or {}
+    pre = dataset.get("preprocessing") or {}
+    block_size = pre.get("blockSize")
+    if block_size is None and model.is_scratch:
+        block_size = min(model.context_length, MAX_DEFAULT_BLOCK_SIZE)
+    prepare = PrepareConfig(
+        source=_data_source(dataset.get("source") or {}, base_dir),
+        model=model,
+        artifact_root=artifact_root,
+        file_format=dataset.get("fileFormat", "auto"),
+        format=dataset.get("format", "text"),
+        text_field=fields.get("text", "text"),
+        messages_field=fields.get("messages", "messages"),
+        prompt_field=fields.get("prompt", "prompt"),
+        completion_field=fields.get("completion", "completion"),
+        lowercase=bool(pre.get("lowercase", False)),
+        remove_stop_words=bool(pre.get("removeStopWords", False)),
+        stop_words_language=pre.get("stopWordsLanguage", "english"),
+        sentence_segmentation=bool(pre.get("sentenceSegmentation", False)),
+        dedupe=pre.get("dedupe", "exact"),
+        min_chars=int(pre.get("minChars", 1)),
+        max_chars=pre.get("maxChars"),
+        packing=bool(pre.get("packing", True)),
+        block_size=block_size,
+        num_proc=int(pre.get("numProc", 1)),
+        validation_split=float(dataset.get("validationSplit", 0.1)),
+        seed=int(dataset.get("seed", 42)),
+    )
+
+    training = ftj_spec.get("training") or {}
+    lora = training.get("lora") or {}
+    train = TrainConfig(
+        model=model,
+        artifact_root=artifact_root,
+        method=training.get("method", "full"),
+        epochs=float(training.get("epochs", 1)),
+        max_steps=training.get("maxSteps"),
+        learning_rate=float(training.get("learningRate", 5e-5)),
+        batch_size=int(training.get("batchSize", 8)),
+        gradient_accumulation_steps=int(training.get("gradientAccumulationSteps", 1)),
+        warmup_ratio=float(training.get("warmupRatio", 0.0)),
+        weight_decay=float(training.get("weightDecay", 0.0)),
+        precision=training.get("precision", "auto"),
+        lora=LoraConfig(
+            r=int(lora.get("r", 8)),
+            alpha=int(lora.get("alpha", 16)),
+            dropout=float(lora.get("dropout", 0.05)),
+            target_modules=list(lora.get("targetModules") or []),
+        ),
+        checkpoint_every_steps=int(training.get("checkpointEverySteps", 200)),
+        resume=training.get("resume", "auto"),
+        seed=int(training.get("seed", 42)),
+    )
+
+    evaluation = ftj_spec.get("evaluation") or {}
+    bleu = evaluation.get("bleu") or {}
+    evaluate = EvalConfig(
+        model=model,
+        artifact_root=artifact_root,
+        method=train.method,
+        metrics=list(evaluation.get("metrics") or ["perplexity"]),
+        compare_with_base=bool(evaluation.get("compareWithBase", True)),
+        max_new_tokens=int(bleu.get("maxNewTokens", 64)),
+        max_samples=int(bleu.get("maxSamples", 100)),
+        batch_size=train.batch_size,
+        precision=train.precision,
+        seed=train.seed,
+    )
+    return StageConfigs(prepare=prepare, train=train, evaluate=evaluate)
+
+
+def _unwrap(obj: dict[str, Any] | None) -> dict[str, Any]:
+    """Accept a whole object ({apiVersion, kind, spec, ...}) or a bare spec."""
+    obj = obj or {}
+    return obj["spec"] if isinstance(obj.get("spec"), dict) else obj
+
+
+def _one_of(source: dict[str, Any], field_name: str, kinds: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    present = [k for k in kinds if source.get(k) is not None]
+    if len(present) != 1:
+        raise ValueError(f"{field_name}: expected exactly one of {', '.join(kinds)}, got {present or 'none'}")
+    value = source[present[0]]
+    if not isinstance(value, dict):
+        raise ValueError(f"{field_name}.{present[0]}: expected an object, got {type(value).__name__}")
+    return present[0], value
+
+
+def _required(obj: dict[str, Any], key: str, field_name: str) -> Any:
+    if not obj.get(key):
+        raise ValueError(f"{field_name}.{key}: required")
+    return obj[key]
+
+
+def _local(path: str, base_dir: Path) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+
+def _data_source(source: dict[str, Any], base_dir: Path) -> DataSource:
+    kind, s = _one_of(source, "dataset.source", ("huggingface", "url", "s3", "pvc", "configMap", "local"))
+    where = f"dataset.source.{kind}"
+    if kind == "huggingface":
+        return DataSource(
+            kind="huggingface",
+            location=_required(s, "name", where),
+            hf_config=s.get("config"),
+            hf_split=s.get("split", "train"),
+            hf_revision=s.get("revision"),
+        )
+    if kind == "url":
+        return DataSource(kind="url", location=_required(s, "url", where))
+    if kind == "s3":
+        return DataSource(kind="s3", location=_required(s, "uri", where), endpoint_url=s.get("endpointUrl"))
+    if kind == "pvc":
+        return DataSource(kind="path", location=str(pvc_path(_required(s, "claimName", where), s.get("path", ""))))
+    if kind == "configMap":
+        return DataSource(
+            kind="path", location=str(configmap_path(_required(s, "name", where), _required(s, "key", where)))
+        )
+    return DataSource(kind="path", location=_local(_required(s, "path", where), base_dir))
+
+
+def _model_source(source: dict[str, Any], base_dir: Path, field_name: str) -> ModelSource:
+    kind, s = _one_of(source, field_name, ("huggingface", "pvc", "s3", "local", "scratch"))
+    where = f"{field_name}.{kind}"
+    if kind == "huggingface":
+        return ModelSource(kind="huggingface", location=_required(s, "repo", where), revision=s.get("revision", "main"))
+    if kind == "pvc":
+        return ModelSource(kind="path", location=str(pvc_path(_required(s, "claimName", where), s.get("path", ""))))
+    if kind == "s3":
+        return ModelSource(kind="s3", location=_required(s, "uri", where), endpoint_url=s.get("endpointUrl"))
+    if kind == "local":
+        return ModelSource(kind="path", location=_local(_required(s, "path", where), base_dir))
+    tokenizer = s.get("tokenizer") or {}
+    return ModelSource(
+        kind="scratch",
+        architecture=s.get("architecture", "gpt2"),
+        layers=int(s.get("layers", 4)),
+        heads=int(s.get("heads", 4)),
+        hidden=int(s.get("hidden", 256)),
+        context_length=int(s.get("contextLength", 256)),
+        vocab_size=int(tokenizer.get("vocabSize", 8000)),
+    )
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)

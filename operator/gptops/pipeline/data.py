@@ -1,0 +1,589 @@
+"""The prepare stage: load raw records, clean them, dedupe, filter, split, tokenize and pack into fixed blocks.
+
+Writes `<root>/dataset/` (a DatasetDict with train and validation, an `input_ids` column), `eval_pairs.jsonl`
+(prompt/reference pairs for BLEU), `manifest.json` (counts and a content digest), and `<root>/tokenizer/`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import string
+import time
+import urllib.parse
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from gptops.pipeline import models
+from gptops.pipeline.config import MAX_DEFAULT_BLOCK_SIZE, PrepareConfig
+from gptops.pipeline.errors import PipelineError
+from gptops.pipeline.result import StageResult
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, dict[str, Any]], None]
+SUFFIX_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                  ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass
+class PrepareReport:
+    """What prepare did: where it wrote, the counts of the manifest, and the dataset digest."""
+
+    dataset_dir: Path
+    tokenizer_dir: Path
+    manifest: dict[str, Any]
+    digest: str
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def result(self) -> StageResult:
+        m = self.manifest
+        return StageResult(
+            stage="prepare",
+            ok=True,
+            message=(f"prepared {m['documents']['train']} train and {m['documents']['validation']} validation documents: "
+                     f"{m['blocks']['train']} blocks of {m['blockSize']} tokens"),
+            metrics={"documents": m["documents"]["kept"], "trainTokens": m["tokens"]["train"],
+                     "validationTokens": m["tokens"]["validation"], "dropped": sum(m["dropped"].values())},
+            artifacts={"dataset": str(self.dataset_dir), "tokenizer": str(self.tokenizer_dir)},
+            digest=self.digest,
+        )
+
+
+def run(config: PrepareConfig, progress: ProgressFn | None = None) -> PrepareReport:
+    """Run the prepare stage end to end; raises PipelineError on bad input."""
+    started = time.monotonic()
+    say = progress or (lambda event, fields: None)
+    root = config.artifact_root
+    dataset_dir, tokenizer_dir = root / "dataset", root / "tokenizer"
+    root.mkdir(parents=True, exist_ok=True)
+
+    # 1. Load: every source ends as a Dataset with the normalized columns of the format.
+    records, origin = load_records(config)
+    n_read = len(records)
+    say("loaded", {"documents": n_read, "source": origin})
+    log.info("Loaded documents count=%d source=%s", n_read, origin)
+
+    # 2. Clean (lowercase, sentences, stop words), then key each document for the length filter and dedupe.
+    clean = _Cleaner(config)
+    records = records.map(clean, batched=True, num_proc=_procs(config, len(records)), desc="clean")
+    records = records.map(_key_batch, batched=True, fn_kwargs={"normalized": config.dedupe == "normalized"},
+                          num_proc=_procs(config, len(records)), desc="key")
+    keep, dropped = _select(records, config)
+    records = records.select(keep).flatten_indices()
+    say("cleaned", {"kept": len(records), "dropped": dict(dropped)})
+    if len(records) < 2:
+        raise PipelineError(
+            f"{origin}: {len(records)} usable document(s) after cleaning (dropped: {_fmt_counts(dropped)}); "
+            f"expected at least 2, one for training and one for validation"
+        )
+
+    # 3. Seeded document-level split: validation never shares a document with training.
+    order = list(range(len(records)))
+    random.Random(config.seed).shuffle(order)
+    n_val = min(max(1, round(len(order) * config.validation_split)), len(order) - 1)
+    splits = {"train": records.select(sorted(order[n_val:])), "validation": records.select(sorted(order[:n_val]))}
+
+    # 4. The tokenizer: the starting model's, or (scratch) a byte-level BPE trained on the training split.
+    tokenizer = _tokenizer(config, splits["train"])
+    if tokenizer_dir.exists():
+        shutil.rmtree(tokenizer_dir)
+    tokenizer.save_pretrained(str(tokenizer_dir))
+    max_length = models.context_length(config.model, root / "cache")
+    block_size = min(config.block_size or MAX_DEFAULT_BLOCK_SIZE, max_length)
+    say("tokenizer", {"vocab": len(tokenizer), "blockSize": block_size})
+
+    # 5. Render the training text of each document, and BLEU pairs from the held-out ones.
+    render = _Renderer(config, tokenizer)
+    splits = {name: ds.map(render, batched=True, num_proc=_procs(config, len(ds)), desc=f"render {name}")
+              for name, ds in splits.items()}
+    pairs = _eval_pairs(splits["validation"], config)
+
+    # 6. Tokenize in batches (fast tokenizer, several processes), EOS after each document, then pack.
+    tokenize = _Tokenize(tokenizer)
+    token_counts, packed = {}, {}
+    for name, ds in splits.items():
+        ids = ds.map(tokenize, batched=True, batch_size=1000, num_proc=_procs(config, len(ds)),
+                     remove_columns=ds.column_names, desc=f"tokenize {name}")
+        flat, lengths = _flat_ids(ids)
+        token_counts[name] = int(flat.size)
+        packed[name] = _pack(flat, lengths, block_size, config.packing, keep_remainder=(name == "validation"))
+    if len(packed["train"]) == 0:
+        raise PipelineError(
+            f"{origin}: the training split has {token_counts['train']} tokens, fewer than one block of {block_size} "
+            f"(dataset.preprocessing.blockSize); expected more data or a smaller blockSize"
+        )
+    if len(packed["validation"]) == 0:
+        raise PipelineError(f"{origin}: the validation split has no tokens; expected a larger dataset.validationSplit")
+
+    # 7. Save: the DatasetDict, BLEU pairs, and the manifest with its digest.
+    from datasets import Dataset, DatasetDict
+
+    digest = _digest(packed)
+    out = DatasetDict({name: Dataset(_table(blocks)) for name, blocks in packed.items()})
+    tmp = dataset_dir.with_name("dataset.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    out.save_to_disk(str(tmp))
+    with open(tmp / "eval_pairs.jsonl", "w", encoding="utf-8") as f:
+        for prompt, reference in pairs:
+            f.write(json.dumps({"prompt": prompt, "reference": reference}, ensure_ascii=False) + "\n")
+    manifest = {
+        "source": origin,
+        "format": config.format,
+        "blockSize": block_size,
+        "packing": config.packing,
+        "tokenizer": str(tokenizer_dir),
+        "vocabSize": len(tokenizer),
+        "documents": {"read": n_read, "kept": len(records), "train": len(splits["train"]),
+                      "validation": len(splits["validation"])},
+        "tokens": token_counts,
+        "blocks": {name: len(blocks) for name, blocks in packed.items()},
+        "dropped": dict(dropped),
+        "evalPairs": len(pairs),
+        "digest": digest,
+        "seed": config.seed,
+        "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if dataset_dir.exists():
+        shutil.rmtree(dataset_dir)
+    tmp.rename(dataset_dir)  # the dataset appears whole or not at all
+    say("saved", {"dataset": str(dataset_dir), "digest": digest})
+    log.info("Prepared dataset dir=%s digest=%s", dataset_dir, digest)
+    return PrepareReport(dataset_dir, tokenizer_dir, manifest, digest, time.monotonic() - started)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_records(config: PrepareConfig):
+    """The raw documents as a Dataset with the format's normalized columns, and a description of where they came from."""
+    from datasets import Dataset
+
+    source = config.source
+    if source.kind == "huggingface":
+        return _load_hub(config), source.describe()
+    if source.kind == "path":
+        files = _list_files(Path(source.location), config)
+        origin = source.location
+    else:
+        download_dir = config.artifact_root / "cache" / "raw"
+        if download_dir.exists():
+            shutil.rmtree(download_dir)
+        download_dir.mkdir(parents=True)
+        files = _download_url(source.location, download_dir) if source.kind == "url" else \
+            _download_s3(source.location, source.endpoint_url, download_dir, config)
+        origin = source.location
+    columns: dict[str, list] = {name: [] for name in _columns(config.format)}
+    for path, shown in files:
+        for record in _parse_file(path, shown, config):
+            for name, value in record.items():
+                columns[name].append(value)
+    if not columns[_columns(config.format)[0]]:
+        raise PipelineError(f"{origin}: no records found; expected {config.format} data")
+    return Dataset.from_dict(columns), origin
+
+
+def _columns(fmt: str) -> tuple[str, ...]:
+    return {"text": ("text",), "chat": ("messages",), "prompt-completion": ("prompt", "completion")}[fmt]
+
+
+def _list_files(path: Path, config: PrepareConfig) -> list[tuple[Path, str]]:
+    if path.is_file():
+        return [(path, str(path))]
+    if not path.exists():
+        raise PipelineError(f"{path}: no such file or directory; expected the dataset file or a directory of them")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if config.file_format == "auto":
+        files = [p for p in files if p.suffix.lower() in SUFFIX_FORMATS]
+    if not files:
+        raise PipelineError(f"{path}: an empty directory; expected files ending in {', '.join(sorted(SUFFIX_FORMATS))}")
+    return [(p, str(p)) for p in files]
+
+
+def _download_url(url: str, target: Path) -> list[tuple[Path, str]]:
+    name = Path(urllib.parse.urlparse(url).path).name or "data"
+    path = target / name
+    log.info("Downloading dataset url=%s", url)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as f:
+            shutil.copyfileobj(response, f)
+    except OSError as e:
+        raise PipelineError(f"{url}: cannot download ({e}); expected a reachable http(s) URL") from e
+    return [(path, url)]
+
+
+def _download_s3(uri: str, endpoint_url: str | None, target: Path, config: PrepareConfig) -> list[tuple[Path, str]]:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint_url} if endpoint_url else {})
+    key = uri.removeprefix("s3://").rstrip("/")
+    try:
+        if fs.isdir(key):
+            keys = sorted(k for k in fs.find(key) if config.file_format != "auto" or Path(k).suffix.lower() in SUFFIX_FORMATS)
+        else:
+            keys = [key]
+        if not keys:
+            raise PipelineError(f"{uri}: no data files under this prefix; expected files ending in {', '.join(sorted(SUFFIX_FORMATS))}")
+        files = []
+        for i, k in enumerate(keys):
+            local = target / f"{i:05d}-{Path(k).name}"
+            fs.get(k, str(local))
+            files.append((local, "s3://" + k))
+        return files
+    except FileNotFoundError as e:
+        raise PipelineError(f"{uri}: no such object or prefix; expected an existing s3://bucket/key") from e
+    except PipelineError:
+        raise
+    except Exception as e:  # botocore and aiohttp errors vary; the message is what a person needs
+        raise PipelineError(f"{uri}: cannot read from S3 ({type(e).__name__}: {e})") from e
+
+
+def _load_hub(config: PrepareConfig):
+    from datasets import load_dataset
+
+    s = config.source
+    try:
+        ds = load_dataset(s.location, s.hf_config, split=s.hf_split, revision=s.hf_revision,
+                          token=os.environ.get("HF_TOKEN") or None)
+    except Exception as e:
+        raise PipelineError(f"{s.location}: cannot load the Hugging Face dataset ({type(e).__name__}: {e})") from e
+    wanted = _wanted_fields(config)
+    missing = [f for f in wanted.values() if f not in ds.column_names]
+    if missing:
+        raise PipelineError(f"{s.location}: no column {missing[0]!r} (dataset.fields); found columns: {', '.join(ds.column_names)}")
+    ds = ds.select_columns(list(wanted.values()))
+    return ds.rename_columns({v: k for k, v in wanted.items() if k != v})
+
+
+def _wanted_fields(config: PrepareConfig) -> dict[str, str]:
+    """normalized column -> the field name in the user's data."""
+    if config.format == "text":
+        return {"text": config.text_field}
+    if config.format == "chat":
+        return {"messages": config.messages_field}
+    return {"prompt": config.prompt_field, "completion": config.completion_field}
+
+
+def _parse_file(path: Path, shown: str, config: PrepareConfig):
+    """Yield normalized records of one file, validating fields as they come."""
+    fmt = config.file_format if config.file_format != "auto" else SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise PipelineError(f"{shown}: cannot tell the file format from the suffix {path.suffix!r}; "
+                            f"expected one of {', '.join(sorted(SUFFIX_FORMATS))} or dataset.fileFormat")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise PipelineError(f"{shown}: cannot read the file ({e.strerror}); expected a readable {fmt} file") from e
+    if not raw.strip():
+        raise PipelineError(f"{shown}: the file is empty; expected {fmt} data")
+    wanted = _wanted_fields(config)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(io.BytesIO(raw)).to_pylist()
+        except Exception as e:
+            raise PipelineError(f"{shown}: not a readable Parquet file ({e}); expected Parquet") from e
+        for i, row in enumerate(rows, 1):
+            yield _normalize(row, wanted, shown, f"row {i}", config)
+        return
+    text = _decode(raw, shown)
+    if fmt == "text":
+        if config.format != "text":
+            raise PipelineError(f"{shown}: a plain text file has no fields; dataset.format {config.format} expects "
+                                f"jsonl, json, csv or parquet records")
+        for line in text.splitlines():
+            if line.strip():
+                yield {"text": line}
+    elif fmt == "jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PipelineError(f"{shown}: line {n}: not valid JSON ({e.msg}); expected one JSON object per line") from e
+            yield _normalize(row, wanted, shown, f"line {n}", config)
+    elif fmt == "json":
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PipelineError(f"{shown}: line {e.lineno}: not valid JSON ({e.msg}); expected a JSON array of objects") from e
+        if isinstance(doc, dict) and isinstance(doc.get("data"), list):
+            doc = doc["data"]
+        if not isinstance(doc, list):
+            raise PipelineError(f"{shown}: the top level is a {type(doc).__name__}; expected a JSON array of objects "
+                                f"(or an object with a 'data' array)")
+        for i, row in enumerate(doc, 1):
+            yield _normalize(row, wanted, shown, f"item {i}", config)
+    elif fmt == "csv":
+        reader = csv.DictReader(io.StringIO(text))
+        for n, row in enumerate(reader, 2):  # line 1 is the header
+            yield _normalize(row, wanted, shown, f"line {n}", config)
+    else:
+        raise PipelineError(f"{shown}: unknown file format {fmt!r} (dataset.fileFormat)")
+
+
+def _decode(raw: bytes, shown: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise PipelineError(f"{shown}: line {line}, byte {e.start}: invalid UTF-8 ({raw[e.start:e.start + 1]!r}); "
+                            f"expected UTF-8 text") from e
+
+
+def _normalize(row: Any, wanted: dict[str, str], shown: str, where: str, config: PrepareConfig) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise PipelineError(f"{shown}: {where}: a {type(row).__name__}, expected an object with the field "
+                            f"{next(iter(wanted.values()))!r}")
+    out = {}
+    for column, name in wanted.items():
+        if name not in row or row[name] is None:
+            found = ", ".join(map(str, row)) or "none"
+            raise PipelineError(f"{shown}: {where}: no field {name!r} (dataset.fields.{column}); found fields: {found}")
+        value = row[name]
+        if column == "messages":
+            value = _messages(value, shown, where, name)
+        elif not isinstance(value, str):
+            raise PipelineError(f"{shown}: {where}: field {name!r} is a {type(value).__name__}; expected a string")
+        out[column] = value
+    return out
+
+
+def _messages(value: Any, shown: str, where: str, name: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise PipelineError(f"{shown}: {where}: field {name!r} is not a non-empty list; expected "
+                            f"[{{\"role\": ..., \"content\": ...}}, ...]")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise PipelineError(f"{shown}: {where}: {name}[{i}] is not an object with string 'role' and 'content'")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cleaning, keys, filters
+
+
+class _Cleaner:
+    """Batched cleaning of every text field: lowercase, sentence segmentation, stop-word removal (in that order)."""
+
+    def __init__(self, config: PrepareConfig):
+        self.lowercase = config.lowercase
+        self.stop_words: frozenset[str] = frozenset()
+        if config.remove_stop_words:
+            from stop_words import get_stop_words
+
+            self.stop_words = frozenset(w.lower() for w in get_stop_words(config.stop_words_language))
+        self.segment = config.sentence_segmentation
+        self.language = _pysbd_language(config.stop_words_language)
+        self._segmenter = None
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        out = {}
+        for column, values in batch.items():
+            if column == "messages":
+                out[column] = [[{"role": m["role"], "content": self.clean(m["content"])} for m in ms] for ms in values]
+            else:
+                out[column] = [self.clean(v) for v in values]
+        return out
+
+    def clean(self, text: str) -> str:
+        if self.lowercase:
+            text = text.lower()
+        if self.segment:
+            if self._segmenter is None:  # built lazily: one per worker process
+                import pysbd
+
+                self._segmenter = pysbd.Segmenter(language=self.language, clean=False)
+            text = "\n".join(s.strip() for s in self._segmenter.segment(text) if s.strip())
+        if self.stop_words:
+            lines = (" ".join(w for w in line.split() if w.lower().strip(string.punctuation) not in self.stop_words)
+                     for line in text.split("\n"))
+            text = "\n".join(line for line in lines if line)
+        return text
+
+
+def _pysbd_language(stop_words_language: str) -> str:
+    from stop_words import LANGUAGE_MAPPING
+
+    codes = {name: code for code, name in LANGUAGE_MAPPING.items()}
+    code = codes.get(stop_words_language, stop_words_language)
+    return code if len(code) == 2 else "en"
+
+
+_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def _key_batch(batch: dict[str, list], normalized: bool) -> dict[str, list]:
+    """`_key`: the document's content as one string (for lengths); `_hash`: its dedupe hash."""
+    if "text" in batch:
+        keys = batch["text"]
+    elif "prompt" in batch:
+        keys = [p + "\n" + c for p, c in zip(batch["prompt"], batch["completion"], strict=True)]
+    else:
+        keys = ["\n".join(m["role"] + ": " + m["content"] for m in ms) for ms in batch["messages"]]
+    norm = (lambda s: " ".join(_NON_WORD.sub(" ", s.casefold()).split())) if normalized else (lambda s: s)
+    return {"_key": keys, "_hash": [hashlib.sha1(norm(k).encode()).hexdigest() for k in keys]}
+
+
+def _select(records, config: PrepareConfig) -> tuple[list[int], Counter]:
+    """Indices of the documents to keep, and how many were dropped for which reason."""
+    dropped: Counter = Counter()
+    seen: set[str] = set()
+    keep = []
+    for i, (key, digest) in enumerate(zip(records["_key"], records["_hash"], strict=True)):
+        content = key.strip()
+        if not content:
+            dropped["empty"] += 1
+        elif len(content) < config.min_chars:
+            dropped["tooShort"] += 1
+        elif config.max_chars is not None and len(content) > config.max_chars:
+            dropped["tooLong"] += 1
+        elif config.dedupe != "none" and digest in seen:
+            dropped["duplicate"] += 1
+        else:
+            seen.add(digest)
+            keep.append(i)
+    return keep, dropped
+
+
+def _fmt_counts(counts: Counter) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizer, rendering, tokenization, packing
+
+
+def _tokenizer(config: PrepareConfig, train):
+    source = config.model
+    if source.is_scratch:
+        log.info("Training tokenizer vocabSize=%d documents=%d", source.vocab_size, len(train))
+        return models.train_tokenizer((k for k in train["_key"]), source.vocab_size, source.context_length)
+    path = models.resolve_model_dir(source, config.artifact_root / "cache")
+    try:
+        return models.load_tokenizer(path, **models.hub_kwargs(source))
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{source.describe()}: cannot load the model's tokenizer ({e})") from e
+
+
+class _Renderer:
+    """Batched: the `text` a document trains on (format-specific), plus what BLEU prompts with and expects."""
+
+    def __init__(self, config: PrepareConfig, tokenizer):
+        self.format = config.format
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if self.format == "text":
+            texts = batch["text"]
+            return {"text": texts, "_prompt": [None] * len(texts), "_reference": [None] * len(texts)}
+        if self.format == "prompt-completion":
+            texts = [_join(p, c) for p, c in zip(batch["prompt"], batch["completion"], strict=True)]
+            return {"text": texts, "_prompt": batch["prompt"], "_reference": batch["completion"]}
+        texts, prompts, refs = [], [], []
+        for messages in batch["messages"]:
+            texts.append(self.tokenizer.apply_chat_template(messages, tokenize=False))
+            if messages[-1]["role"] == "assistant" and len(messages) > 1:
+                prompts.append(self.tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True))
+                refs.append(messages[-1]["content"])
+            else:
+                prompts.append(None)
+                refs.append(None)
+        return {"text": texts, "_prompt": prompts, "_reference": refs}
+
+
+def _join(prompt: str, completion: str) -> str:
+    if not prompt or not completion or prompt[-1].isspace() or completion[0].isspace():
+        return prompt + completion
+    return prompt + " " + completion
+
+
+def _eval_pairs(validation, config: PrepareConfig) -> list[tuple[str, str]]:
+    """BLEU pairs from held-out documents: the format's prompt/reference, or a text document's two halves."""
+    pairs = []
+    for text, prompt, reference in zip(validation["text"], validation["_prompt"], validation["_reference"], strict=True):
+        if config.format == "text":
+            words = text.split()
+            if len(words) >= 2:
+                half = len(words) // 2
+                pairs.append((" ".join(words[:half]), " ".join(words[half:])))
+        elif prompt is not None and reference and reference.strip():
+            pairs.append((prompt, reference.strip()))
+    return pairs
+
+
+class _Tokenize:
+    """Batched fast tokenization; EOS closes each document so packed blocks keep document boundaries visible."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.eos = tokenizer.eos_token_id
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        ids = self.tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [x + [self.eos] for x in ids]}
+
+
+def _flat_ids(ds) -> tuple[np.ndarray, np.ndarray]:
+    """All token ids of a tokenized split, flat, and the length of each document; straight from Arrow, no Python loop."""
+    column = ds.flatten_indices().data.table.column("input_ids").combine_chunks()
+    lengths = np.diff(column.offsets.to_numpy())
+    return column.flatten().to_numpy().astype(np.int32, copy=False), lengths
+
+
+def _pack(flat: np.ndarray, lengths: np.ndarray, block_size: int, packing: bool, keep_remainder: bool) -> list[np.ndarray]:
+    """Packing: concatenated ids cut into full blocks [n, block] (validation keeps the short tail so no token is lost).
+    Without packing: one row per document, truncated to the block size (the trainer pads per batch)."""
+    if packing:
+        n = flat.size // block_size
+        blocks = list(flat[: n * block_size].reshape(n, block_size))
+        if keep_remainder and flat.size - n * block_size >= 2:
+            blocks.append(flat[n * block_size:])
+        return blocks
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return [flat[s: s + min(n, block_size)] for s, n in zip(starts, lengths, strict=True) if n >= 2]
+
+
+def _table(blocks: list[np.ndarray]) -> pa.Table:
+    lengths = np.array([len(b) for b in blocks], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int32)
+    return pa.table({"input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))})
+
+
+def _digest(packed: dict[str, list[np.ndarray]]) -> str:
+    """sha256 over the tokenized blocks of each split (names, lengths, ids): equal digests mean equal training data."""
+    h = hashlib.sha256()
+    for name in sorted(packed):
+        h.update(name.encode() + b"\0")
+        for block in packed[name]:
+            h.update(np.int64(len(block)).tobytes())
+            h.update(np.ascontiguousarray(block, dtype="<i4").tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def _procs(config: PrepareConfig, n: int) -> int | None:
+    """Processes for a map: several only when there is enough work to pay for them."""
+    return config.num_proc if config.num_proc > 1 and n >= 1000 * config.num_proc else None

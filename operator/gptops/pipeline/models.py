@@ -1,0 +1,167 @@
+"""Models and tokenizers for the stages: resolve a ModelSource to something from_pretrained loads, build a scratch
+model from its config, train a byte-level BPE tokenizer, and pick the device and dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+from gptops.pipeline.config import ModelSource
+from gptops.pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+EOS = "<|endoftext|>"
+# A plain template for tokenizers trained on the spot (they have none). It renders one message per block and ends
+# each with EOS, so a generation stops where a turn ends.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}" + EOS + "\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def resolve_model_dir(source: ModelSource, cache_dir: Path) -> str:
+    """What from_pretrained takes for `source`: a hub id, or a local directory (an S3 prefix is downloaded once)."""
+    if source.kind == "huggingface":
+        return source.location
+    if source.kind == "path":
+        if not Path(source.location, "config.json").exists():
+            raise PipelineError(f"{source.location}: no config.json there; expected a model directory (from_pretrained layout)")
+        return source.location
+    if source.kind == "s3":
+        target = cache_dir / "base-model"
+        if not (target / "config.json").exists():
+            import s3fs
+
+            fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": source.endpoint_url} if source.endpoint_url else {})
+            prefix = source.location.removeprefix("s3://").rstrip("/")
+            log.info("Downloading model from S3 uri=%s target=%s", source.location, target)
+            fs.get(prefix + "/", str(target) + "/", recursive=True)
+            if not (target / "config.json").exists():
+                raise PipelineError(f"{source.location}: no config.json under this prefix; expected a model directory")
+        return str(target)
+    raise PipelineError(f"model.source: a {source.kind} model has no weights to load")
+
+
+def hub_kwargs(source: ModelSource) -> dict:
+    """from_pretrained keyword arguments for a hub model: revision and the token from the environment (HF_TOKEN)."""
+    if source.kind != "huggingface":
+        return {}
+    return {"revision": source.revision, "token": os.environ.get("HF_TOKEN") or None}
+
+
+def load_tokenizer(path: str | Path, **kwargs):
+    """A fast tokenizer with a pad token (EOS when the model has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    return tokenizer
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, context_length: int):
+    """Train a byte-level BPE (GPT-2 style) on `texts`; returns a PreTrainedTokenizerFast with EOS as bos/eos/pad."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is a token: nothing is ever unknown
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_batches(texts), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=EOS,
+        eos_token=EOS,
+        unk_token=EOS,
+        pad_token=EOS,
+        model_max_length=context_length,
+    )
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def context_length(source: ModelSource, cache_dir: Path) -> int:
+    """The model's maximum sequence length."""
+    if source.is_scratch:
+        return source.context_length
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model_dir(source, cache_dir), **hub_kwargs(source))
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1024
+
+
+def build_scratch_model(source: ModelSource, tokenizer, seed: int, dtype: torch.dtype = torch.float32):
+    """A freshly initialised causal LM of the scratch architecture; the same seed gives the same weights."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    vocab = len(tokenizer)
+    common = dict(vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    if source.architecture == "gpt2":
+        config = GPT2Config(n_layer=source.layers, n_head=source.heads, n_embd=source.hidden,
+                            n_positions=source.context_length, **common)
+    else:
+        config = LlamaConfig(num_hidden_layers=source.layers, num_attention_heads=source.heads,
+                             num_key_value_heads=source.heads, hidden_size=source.hidden,
+                             intermediate_size=4 * source.hidden, max_position_embeddings=source.context_length,
+                             tie_word_embeddings=True, **common)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    return model
+
+
+def load_pretrained_model(path: str, dtype: torch.dtype, **kwargs):
+    """A causal LM from a hub id or a directory, with SDPA attention."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", **kwargs)
+
+
+def pick_dtype(precision: str) -> torch.dtype:
+    """The compute dtype: bf16 on a GPU that has it (auto), else what was asked, fp32 on CPU."""
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if precision in ("bf16", "fp16") and not cuda:
+        log.warning("No GPU: running in fp32 instead of %s", precision)
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def device() -> torch.device:
+    """The device of this process (its local rank's GPU under torchrun)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
