@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .PHONY: all venv controlplane test test-fast demo lint clean
@@ -13,10 +13,10 @@ all: test
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[operator,train,serve,dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[operator,train,serve,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # Builds kube-apiserver, controller-manager, scheduler, etcd, kwok and helm into ~/.cache/gptops (once).
