@@ -7,7 +7,7 @@ import posixpath
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from gptops.api.constants import ARTIFACTS_MOUNT, SOURCE_MODEL_MOUNT
+from gptops.api.constants import ARTIFACTS_MOUNT, PVC_MOUNT_ROOT
 from gptops.api.finetunejob import FineTuneJob
 from gptops.api.gptmodel import GPTModel
 
@@ -25,16 +25,17 @@ class ServedRevision(BaseModel):
     revision: str | None = None  # the FineTuneJob name; None = the GPTModel's own source
     model: str
     adapter: str | None = None
+    lora_rank: int | None = None  # the adapter's rank, when known (vLLM's --max-lora-rank must be at least this)
 
 
 def source_model_location(model: GPTModel) -> str | None:
     """The GPTModel's source as vLLM and the stages can load it, or None (s3, local and scratch are not loadable
-    in place): a Hugging Face repo id, or the source PVC's path under /models."""
+    in place): a Hugging Face repo id, or the source PVC's path under /mnt/pvc/<claimName>."""
     src = model.spec.source
     if src.huggingface is not None:
         return src.huggingface.repo
     if src.pvc is not None:
-        return posixpath.join(SOURCE_MODEL_MOUNT, src.pvc.path.lstrip("/"))
+        return posixpath.join(PVC_MOUNT_ROOT, src.pvc.claim_name, src.pvc.path.lstrip("/"))
     return None
 
 
@@ -45,7 +46,8 @@ def served_revision_for(ftj: FineTuneJob, model: GPTModel) -> ServedRevision:
     arts = ftj.status.artifacts
     if ftj.spec.training.method == "lora":
         base = arts.base_model or model.status.serving_artifact or source_model_location(model) or ""
-        return ServedRevision(revision=ftj.name, model=base, adapter=arts.adapter or posixpath.join(root, "adapter"))
+        return ServedRevision(revision=ftj.name, model=base, adapter=arts.adapter or posixpath.join(root, "adapter"),
+                              lora_rank=ftj.spec.training.lora_settings.r)
     return ServedRevision(revision=ftj.name, model=arts.model or posixpath.join(root, "model"))
 
 

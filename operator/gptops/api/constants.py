@@ -49,7 +49,12 @@ STAGES = (STAGE_PREPARE, STAGE_TRAIN, STAGE_EVALUATE)
 
 # Where things live inside the Pods the builders make.
 ARTIFACTS_MOUNT = "/artifacts"
-SOURCE_MODEL_MOUNT = "/models"
+#: A PVC named in a spec (model or dataset source) is mounted at /mnt/pvc/<claimName> (pipeline/config.py agrees).
+PVC_MOUNT_ROOT = "/mnt/pvc"
+#: A ConfigMap dataset source is mounted at /etc/gptops/configmaps/<name>.
+CONFIGMAP_MOUNT_ROOT = "/etc/gptops/configmaps"
+#: Writable caches (HOME, HF_HOME, XDG_CACHE_HOME) in every Pod: an emptyDir.
+CACHE_MOUNT = "/cache"
 TERMINATION_LOG = "/dev/termination-log"
 VLLM_PORT = 8000
 RDZV_PORT = 29500

@@ -1,0 +1,27 @@
+"""Pure manifest builders, one module per child kind: stage Jobs (and the multi-node rendezvous Service), the vLLM
+Deployment and its Service. They return dicts and never import kopf or kubernetes."""
+
+from gptops.builders.common import BuildError, owner_reference
+from gptops.builders.deployment import build_deployment, deployment_name, vllm_args
+from gptops.builders.job import (
+    build_rendezvous_service,
+    build_stage_children,
+    build_stage_job,
+    stage_job_name,
+    stage_spec_json,
+)
+from gptops.builders.service import build_service
+
+__all__ = [
+    "BuildError",
+    "build_deployment",
+    "build_rendezvous_service",
+    "build_service",
+    "build_stage_children",
+    "build_stage_job",
+    "deployment_name",
+    "owner_reference",
+    "stage_job_name",
+    "stage_spec_json",
+    "vllm_args",
+]

@@ -1,0 +1,177 @@
+"""The vLLM Deployment that serves one revision of a GPTModel (full weights, or base model + LoRA adapter).
+Pure: returns a dict; imports gptops.api only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from gptops.api.artifacts import ServedRevision
+from gptops.api.constants import (
+    ANNOTATION_ADAPTER,
+    ANNOTATION_ARTIFACT,
+    ANNOTATION_REVISION,
+    ANNOTATION_SPEC_HASH,
+    ARTIFACTS_MOUNT,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL,
+    LABEL_NAME,
+    VLLM_PORT,
+    fixed_labels,
+)
+from gptops.api.gptmodel import GPTModel
+from gptops.builders.common import (
+    as_model,
+    cache_volumes,
+    container_security_context,
+    metadata,
+    pod_security_context,
+    pvc_volume,
+    resources,
+    secret_env,
+    shm_volume,
+    tolerations,
+)
+
+COMPONENT = "server"
+#: vLLM accepts these values for --max-lora-rank.
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+DEFAULT_LORA_RANK = 64
+PROBE_PERIOD = 10
+
+
+def deployment_name(model: GPTModel | Mapping[str, Any]) -> str:
+    """The Deployment (and Service) is named after the GPTModel (a DNS-1035 label, enforced by the CRD)."""
+    return as_model(GPTModel, model).name
+
+
+def server_selector(model: GPTModel) -> dict[str, str]:
+    """The Deployment's immutable selector (no revision in it: a new revision is a rolling update)."""
+    labels = fixed_labels(component=COMPONENT, model=model.name)
+    return {k: labels[k] for k in (LABEL_MANAGED_BY, LABEL_NAME, LABEL_MODEL)}
+
+
+def served_model_names(model: GPTModel, served: ServedRevision) -> tuple[str, str | None]:
+    """(name of --model, name of the LoRA module): clients always ask for the GPTModel's name and get the
+    revision; with LoRA the base is also reachable as `<name>-base`."""
+    if served.adapter:
+        return f"{model.name}-base", model.name
+    return model.name, None
+
+
+def _lora_rank(rank: int | None) -> int:
+    want = rank or DEFAULT_LORA_RANK
+    return next((r for r in LORA_RANKS if r >= want), LORA_RANKS[-1])
+
+
+def vllm_args(model: GPTModel, served: ServedRevision) -> list[str]:
+    """vLLM's arguments, one list item each: no value ever goes through a shell."""
+    v = model.spec.serving.vllm
+    base_name, lora_name = served_model_names(model, served)
+    args = ["--model", served.model, "--served-model-name", base_name,
+            "--host", "0.0.0.0", "--port", str(VLLM_PORT)]
+    hf = model.spec.source.huggingface
+    if hf is not None and served.model == hf.repo:
+        args += ["--revision", hf.revision]
+    if v.max_model_len is not None:
+        args += ["--max-model-len", str(v.max_model_len)]
+    args += [
+        "--gpu-memory-utilization", repr(float(v.gpu_memory_utilization)),
+        "--tensor-parallel-size", str(v.tensor_parallel_size),
+        "--dtype", v.dtype,
+        "--enable-prefix-caching" if v.enable_prefix_caching else "--no-enable-prefix-caching",
+    ]
+    if served.adapter:
+        args += ["--enable-lora", "--lora-modules", f"{lora_name}={served.adapter}",
+                 "--max-lora-rank", str(_lora_rank(served.lora_rank))]
+    return args + list(v.extra_args)
+
+
+def build_deployment(model: GPTModel | Mapping[str, Any], served: ServedRevision) -> dict[str, Any]:
+    """The apps/v1 Deployment serving `served` for `model`: rolling update with a progress deadline,
+    probes on /health, restricted Pods, the artifacts PVC read-only, GPUs from spec.serving.resources."""
+    model = as_model(GPTModel, model)
+    serving = model.spec.serving
+    revision = served.revision or "source"
+    labels = fixed_labels(component=COMPONENT, model=model.name, revision=revision)
+    annotations = {ANNOTATION_REVISION: revision, ANNOTATION_ARTIFACT: served.model}
+    if served.adapter:
+        annotations[ANNOTATION_ADAPTER] = served.adapter
+
+    shm_vol, shm_mount = shm_volume()
+    cache_vols, cache_mounts, cache_env = cache_volumes()
+    volumes = [shm_vol, *cache_vols]
+    mounts = [shm_mount, *cache_mounts]
+    if model.spec.artifacts.pvc is not None:
+        volumes.append({"name": "artifacts", "persistentVolumeClaim": {
+            "claimName": model.spec.artifacts.pvc.claim_name, "readOnly": True}})
+        mounts.append({"name": "artifacts", "mountPath": ARTIFACTS_MOUNT, "readOnly": True})
+    if model.spec.source.pvc is not None:
+        vol, mount = pvc_volume(model.spec.source.pvc.claim_name, read_only=True)
+        volumes.append(vol)
+        mounts.append(mount)
+
+    env = [*cache_env, {"name": "VLLM_CACHE_ROOT", "value": f"{cache_env[0]['value']}/vllm"}]
+    hf = model.spec.source.huggingface
+    if hf is not None and hf.token_secret_ref is not None and served.model == hf.repo:
+        env.append(secret_env("HF_TOKEN", hf.token_secret_ref.name, hf.token_secret_ref.key))
+    if serving.api_key_secret_ref is not None:
+        env.append(secret_env("VLLM_API_KEY", serving.api_key_secret_ref.name, serving.api_key_secret_ref.key))
+
+    def health() -> dict[str, Any]:
+        return {"httpGet": {"path": "/health", "port": "http"}}
+
+    # Loading weights can take most of the rollout deadline; the startup probe allows exactly that long.
+    startup_failures = max(3, math.ceil(serving.rollout_deadline_seconds / PROBE_PERIOD))
+    container = {
+        "name": "vllm",
+        "image": serving.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "args": vllm_args(model, served),
+        "ports": [{"name": "http", "containerPort": VLLM_PORT, "protocol": "TCP"}],
+        "env": env,
+        "resources": resources(serving.resources.gpus, serving.resources.cpu, serving.resources.memory),
+        "volumeMounts": mounts,
+        "securityContext": container_security_context(),
+        "startupProbe": {**health(), "periodSeconds": PROBE_PERIOD, "failureThreshold": startup_failures},
+        "readinessProbe": {**health(), "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**health(), "periodSeconds": 15, "failureThreshold": 4, "timeoutSeconds": 5},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        # A Service named "vllm" would otherwise inject VLLM_PORT=tcp://..., which vLLM reads as its own setting.
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if serving.node_selector:
+        pod_spec["nodeSelector"] = dict(serving.node_selector)
+    if serving.tolerations:
+        pod_spec["tolerations"] = tolerations(serving.tolerations)
+    spec = {
+        "replicas": serving.replicas,
+        "selector": {"matchLabels": server_selector(model)},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "progressDeadlineSeconds": serving.rollout_deadline_seconds,
+        "revisionHistoryLimit": 3,
+        "template": {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}, "spec": pod_spec},
+    }
+    # The operator compares this hash with the live Deployment's to decide whether to patch it.
+    meta_annotations = {**annotations, ANNOTATION_SPEC_HASH: spec_hash(spec)}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(deployment_name(model), model, labels, meta_annotations),
+        "spec": spec,
+    }
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """A short, stable digest of a manifest's spec."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]

@@ -1,0 +1,242 @@
+"""Stage Jobs of a FineTuneJob (prepare, train, evaluate), including multi-node training as an Indexed Job whose
+Pods run torchrun with a c10d rendezvous on index 0. Pure: returns dicts; imports gptops.api only."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from gptops.api.artifacts import artifact_root
+from gptops.api.constants import (
+    ARTIFACTS_MOUNT,
+    LABEL_FINETUNEJOB,
+    LABEL_GENERATION,
+    LABEL_STAGE,
+    RDZV_PORT,
+    STAGE_PREPARE,
+    STAGE_TRAIN,
+    STAGES,
+    TERMINATION_LOG,
+    fixed_labels,
+)
+from gptops.api.finetunejob import FineTuneJob
+from gptops.api.gptmodel import GPTModel
+from gptops.api.names import child_name
+from gptops.builders.common import (
+    BuildError,
+    as_model,
+    cache_volumes,
+    configmap_volume,
+    container_security_context,
+    metadata,
+    pod_security_context,
+    pvc_volume,
+    resources,
+    secret_env,
+    shm_volume,
+    tolerations,
+)
+
+SPEC_JSON_VERSION = "gptops.io/stage-spec/v1"
+
+
+def stage_job_name(ftj: FineTuneJob | Mapping[str, Any], stage: str, generation: int | None = None) -> str:
+    """`<ftj>-<stage>-<generation>`, DNS-safe and short enough for Indexed Pod hostnames."""
+    ftj = as_model(FineTuneJob, ftj)
+    return child_name(ftj.name, stage, ftj.metadata.generation if generation is None else generation)
+
+
+def stage_labels(ftj: FineTuneJob, stage: str, generation: int) -> dict[str, str]:
+    return fixed_labels(component=stage, model=ftj.spec.model.name, finetunejob=ftj.name, stage=stage,
+                        generation=generation)
+
+
+def stage_selector(ftj: FineTuneJob, stage: str, generation: int) -> dict[str, str]:
+    """Labels that pick this stage's Pods (the multi-node rendezvous Service selects with them)."""
+    labels = stage_labels(ftj, stage, generation)
+    return {k: labels[k] for k in (LABEL_FINETUNEJOB, LABEL_STAGE, LABEL_GENERATION)}
+
+
+def is_multinode(ftj: FineTuneJob, stage: str) -> bool:
+    return stage == STAGE_TRAIN and ftj.spec.training.resources.nodes > 1
+
+
+def stage_spec_json(ftj: FineTuneJob, model: GPTModel, start_model: str | None = None) -> str:
+    """The document a stage reads from `--spec-json`: both specs (camelCase, defaults filled in), the run's
+    identity, and the model to start from when it is not the GPTModel's source. Holds no secret values."""
+    doc = {
+        "apiVersion": SPEC_JSON_VERSION,
+        "finetunejob": {
+            "metadata": {"name": ftj.name, "namespace": ftj.namespace, "generation": ftj.metadata.generation},
+            "spec": ftj.spec.to_dict(),
+        },
+        "model": {"metadata": {"name": model.name, "namespace": model.namespace}, "spec": model.spec.to_dict()},
+        "startModel": start_model,
+    }
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+
+def _source_volumes_and_env(ftj: FineTuneJob, model: GPTModel) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """Volumes, mounts, env and envFrom for the model and dataset sources (PVCs, ConfigMaps, Secrets)."""
+    volumes: list[dict] = []
+    mounts: list[dict] = []
+    env: list[dict] = []
+    env_from: list[dict] = []
+    claims: list[str] = []
+    src, data = model.spec.source, ftj.spec.dataset.source
+    if src.pvc is not None:
+        claims.append(src.pvc.claim_name)
+    if data.pvc is not None and data.pvc.claim_name not in claims:
+        claims.append(data.pvc.claim_name)
+    for claim in claims:
+        vol, mount = pvc_volume(claim, read_only=True)
+        volumes.append(vol)
+        mounts.append(mount)
+    if data.config_map is not None:
+        vol, mount = configmap_volume(data.config_map.name)
+        volumes.append(vol)
+        mounts.append(mount)
+    token = (src.huggingface.token_secret_ref if src.huggingface else None) or (
+        data.huggingface.token_secret_ref if data.huggingface else None)
+    if token is not None:
+        env.append(secret_env("HF_TOKEN", token.name, token.key))
+    s3_secrets = {s.credentials_secret_ref.name for s in (src.s3, data.s3) if s and s.credentials_secret_ref}
+    # The Secret holds AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN, AWS_REGION).
+    env_from += [{"secretRef": {"name": name}} for name in sorted(s3_secrets)]
+    return volumes, mounts, env, env_from
+
+
+def build_stage_job(
+    ftj: FineTuneJob | Mapping[str, Any],
+    model: GPTModel | Mapping[str, Any],
+    stage: str,
+    *,
+    generation: int | None = None,
+    start_model: str | None = None,
+    image: str | None = None,
+) -> dict[str, Any]:
+    """The batch/v1 Job that runs `stage` of `ftj` (generation defaults to metadata.generation).
+
+    `start_model` is the directory the run starts from when it is not the GPTModel's source (startFrom serving);
+    `image` overrides spec.training.image. Raises BuildError when the GPTModel has no artifacts PVC.
+    """
+    ftj = as_model(FineTuneJob, ftj)
+    model = as_model(GPTModel, model)
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if model.spec.artifacts.pvc is None:
+        raise BuildError(f"GPTModel {model.name}: spec.artifacts.pvc.claimName is required to run in a cluster")
+    for where, src in (("spec.source", model.spec.source.kind), ("spec.dataset.source", ftj.spec.dataset.source.kind)):
+        if src == "local":
+            raise BuildError(f"{where}.local is for gptops run only; use pvc, s3, url, huggingface or configMap")
+    gen = ftj.metadata.generation if generation is None else generation
+    training = ftj.spec.training
+    name = stage_job_name(ftj, stage, gen)
+    labels = stage_labels(ftj, stage, gen)
+    root = artifact_root(ftj.namespace, ftj.name)
+
+    stage_args = ["-m", "gptops.pipeline", stage, "--spec-json", stage_spec_json(ftj, model, start_model),
+                  "--artifacts", root]
+    nodes = training.resources.nodes if is_multinode(ftj, stage) else 1
+    gpus = 0 if stage == STAGE_PREPARE else training.resources.gpus
+    if nodes > 1:
+        command = [
+            "torchrun",
+            "--nnodes", str(nodes),
+            "--nproc-per-node", str(gpus),
+            "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"{name}-0.{name}:{RDZV_PORT}",
+            "--rdzv-id", name,
+            *stage_args,
+        ]
+    else:
+        command = ["python", *stage_args]
+
+    volumes, mounts, env, env_from = _source_volumes_and_env(ftj, model)
+    artifacts_vol = {"name": "artifacts",
+                     "persistentVolumeClaim": {"claimName": model.spec.artifacts.pvc.claim_name}}
+    shm_vol, shm_mount = shm_volume()
+    cache_vols, cache_mounts, cache_env = cache_volumes()
+    container: dict[str, Any] = {
+        "name": stage,
+        "image": image or training.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command[:1],
+        "args": command[1:],
+        "env": [*cache_env, {"name": "PYTHONUNBUFFERED", "value": "1"},
+                {"name": "GPTOPS_STAGE", "value": stage}, *env],
+        "resources": resources(gpus, training.resources.cpu, training.resources.memory),
+        "volumeMounts": [{"name": "artifacts", "mountPath": ARTIFACTS_MOUNT}, shm_mount, *cache_mounts, *mounts],
+        "securityContext": container_security_context(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if env_from:
+        container["envFrom"] = env_from
+    if nodes > 1:
+        container["ports"] = [{"name": "rdzv", "containerPort": RDZV_PORT}]
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": [artifacts_vol, shm_vol, *cache_vols, *volumes],
+    }
+    if training.node_selector:
+        pod_spec["nodeSelector"] = dict(training.node_selector)
+    if training.tolerations:
+        pod_spec["tolerations"] = tolerations(training.tolerations)
+
+    job_spec: dict[str, Any] = {
+        "backoffLimit": training.backoff_limit,
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
+    if nodes > 1:
+        pod_spec["subdomain"] = name  # Pods resolve as <job>-<index>.<service>
+        job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(name, ftj, labels),
+        "spec": job_spec,
+    }
+
+
+def build_rendezvous_service(
+    ftj: FineTuneJob | Mapping[str, Any], *, generation: int | None = None
+) -> dict[str, Any]:
+    """The headless Service that gives a multi-node training Job's Pods stable DNS names for the c10d rendezvous."""
+    ftj = as_model(FineTuneJob, ftj)
+    gen = ftj.metadata.generation if generation is None else generation
+    name = stage_job_name(ftj, STAGE_TRAIN, gen)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(name, ftj, stage_labels(ftj, STAGE_TRAIN, gen)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": stage_selector(ftj, STAGE_TRAIN, gen),
+            "ports": [{"name": "rdzv", "port": RDZV_PORT, "targetPort": RDZV_PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+def build_stage_children(
+    ftj: FineTuneJob | Mapping[str, Any],
+    model: GPTModel | Mapping[str, Any],
+    stage: str,
+    *,
+    generation: int | None = None,
+    start_model: str | None = None,
+    image: str | None = None,
+) -> list[dict[str, Any]]:
+    """Everything a stage needs: its Job, preceded by the rendezvous Service for multi-node training."""
+    ftj = as_model(FineTuneJob, ftj)
+    job = build_stage_job(ftj, model, stage, generation=generation, start_model=start_model, image=image)
+    if is_multinode(ftj, stage):
+        return [build_rendezvous_service(ftj, generation=generation), job]
+    return [job]

@@ -1,0 +1,149 @@
+"""vLLM Deployment and Service builders: table tests of what a user or the cluster would notice."""
+
+import pytest
+
+from gptops.api import FineTuneJob, GPTModel, ServedRevision, served_revision_for
+from gptops.builders import build_deployment, build_service
+
+FULL = ServedRevision(revision="tiny-ft", model="/artifacts/ml/tiny-ft/model")
+LORA = ServedRevision(revision="tiny-lora", model="sshleifer/tiny-gpt2", adapter="/artifacts/ml/tiny-lora/adapter",
+                      lora_rank=8)
+
+
+def container(dep):
+    return dep["spec"]["template"]["spec"]["containers"][0]
+
+
+def argv(dep):
+    return container(dep)["args"]
+
+
+def opt(args, flag):
+    return args[args.index(flag) + 1]
+
+
+@pytest.mark.parametrize("served", [FULL, LORA])
+def test_has_the_owner_reference(served, gptmodel):
+    for obj in (build_deployment(gptmodel, served), build_service(gptmodel)):
+        assert obj["metadata"]["ownerReferences"] == [{
+            "apiVersion": "gptops.io/v1alpha1", "kind": "GPTModel", "name": "tiny", "uid": "uid-gm",
+            "controller": True, "blockOwnerDeletion": True}]
+
+
+def test_requests_the_gpus(gptmodel):
+    res = container(build_deployment(gptmodel, FULL))["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == "2" and res["requests"]["nvidia.com/gpu"] == "2"
+    assert res["limits"]["memory"] == "32Gi"
+
+
+def test_pins_the_image(gptmodel):
+    assert container(build_deployment(gptmodel, FULL))["image"] == "vllm/vllm-openai:v0.11.0"
+    gptmodel["spec"]["serving"]["image"] = "vllm/vllm-openai:v0.10.2"
+    assert container(build_deployment(gptmodel, FULL))["image"] == "vllm/vllm-openai:v0.10.2"
+
+
+@pytest.mark.parametrize("served", [FULL, LORA])
+def test_args_are_a_list_and_contain_no_shell(served, gptmodel):
+    c = container(build_deployment(gptmodel, served))
+    assert c["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert all(isinstance(a, str) for a in c["args"])
+    # a hostile extra arg stays one list item, never interpreted
+    assert c["args"][-2:] == ["--seed", "1; rm -rf /"]
+
+
+def test_vllm_settings_from_the_spec(gptmodel):
+    args = argv(build_deployment(gptmodel, FULL))
+    assert opt(args, "--model") == "/artifacts/ml/tiny-ft/model"
+    assert opt(args, "--served-model-name") == "tiny"
+    assert opt(args, "--max-model-len") == "2048"
+    assert opt(args, "--gpu-memory-utilization") == "0.9"
+    assert opt(args, "--tensor-parallel-size") == "2"
+    assert opt(args, "--dtype") == "auto"
+    assert "--enable-prefix-caching" in args and "--enable-lora" not in args
+    gptmodel["spec"]["serving"]["vllm"]["enablePrefixCaching"] = False
+    assert "--no-enable-prefix-caching" in argv(build_deployment(gptmodel, FULL))
+
+
+def test_lora_revision_serves_base_plus_adapter(gptmodel):
+    args = argv(build_deployment(gptmodel, LORA))
+    assert opt(args, "--model") == "sshleifer/tiny-gpt2"
+    assert opt(args, "--revision") == "main"
+    assert "--enable-lora" in args
+    assert opt(args, "--lora-modules") == "tiny=/artifacts/ml/tiny-lora/adapter"
+    assert opt(args, "--served-model-name") == "tiny-base"
+    assert opt(args, "--max-lora-rank") == "8"
+
+
+def test_lora_from_finetunejob(gptmodel, finetunejob):
+    finetunejob["spec"]["training"]["method"] = "lora"
+    finetunejob["spec"]["training"]["lora"] = {"r": 24}
+    served = served_revision_for(FineTuneJob.from_dict(finetunejob), GPTModel.from_dict(gptmodel))
+    args = argv(build_deployment(gptmodel, served))
+    assert opt(args, "--lora-modules") == "tiny=/artifacts/ml/tiny-ft/adapter"
+    assert opt(args, "--max-lora-rank") == "32"
+
+
+def test_labels_are_the_fixed_set_and_record_the_revision(gptmodel):
+    dep = build_deployment(gptmodel, FULL)
+    for labels in (dep["metadata"]["labels"], dep["spec"]["template"]["metadata"]["labels"]):
+        assert set(labels) == {"app.kubernetes.io/managed-by", "app.kubernetes.io/name", "app.kubernetes.io/component",
+                               "gptops.io/model", "gptops.io/revision"}
+        assert labels["gptops.io/revision"] == "tiny-ft"
+    assert dep["metadata"]["annotations"]["gptops.io/revision"] == "tiny-ft"
+    assert "gptops.io/revision" not in dep["spec"]["selector"]["matchLabels"]
+    assert dep["spec"]["selector"]["matchLabels"] == build_service(gptmodel)["spec"]["selector"]
+    assert set(build_service(gptmodel)["metadata"]["labels"]) <= set(dep["metadata"]["labels"])
+
+
+def test_name_deterministic_and_short(gptmodel):
+    dep = build_deployment(gptmodel, FULL)
+    assert dep["metadata"]["name"] == "tiny" == build_service(gptmodel)["metadata"]["name"]
+    assert dep == build_deployment(gptmodel, FULL)
+    assert dep["metadata"]["annotations"]["gptops.io/spec-hash"] != \
+        build_deployment(gptmodel, LORA)["metadata"]["annotations"]["gptops.io/spec-hash"]
+
+
+def test_rollout_and_probes(gptmodel):
+    dep = build_deployment(gptmodel, FULL)
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert dep["spec"]["progressDeadlineSeconds"] == 600
+    assert dep["spec"]["replicas"] == 2
+    c = container(dep)
+    for probe in ("readinessProbe", "startupProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 600
+
+
+def test_pod_is_restricted_with_writable_caches(gptmodel):
+    pod = build_deployment(gptmodel, FULL)["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["enableServiceLinks"] is False
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/artifacts"]["readOnly"] is True
+    assert "/cache" in mounts and "/tmp" in mounts
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HOME"]["value"] == "/cache"
+    assert pod["nodeSelector"] == {"gpu": "a100"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_api_key_and_hf_token_come_from_secrets(gptmodel):
+    env = {e["name"]: e for e in container(build_deployment(gptmodel, LORA))["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "vllm-key", "key": "api-key"}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+    assert all("value" not in e for e in env.values() if e["name"] in ("VLLM_API_KEY", "HF_TOKEN"))
+    del gptmodel["spec"]["serving"]["apiKeySecretRef"]
+    env = {e["name"] for e in container(build_deployment(gptmodel, FULL))["env"]}
+    assert "VLLM_API_KEY" not in env and "HF_TOKEN" not in env
+
+
+def test_service_exposes_port_8000(gptmodel):
+    svc = build_service(gptmodel)
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
+    assert svc["spec"]["type"] == "ClusterIP"

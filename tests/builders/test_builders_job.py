@@ -1,0 +1,149 @@
+"""Stage Job builder: table tests of what a user or the cluster would notice."""
+
+import json
+import re
+
+import pytest
+
+from gptops.api.constants import LABEL_MANAGED_BY
+from gptops.builders import BuildError, build_rendezvous_service, build_stage_children, build_stage_job
+
+STAGES = ["prepare", "train", "evaluate"]
+DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+FIXED_LABEL_KEYS = {"app.kubernetes.io/managed-by", "app.kubernetes.io/name", "app.kubernetes.io/component",
+                    "gptops.io/model", "gptops.io/finetunejob", "gptops.io/stage", "gptops.io/generation"}
+
+
+def container(job):
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_has_the_owner_reference(stage, finetunejob, gptmodel):
+    job = build_stage_job(finetunejob, gptmodel, stage)
+    assert job["metadata"]["ownerReferences"] == [{
+        "apiVersion": "gptops.io/v1alpha1", "kind": "FineTuneJob", "name": "tiny-ft", "uid": "uid-ftj",
+        "controller": True, "blockOwnerDeletion": True}]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_name_deterministic_and_short(stage, finetunejob, gptmodel):
+    job = build_stage_job(finetunejob, gptmodel, stage)
+    assert job["metadata"]["name"] == f"tiny-ft-{stage}-3"
+    assert job == build_stage_job(finetunejob, gptmodel, stage)
+    finetunejob["metadata"]["name"] = "a-very-long-fine-tune-job-name-" * 5
+    long = build_stage_job(finetunejob, gptmodel, stage)["metadata"]["name"]
+    assert len(long) <= 63 and DNS1123.match(long)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_labels_are_the_fixed_set(stage, finetunejob, gptmodel):
+    job = build_stage_job(finetunejob, gptmodel, stage)
+    for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
+        assert set(labels) == FIXED_LABEL_KEYS
+        assert labels[LABEL_MANAGED_BY] == "gptops"
+        assert "argocd.argoproj.io/instance" not in labels
+        assert labels["gptops.io/stage"] == stage and labels["gptops.io/generation"] == "3"
+
+
+@pytest.mark.parametrize(("stage", "gpus"), [("prepare", None), ("train", "4"), ("evaluate", "4")])
+def test_requests_the_gpus(stage, gpus, finetunejob, gptmodel):
+    res = container(build_stage_job(finetunejob, gptmodel, stage))["resources"]
+    assert res.get("limits", {}).get("nvidia.com/gpu") == gpus
+    assert res["requests"].get("nvidia.com/gpu") == gpus
+    assert res["requests"]["cpu"] == "8" and res["limits"]["memory"] == "64Gi"
+
+
+def test_pins_the_image_and_allows_override(finetunejob, gptmodel):
+    assert container(build_stage_job(finetunejob, gptmodel, "train"))["image"] == "ghcr.io/gptops/trainer:0.1.0"
+    finetunejob["spec"]["training"]["image"] = "registry.local/trainer:dev"
+    assert container(build_stage_job(finetunejob, gptmodel, "train"))["image"] == "registry.local/trainer:dev"
+    assert container(build_stage_job(finetunejob, gptmodel, "train", image="x:1"))["image"] == "x:1"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_args_are_a_list_and_contain_no_shell(stage, finetunejob, gptmodel):
+    c = container(build_stage_job(finetunejob, gptmodel, stage))
+    argv = c["command"] + c["args"]
+    assert all(isinstance(a, str) for a in argv)
+    assert argv[0] not in ("sh", "bash", "/bin/sh", "/bin/bash") and "-c" not in argv
+    assert argv[:4] == ["python", "-m", "gptops.pipeline", stage]
+    assert argv[-2:] == ["--artifacts", "/artifacts/ml/tiny-ft"]
+    doc = json.loads(argv[argv.index("--spec-json") + 1])
+    assert doc["finetunejob"]["spec"]["training"]["backoffLimit"] == 5
+    assert doc["model"]["spec"]["source"]["huggingface"]["repo"] == "sshleifer/tiny-gpt2"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_pod_is_restricted_and_reports_results(stage, finetunejob, gptmodel):
+    job = build_stage_job(finetunejob, gptmodel, stage)
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 5
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert "/artifacts" in mounts and "/dev/shm" in mounts and "/cache" in mounts
+    assert mounts["/mnt/pvc/data"]["readOnly"] is True
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HF_HOME"]["value"].startswith("/cache")
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+
+
+def test_node_selector_and_tolerations_from_the_spec(finetunejob, gptmodel):
+    pod = build_stage_job(finetunejob, gptmodel, "train")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpu": "h100"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "train", "effect": "NoSchedule"}]
+
+
+def test_single_node_train_is_a_plain_job(finetunejob, gptmodel):
+    children = build_stage_children(finetunejob, gptmodel, "train")
+    assert [c["kind"] for c in children] == ["Job"]
+    assert "completionMode" not in children[0]["spec"]
+
+
+def test_multi_node_train_is_an_indexed_job_with_torchrun(finetunejob, gptmodel):
+    finetunejob["spec"]["training"]["resources"]["nodes"] = 3
+    svc, job = build_stage_children(finetunejob, gptmodel, "train")
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == svc["metadata"]["name"] == "tiny-ft-train-3"
+    c = pod["containers"][0]
+    argv = c["command"] + c["args"]
+    assert argv[0] == "torchrun"
+    assert argv[argv.index("--nnodes") + 1] == "3"
+    assert argv[argv.index("--nproc-per-node") + 1] == "4"
+    assert argv[argv.index("--rdzv-backend") + 1] == "c10d"
+    assert argv[argv.index("--rdzv-endpoint") + 1] == "tiny-ft-train-3-0.tiny-ft-train-3:29500"
+    assert argv[argv.index("-m") + 1 : argv.index("-m") + 3] == ["gptops.pipeline", "train"]
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert all(labels[k] == v for k, v in svc["spec"]["selector"].items())
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == "uid-ftj"
+    # prepare and evaluate stay single-node
+    assert [c["kind"] for c in build_stage_children(finetunejob, gptmodel, "evaluate")] == ["Job"]
+    assert build_rendezvous_service(finetunejob)["metadata"]["name"] == "tiny-ft-train-3"
+
+
+def test_missing_artifacts_pvc_is_a_build_error(finetunejob, gptmodel):
+    del gptmodel["spec"]["artifacts"]
+    with pytest.raises(BuildError, match="artifacts.pvc"):
+        build_stage_job(finetunejob, gptmodel, "prepare")
+
+
+def test_local_sources_are_refused_in_a_cluster(finetunejob, gptmodel):
+    finetunejob["spec"]["dataset"]["source"] = {"local": {"path": "data.txt"}}
+    with pytest.raises(BuildError, match="gptops run only"):
+        build_stage_job(finetunejob, gptmodel, "prepare")
+
+
+def test_configmap_dataset_is_mounted(finetunejob, gptmodel):
+    finetunejob["spec"]["dataset"]["source"] = {"configMap": {"name": "corpus", "key": "data.txt"}}
+    pod = build_stage_job(finetunejob, gptmodel, "prepare")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert "/etc/gptops/configmaps/corpus" in mounts
