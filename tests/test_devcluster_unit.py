@@ -1,0 +1,139 @@
+"""Fast tests of the dev cluster's pure parts: certificates, kwok stages, kubeconfig, process plumbing."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl
+import sys
+import threading
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gptops.devcluster import cluster, processes
+from gptops.devcluster.pki import issue_client_cert, write_pki
+from gptops.devcluster.stages import EXIT_CODE_ANNOTATION, RESULT_ANNOTATION, build_stages
+
+
+def load(path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_pki_serving_cert_names_the_api_server_and_is_signed_by_the_ca(tmp_path):
+    pki = write_pki(tmp_path)
+    serving, ca = load(pki.serving_cert), load(pki.ca_cert)
+
+    serving.verify_directly_issued_by(ca)
+    sans = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "10.0.0.1"}
+    assert {"localhost", "kubernetes.default.svc"} <= set(sans.get_values_for_type(x509.DNSName))
+    assert (pki.ca_key.stat().st_mode & 0o777) == 0o600
+
+
+def test_pki_admin_is_in_system_masters_and_other_users_in_no_group(tmp_path):
+    pki = write_pki(tmp_path)
+    admin = load(pki.admin_cert)
+    alice_cert, _ = issue_client_cert(pki, "alice")
+    alice = load(alice_cert)
+
+    assert admin.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
+    assert alice.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice"
+    assert alice.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME) == []
+    usage = alice.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    alice.verify_directly_issued_by(load(pki.ca_cert))
+
+
+def test_pki_certs_complete_a_mutual_tls_handshake_on_127_0_0_1(tmp_path):
+    pki = write_pki(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca_cert))
+    server_ctx.load_cert_chain(str(pki.serving_cert), str(pki.serving_key))
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    client_ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+    client_ctx.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+    peers = []
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                peers.append(tls.getpeercert()["subject"])
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        with socket.create_connection(listener.getsockname()) as raw:
+            with client_ctx.wrap_socket(raw, server_hostname="127.0.0.1"):
+                pass
+        thread.join(timeout=5)
+
+    assert (("commonName", "admin"),) in peers[0]
+
+
+def test_stages_cover_node_and_pod_life_and_use_the_documented_annotations():
+    stages = build_stages()
+    text = yaml.safe_dump_all(stages)
+
+    assert [(s["metadata"]["name"], s["spec"]["resourceRef"]["kind"]) for s in yaml.safe_load_all(text)] == [
+        ("node-initialize", "Node"),
+        ("node-heartbeat", "Node"),
+        ("pod-ready", "Pod"),
+        ("pod-complete", "Pod"),
+        ("pod-delete", "Pod"),
+    ]
+    complete = stages[3]["spec"]
+    keys = [e["key"] for e in complete["selector"]["matchExpressions"]]
+    assert f'.metadata.annotations["{RESULT_ANNOTATION}"]' in keys
+    template = complete["next"]["statusTemplate"]
+    assert f'"{RESULT_ANNOTATION}"' in template and f'"{EXIT_CODE_ANNOTATION}"' in template
+    assert stages[4]["spec"]["next"] == {"delete": True}
+
+
+def test_kubeconfig_embeds_the_credentials(tmp_path):
+    pki = write_pki(tmp_path)
+    path = cluster.write_kubeconfig(
+        tmp_path / "kubeconfig", "https://127.0.0.1:6443", pki.ca_cert, pki.admin_cert, pki.admin_key, "admin"
+    )
+    config = yaml.safe_load(path.read_text())
+
+    assert config["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
+    user = config["users"][0]["user"]
+    assert base64.b64decode(user["client-key-data"]) == pki.admin_key.read_bytes()
+    assert (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_fake_node_offers_gpus():
+    node = cluster.build_fake_node("gpu-node-0")
+    assert node["status"]["capacity"]["nvidia.com/gpu"] == "8"
+    assert node["metadata"]["labels"][cluster.GPU_LABEL] == "true"
+
+
+def test_free_port_can_be_bound():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", processes.free_port()))
+
+
+def test_spawned_process_is_tracked_and_stopped(tmp_path):
+    log = tmp_path / "sleep.log"
+    pid = processes.spawn([sys.executable, "-c", "import time; time.sleep(60)"], log, die_with_parent=True)
+
+    assert processes.runs_program(pid, sys.executable)
+    assert not processes.runs_program(pid, "/bin/something-else")
+    processes.stop(pid, sys.executable, grace=5)
+    assert not processes.is_alive(pid)
+
+
+def test_a_process_that_dies_during_start_up_reports_its_log(tmp_path):
+    log = tmp_path / "crash.log"
+    pid = processes.spawn([sys.executable, "-c", "print('bad flag --nope'); raise SystemExit(3)"], log)
+
+    with pytest.raises(processes.StartError, match="bad flag --nope"):
+        processes.wait_ready("crash", pid, log, lambda: False, timeout=10)
+
+
+def test_status_and_stop_of_an_empty_directory_find_nothing(tmp_path):
+    assert cluster.status(tmp_path) == []
+    assert cluster.stop(tmp_path) == []
