@@ -73,8 +73,8 @@ class Component:
 
 def default_dir() -> Path:
     """~/.cache/gptops/dev-cluster, following GPTOPS_CACHE and XDG_CACHE_HOME like tools/build-controlplane.sh."""
-    cache = os.environ.get("GPTOPS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "gptops"
-    return Path(cache) / "dev-cluster"
+    xdg_cache = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+    return Path(os.environ.get("GPTOPS_CACHE") or xdg_cache / "gptops") / "dev-cluster"
 
 
 def find_binaries() -> Path:
@@ -84,7 +84,7 @@ def find_binaries() -> Path:
     elif BUILD_SCRIPT.exists():
         bin_dir = _build()
     else:
-        raise DevClusterError(f"set {BIN_ENV} to a directory with {', '.join(PROGRAMS)} (no {BUILD_SCRIPT} to build them)")
+        raise DevClusterError(f"set {BIN_ENV} to a directory with {', '.join(PROGRAMS)}; there is no {BUILD_SCRIPT}")
     missing = [p for p in PROGRAMS if not os.access(bin_dir / p, os.X_OK)]
     if missing:
         raise DevClusterError(f"{bin_dir} lacks {', '.join(missing)}")
@@ -122,9 +122,11 @@ def start(directory: Path, nodes: int = 2, die_with_parent: bool = False) -> Dev
     launcher = _Launcher(directory, bin_dir, die_with_parent)
     try:
         return launcher.run(nodes)
-    except (processes.StartError, DevClusterError, OSError) as err:
+    except BaseException as err:
         stop(directory)
-        raise DevClusterError(str(err)) from err
+        if isinstance(err, (processes.StartError, OSError)):
+            raise DevClusterError(str(err)) from err
+        raise
 
 
 def stop(directory: Path) -> list[str]:
