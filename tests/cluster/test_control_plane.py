@@ -190,7 +190,6 @@ def test_api_client_and_helm_work_against_the_cluster(control_plane):
         nodes = client.CoreV1Api(api).list_node(label_selector=f"{GPU_LABEL}=true").items
     assert len(nodes) == 2
 
-    helm = subprocess.run(
-        [str(control_plane.bin_dir / "helm"), "version", "--short"], env=control_plane.env, capture_output=True, text=True
-    )
-    assert helm.stdout.startswith("v3.22.0")
+    helm = [str(control_plane.bin_dir / "helm"), "version", "--short"]
+    version = subprocess.run(helm, env=control_plane.env, capture_output=True, text=True)
+    assert version.stdout.startswith("v3.22.0")

@@ -36,7 +36,8 @@ def up(directory: DirOption = None, nodes: Annotated[int, typer.Option(help="Fak
     except DevClusterError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
-    typer.echo(f"dev cluster up at {cluster.server} in {time.monotonic() - began:.1f}s; logs in {cluster.logs}", err=True)
+    took = time.monotonic() - began
+    typer.echo(f"dev cluster up at {cluster.server} in {took:.1f}s; logs in {cluster.logs}", err=True)
     typer.echo(f"export KUBECONFIG={cluster.kubeconfig}")
 
 

@@ -165,7 +165,7 @@ _NOT_DELETED = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"
 
 
 def build_stages() -> list[dict]:
-    """The Stage objects kwok loads with `--config`: node-initialize, node-heartbeat, pod-ready, pod-complete, pod-delete."""
+    """The Stages kwok loads with `--config`: node-initialize, node-heartbeat, pod-ready, pod-complete, pod-delete."""
     node_ready = {"key": _READY, "operator": "In", "values": ["True"]}
     return [
         _stage(
