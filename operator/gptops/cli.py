@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from gptops.devcluster.cli import app as dev_cluster_app
+from gptops.local.cli import run as run_command
 
 app = typer.Typer(
     name="gptops",
@@ -23,3 +24,4 @@ def version() -> None:
 
 
 app.add_typer(dev_cluster_app, name="dev-cluster")
+app.command(name="run")(run_command)

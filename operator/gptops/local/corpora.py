@@ -61,13 +61,15 @@ def pydoc_topics() -> Iterator[dict]:
                 yield {"text": f"{title}\n\n{body}\n", "topic": key}
 
 
-def qa_prompt(title: str) -> str:
-    """The prompt format of the `pydoc-qa` corpus; ask the served model in the same form."""
-    return f"Question: What is {title}?\nAnswer:"
+def question(title: str) -> str:
+    """The question the `pydoc-qa` corpus asks about a section; ask the served model in the same words."""
+    if title.startswith(("The ", "A ", "An ")):
+        title = title[0].lower() + title[1:]
+    return f"What is {title}?"
 
 
 def pydoc_qa() -> Iterator[dict]:
-    """Prompt-completion pairs: 'What is <section title>?' answered by the section's first paragraph."""
+    """Chat pairs: the user asks 'What is <section title>?', the assistant answers with the section's first paragraph."""
     seen: set[str] = set()
     for key, text in sorted(_topics().items()):
         for title, body in split_sections(text):
@@ -75,7 +77,8 @@ def pydoc_qa() -> Iterator[dict]:
             if len(answer) < 40 or title in seen:
                 continue
             seen.add(title)
-            yield {"prompt": qa_prompt(title), "completion": " " + answer, "topic": key}
+            yield {"messages": [{"role": "user", "content": question(title)},
+                                {"role": "assistant", "content": answer}], "topic": key}
 
 
 CORPORA: dict[str, Callable[[], Iterator[dict]]] = {

@@ -1,0 +1,282 @@
+"""Runs the FineTuneJobs of a spec file on this machine: prepare, train, evaluate (in-process), the gate, promotion
+into the local GPTModel state, then serving. Resumes after the last finished stage; a changed spec starts over.
+
+Rendering lives in gptops.local.report; this module decides and records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gptops.local import corpora, gate, specs
+from gptops.local.state import DATA_DIR, STAGES, ModelState, open_run, spec_digest
+
+log = logging.getLogger(__name__)
+
+# Stage progress: (finetunejob, stage, event, fields). The pipeline's ProgressFn is (event, fields).
+Progress = Callable[[str, str, str, dict[str, Any]], None]
+
+
+class RunFailed(Exception):
+    """A stage failed or the spec cannot run; the message says which and why."""
+
+
+@dataclass
+class Options:
+    runs_dir: Path = Path("runs")
+    fresh: bool = False
+    """Start every FineTuneJob of the file over, even when its state matches."""
+    stop_after: str | None = None
+    """Stop after this stage (prepare, train, evaluate): for tests and for looking at intermediate artifacts."""
+
+
+@dataclass
+class StageOutcome:
+    result: dict[str, Any]
+    """The stage-result document (gptops.io/stage-result/v1)."""
+    seconds: float
+    resumed: bool
+    """True when the stage had finished in an earlier invocation and was not run again."""
+
+
+@dataclass
+class Outcome:
+    """What happened to one FineTuneJob."""
+
+    name: str
+    model: str
+    directory: Path
+    state: str
+    """new, resumed, changed or fresh: how the run directory was found."""
+    start: str
+    """What training started from: the GPTModel's source, or a served revision's model directory."""
+    stages: dict[str, StageOutcome] = field(default_factory=dict)
+    gate: gate.GateDecision | None = None
+    promote: bool = False
+    """spec.evaluation.promote."""
+    promoted: bool = False
+    error: str | None = None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        ev = self.stages.get("evaluate")
+        return dict(ev.result.get("metrics") or {}) if ev else {}
+
+    @property
+    def artifacts(self) -> dict[str, str]:
+        arts: dict[str, str] = {}
+        for st in self.stages.values():
+            arts.update(st.result.get("artifacts") or {})
+        return arts
+
+    @property
+    def decision(self) -> str:
+        """Failed, Rejected, Promoted, Passed, or Stopped (interrupted on purpose before the gate)."""
+        if self.error:
+            return "Failed"
+        if self.gate is None:
+            return "Stopped"
+        if not self.gate.passed:
+            return "Rejected"
+        return "Promoted" if self.promoted else "Passed"
+
+
+def _stage_result(report: Any) -> dict[str, Any]:
+    """A stage's report as the stage-result document, whatever report class the stage returns."""
+    result = report.result() if callable(getattr(report, "result", None)) else report
+    return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Stages print (their result line, library progress) to stdout; keep stdout for our table or JSON."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def materialize_dataset(ftj_spec: dict[str, Any], runs_dir: Path) -> dict[str, Any]:
+    """A copy of the FineTuneJob spec whose `builtin:` local dataset path points at the written corpus file."""
+    spec = copy.deepcopy(ftj_spec)
+    local = (((spec.get("dataset") or {}).get("source") or {}).get("local") or {})
+    path = local.get("path")
+    if isinstance(path, str) and corpora.is_builtin(path):
+        local["path"] = str(corpora.write_builtin(path, runs_dir / DATA_DIR).resolve())
+    return spec
+
+
+def _start_model(item: specs.RunItem, model_state: ModelState) -> tuple[str | None, str]:
+    """(model directory or None for the source, a description): startFrom against the local GPTModel status."""
+    start_from = (item.finetunejob.get("spec") or {}).get("startFrom", "auto")
+    if start_from in ("auto", "serving") and model_state.serving_artifact:
+        if model_state.serving_method == "lora":
+            raise RunFailed(f"FineTuneJob {item.name}: starting from a LoRA revision ({model_state.serving_revision}) "
+                            f"is not supported by gptops run; set startFrom: source")
+        return model_state.serving_artifact, f"revision {model_state.serving_revision}"
+    if start_from == "serving":
+        raise RunFailed(f"FineTuneJob {item.name}: startFrom is serving, but GPTModel {item.model_name} serves "
+                        f"nothing yet on this machine (run the FineTuneJob that trains it first)")
+    source = (item.model.get("spec") or {}).get("source") or {}
+    return None, "source " + ", ".join(sorted(k for k, v in source.items() if v is not None))
+
+
+def validate(item: specs.RunItem) -> None:
+    """Check both objects with the cluster's rules (gptops.validate), when that module is installed."""
+    try:
+        from gptops import validate as validation
+    except ImportError:
+        return
+    problems: list[str] = []
+    for obj, path in ((item.model, item.model_file), (item.finetunejob, item.spec_file)):
+        check = getattr(validation, "validate_object", None)
+        if check is None:
+            return
+        for p in check(obj) or []:
+            problems.append(f"{path}: {obj.get('kind')} {obj['metadata']['name']}: {p}")
+    if problems:
+        raise RunFailed("the spec is invalid:\n  " + "\n  ".join(problems))
+
+
+def run_one(item: specs.RunItem, options: Options, progress: Progress) -> Outcome:
+    """Run one FineTuneJob to its gate and promotion; returns the outcome (errors are recorded, not raised)."""
+    runs_dir = options.runs_dir
+    spec = item.finetunejob.get("spec") or {}
+    model_spec = item.model.get("spec") or {}
+    model_state = ModelState.load(runs_dir, item.model_name)
+    state, how = open_run(runs_dir / item.name, spec_digest(spec, model_spec), options.fresh)
+    if not state.stages:
+        start, start_desc = _start_model(item, model_state)
+        state.start_model = start
+        state.save()
+    else:
+        start = state.start_model
+        start_desc = f"{start} (as when the run began)" if start else "the GPTModel's source"
+    out = Outcome(item.name, item.model_name, state.directory, how, start_desc,
+                  promote=bool((spec.get("evaluation") or {}).get("promote", False)))
+    try:
+        from gptops.pipeline import configs_from_spec
+
+        configs = configs_from_spec(materialize_dataset(spec, runs_dir), {"spec": model_spec}, state.directory,
+                                    base_dir=item.base_dir, start_model=start)
+    except (ValueError, RunFailed) as e:
+        out.error = f"{item.spec_file}: FineTuneJob {item.name}: {e}"
+        return out
+
+    for stage in STAGES:
+        if state.done(stage):
+            done = state.stages[stage]
+            out.stages[stage] = StageOutcome(done["result"], done.get("seconds", 0.0), resumed=True)
+            progress(item.name, stage, "resumed", {"finishedAt": done.get("finishedAt")})
+        else:
+            progress(item.name, stage, "started", {})
+            began = time.monotonic()
+            try:
+                result = _run_stage(stage, getattr(configs, stage), lambda e, f, s=stage: progress(item.name, s, e, f))
+            except Exception as e:  # a stage's error ends this FineTuneJob, with its message, not a traceback
+                log.debug("Stage failed", exc_info=True)
+                out.error = f"{stage}: {type(e).__name__}: {e}" if not _is_pipeline_error(e) else f"{stage}: {e}"
+                progress(item.name, stage, "failed", {"message": out.error})
+                return out
+            seconds = time.monotonic() - began
+            if not result.get("ok", True):
+                out.error = f"{stage}: {result.get('message')}"
+                progress(item.name, stage, "failed", {"message": out.error})
+                return out
+            state.record(stage, result, seconds)
+            out.stages[stage] = StageOutcome(result, seconds, resumed=False)
+            progress(item.name, stage, "finished", {"seconds": seconds, "message": result.get("message", "")})
+        if options.stop_after == stage:
+            return out
+
+    thresholds = (spec.get("evaluation") or {}).get("thresholds") or {}
+    out.gate = gate.decide(thresholds, out.metrics)
+    state.gate = out.gate.to_dict()
+    state.save()
+    pinned = ((model_spec.get("serving") or {}).get("revision"))
+    if out.gate.passed and (out.promote or pinned == item.name):
+        _promote(item, out, model_state, configs.train.method, start)
+        model_state.save(runs_dir)
+        out.promoted = True
+    return out
+
+
+def _promote(item: specs.RunItem, out: Outcome, model_state: ModelState, method: str, start: str | None) -> None:
+    arts = out.artifacts
+    if method == "lora":
+        base = arts.get("baseModel") or start
+        if not base:
+            raise RunFailed(f"FineTuneJob {item.name}: a LoRA adapter needs a loadable base model to be served")
+        model_state.promote(item.name, arts.get("adapter") or str(out.directory / "adapter"), "lora", base)
+    else:
+        model_state.promote(item.name, arts.get("model") or str(out.directory / "model"))
+
+
+def _is_pipeline_error(e: Exception) -> bool:
+    from gptops.pipeline import PipelineError
+
+    return isinstance(e, PipelineError)
+
+
+def quiet_libraries() -> None:
+    """Our progress display replaces the libraries' bars and warnings; nothing may reach for a model hub."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    with contextlib.suppress(ImportError):
+        import datasets
+
+        datasets.disable_progress_bars()
+    with contextlib.suppress(ImportError):
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+
+
+def _run_stage(stage: str, config: Any, progress: Callable[[str, dict[str, Any]], None]) -> dict[str, Any]:
+    import gptops.pipeline as pipeline
+
+    fn = {"prepare": pipeline.run_prepare, "train": pipeline.run_train, "evaluate": pipeline.run_evaluate}[stage]
+    quiet_libraries()
+    with _stdout_to_stderr():
+        return _stage_result(fn(config, progress))
+
+
+def run_file(path: Path, options: Options, progress: Progress) -> list[Outcome]:
+    """Every FineTuneJob of the file in order; stops at the first one that fails or is rejected."""
+    items = specs.load(path)
+    for item in items:
+        validate(item)
+    outcomes = []
+    for item in items:
+        out = run_one(item, options, progress)
+        outcomes.append(out)
+        if out.decision in ("Failed", "Rejected", "Stopped"):
+            break
+    return outcomes
+
+
+def serving_target(outcomes: list[Outcome], runs_dir: Path) -> tuple[ModelState | None, str]:
+    """What to serve after a run, and why (or why nothing): the GPTModel's revision when the last run got there."""
+    if not outcomes:
+        return None, "nothing ran"
+    last = outcomes[-1]
+    if last.decision == "Failed":
+        return None, f"not serving: FineTuneJob {last.name} failed"
+    if last.decision == "Stopped":
+        return None, f"not serving: stopped after {list(last.stages)[-1] if last.stages else 'nothing'}"
+    if last.decision == "Rejected":
+        return None, f"not serving: FineTuneJob {last.name} did not pass its gate ({last.gate.message})"
+    if not last.promoted:
+        return None, (f"not serving: FineTuneJob {last.name} passed, but evaluation.promote is false, "
+                      f"so GPTModel {last.model} was not changed")
+    model_state = ModelState.load(runs_dir, last.model)
+    return model_state, f"serving GPTModel {last.model} revision {model_state.serving_revision}"
