@@ -6,6 +6,7 @@ import typer
 
 from gptops.devcluster.cli import app as dev_cluster_app
 from gptops.local.cli import run as run_command
+from gptops.status import status as status_command
 
 app = typer.Typer(
     name="gptops",
@@ -25,3 +26,4 @@ def version() -> None:
 
 app.add_typer(dev_cluster_app, name="dev-cluster")
 app.command(name="run")(run_command)
+app.command(name="status")(status_command)

@@ -5,8 +5,7 @@ offline with a local model directory), else gptops' own minimal OpenAI-compatibl
 FastAPI + transformers `generate`): /health, /v1/models, /v1/completions, /v1/chat/completions.
 torch and transformers are imported only inside the server process.
 """
-
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at definition time.
 
 import argparse
 import importlib.util
