@@ -69,9 +69,16 @@ def test_args_are_a_list_and_contain_no_shell(stage, finetunejob, gptmodel):
     assert argv[0] not in ("sh", "bash", "/bin/sh", "/bin/bash") and "-c" not in argv
     assert argv[:4] == ["python", "-m", "gptops.pipeline", stage]
     assert argv[-2:] == ["--artifacts", "/artifacts/ml/tiny-ft"]
-    doc = json.loads(argv[argv.index("--spec-json") + 1])
-    assert doc["finetunejob"]["spec"]["training"]["backoffLimit"] == 5
-    assert doc["model"]["spec"]["source"]["huggingface"]["repo"] == "sshleifer/tiny-gpt2"
+    ftj = json.loads(argv[argv.index("--spec-json") + 1])
+    assert ftj["kind"] == "FineTuneJob" and ftj["spec"]["training"]["backoffLimit"] == 5
+    model = json.loads(argv[argv.index("--model-spec-json") + 1])
+    assert model["kind"] == "GPTModel" and model["spec"]["source"]["huggingface"]["repo"] == "sshleifer/tiny-gpt2"
+    assert "status" not in model and "--start-model" not in argv
+
+
+def test_start_model_is_passed_when_the_operator_chose_one(finetunejob, gptmodel):
+    c = container(build_stage_job(finetunejob, gptmodel, "train", start_model="/artifacts/ml/prev/model"))
+    assert c["args"][c["args"].index("--start-model") + 1] == "/artifacts/ml/prev/model"
 
 
 @pytest.mark.parametrize("stage", STAGES)

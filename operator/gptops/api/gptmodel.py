@@ -148,6 +148,12 @@ class Serving(SpecModel):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
     api_key_secret_ref: ApiKeySecretRef | None = None
 
+    @model_validator(mode="after")
+    def _tensor_parallel_fits(self) -> Serving:
+        if self.resources.gpus and self.vllm.tensor_parallel_size > self.resources.gpus:
+            raise ValueError("vllm.tensorParallelSize must not exceed resources.gpus")
+        return self
+
 
 class GPTModelSpec(SpecModel):
     """The desired state of a GPTModel."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from gptops.api.artifacts import artifact_root
 from gptops.api.constants import (
+    API_VERSION,
     ARTIFACTS_MOUNT,
     LABEL_FINETUNEJOB,
     LABEL_GENERATION,
@@ -38,9 +39,6 @@ from gptops.builders.common import (
     tolerations,
 )
 
-SPEC_JSON_VERSION = "gptops.io/stage-spec/v1"
-
-
 def stage_job_name(ftj: FineTuneJob | Mapping[str, Any], stage: str, generation: int | None = None) -> str:
     """`<ftj>-<stage>-<generation>`, DNS-safe and short enough for Indexed Pod hostnames."""
     ftj = as_model(FineTuneJob, ftj)
@@ -62,19 +60,15 @@ def is_multinode(ftj: FineTuneJob, stage: str) -> bool:
     return stage == STAGE_TRAIN and ftj.spec.training.resources.nodes > 1
 
 
-def stage_spec_json(ftj: FineTuneJob, model: GPTModel, start_model: str | None = None) -> str:
-    """The document a stage reads from `--spec-json`: both specs (camelCase, defaults filled in), the run's
-    identity, and the model to start from when it is not the GPTModel's source. Holds no secret values."""
-    doc = {
-        "apiVersion": SPEC_JSON_VERSION,
-        "finetunejob": {
-            "metadata": {"name": ftj.name, "namespace": ftj.namespace, "generation": ftj.metadata.generation},
-            "spec": ftj.spec.to_dict(),
-        },
-        "model": {"metadata": {"name": model.name, "namespace": model.namespace}, "spec": model.spec.to_dict()},
-        "startModel": start_model,
-    }
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+def stage_spec_json(ftj: FineTuneJob, model: GPTModel) -> tuple[str, str]:
+    """(--spec-json, --model-spec-json): the FineTuneJob and GPTModel as the stage reads them (camelCase, defaults
+    filled in, no status: the operator decides where training starts and passes --start-model). No secret values."""
+    def doc(obj: FineTuneJob | GPTModel, meta: dict[str, Any]) -> str:
+        body = {"apiVersion": API_VERSION, "kind": obj.kind, "metadata": meta, "spec": obj.spec.to_dict()}
+        return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+    return (doc(ftj, {"name": ftj.name, "namespace": ftj.namespace, "generation": ftj.metadata.generation}),
+            doc(model, {"name": model.name, "namespace": model.namespace}))
 
 
 def _source_volumes_and_env(ftj: FineTuneJob, model: GPTModel) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
@@ -136,8 +130,11 @@ def build_stage_job(
     labels = stage_labels(ftj, stage, gen)
     root = artifact_root(ftj.namespace, ftj.name)
 
-    stage_args = ["-m", "gptops.pipeline", stage, "--spec-json", stage_spec_json(ftj, model, start_model),
+    ftj_json, model_json = stage_spec_json(ftj, model)
+    stage_args = ["-m", "gptops.pipeline", stage, "--spec-json", ftj_json, "--model-spec-json", model_json,
                   "--artifacts", root]
+    if start_model:
+        stage_args += ["--start-model", start_model]
     nodes = training.resources.nodes if is_multinode(ftj, stage) else 1
     gpus = 0 if stage == STAGE_PREPARE else training.resources.gpus
     if nodes > 1:
