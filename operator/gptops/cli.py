@@ -6,7 +6,9 @@ import typer
 
 from gptops.devcluster.cli import app as dev_cluster_app
 from gptops.local.cli import run as run_command
+from gptops.render import render_cli
 from gptops.status import status as status_command
+from gptops.validate import validate_cli
 
 app = typer.Typer(
     name="gptops",
@@ -27,3 +29,5 @@ def version() -> None:
 app.add_typer(dev_cluster_app, name="dev-cluster")
 app.command(name="run")(run_command)
 app.command(name="status")(status_command)
+app.command(name="validate")(validate_cli)
+app.command(name="render")(render_cli)
