@@ -29,11 +29,11 @@ def run_prepare(config: PrepareConfig, progress: ProgressFn | None = None) -> Pr
     return data.run(config, progress)
 
 
-def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainReport:
-    """Train (or resume) and save model/ or adapter/; see gptops.pipeline.train."""
+def run_train(config: TrainConfig, progress: ProgressFn | None = None, callbacks: list | None = None) -> TrainReport:
+    """Train (or resume) and save model/ or adapter/; see gptops.pipeline.train. `callbacks` are TrainerCallbacks."""
     from gptops.pipeline import train
 
-    return train.run(config, progress)
+    return train.run(config, progress, callbacks)
 
 
 def run_evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:

@@ -1,0 +1,126 @@
+"""`python -m gptops.pipeline prepare|train|evaluate`: the entry point of the trainer image.
+
+Reads the FineTuneJob and GPTModel (YAML/JSON files, one multi-document YAML, or inline JSON), runs one stage,
+writes the stage result to the termination log and prints it as the last stdout line. Exit 0 on success, 1 on
+bad input (PipelineError, bad spec) or any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from gptops.pipeline.config import configs_from_spec
+from gptops.pipeline.errors import PipelineError
+from gptops.pipeline.result import StageResult, emit
+
+log = logging.getLogger("gptops.pipeline")
+STAGES = ("prepare", "train", "evaluate")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m gptops.pipeline", description=__doc__.splitlines()[0])
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("--spec", type=Path, help="FineTuneJob YAML/JSON file (may also hold the GPTModel, multi-document)")
+    p.add_argument("--spec-json", help="the FineTuneJob (object or spec) as inline JSON")
+    p.add_argument("--model-spec", type=Path, help="GPTModel YAML/JSON file")
+    p.add_argument("--model-spec-json", help="the GPTModel (object or spec) as inline JSON")
+    p.add_argument("--artifacts", type=Path, required=True, help="the run's artifact directory")
+    p.add_argument("--base-dir", type=Path, help="resolves relative local paths (default: the spec file's directory)")
+    p.add_argument("--start-model", help="start from this model directory instead of the GPTModel's source")
+    return p.parse_args(argv)
+
+
+def load_specs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The FineTuneJob and GPTModel documents named by the arguments."""
+    docs: list[dict[str, Any]] = []
+    if args.spec:
+        docs += _read_documents(args.spec)
+    if args.spec_json:
+        docs.append(_parse_json(args.spec_json, "--spec-json", default_kind="FineTuneJob"))
+    if args.model_spec:
+        docs += [{"kind": "GPTModel", **d} if "kind" not in d else d for d in _read_documents(args.model_spec)]
+    if args.model_spec_json:
+        docs.append(_parse_json(args.model_spec_json, "--model-spec-json", default_kind="GPTModel"))
+    ftj = next((d for d in docs if d.get("kind", "FineTuneJob") == "FineTuneJob"), None)
+    model = next((d for d in docs if d.get("kind") == "GPTModel"), None)
+    if ftj is None:
+        raise PipelineError("no FineTuneJob given; expected --spec FILE or --spec-json JSON")
+    if model is None:
+        raise PipelineError("no GPTModel given; expected --model-spec FILE, --model-spec-json JSON, "
+                            "or a GPTModel document in the --spec file")
+    return ftj, model
+
+
+def _read_documents(path: Path) -> list[dict[str, Any]]:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PipelineError(f"{path}: cannot read the spec ({e}); expected a YAML or JSON file") from e
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise PipelineError(f"{path}: not valid YAML ({e}); expected FineTuneJob/GPTModel documents") from e
+    if not docs or not all(isinstance(d, dict) for d in docs):
+        raise PipelineError(f"{path}: expected one or more YAML mappings (FineTuneJob, GPTModel)")
+    return docs
+
+
+def _parse_json(text: str, flag: str, default_kind: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PipelineError(f"{flag}: not valid JSON ({e.msg}); expected a {default_kind} object or spec") from e
+    if not isinstance(doc, dict):
+        raise PipelineError(f"{flag}: expected a JSON object")
+    return doc if "kind" in doc else {"kind": default_kind, **doc}
+
+
+def _log_progress(event: str, fields: dict[str, Any]) -> None:
+    log.info("Progress event=%s %s", event, " ".join(f"{k}={_short(v)}" for k, v in fields.items()))
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    main_process = int(os.environ.get("LOCAL_RANK", 0)) == 0  # one result per Pod under torchrun
+    try:
+        ftj, model = load_specs(args)
+        base_dir = args.base_dir or (args.spec.resolve().parent if args.spec else Path.cwd())
+        configs = configs_from_spec(ftj, model, args.artifacts, base_dir, start_model=args.start_model)
+        if args.stage == "prepare":
+            from gptops.pipeline import data
+
+            result = data.run(configs.prepare, _log_progress).result()
+        elif args.stage == "train":
+            from gptops.pipeline import train
+
+            result = train.run(configs.train, _log_progress).result()
+        else:
+            from gptops.pipeline import evaluate
+
+            result = evaluate.run(configs.evaluate, _log_progress).result()
+    except (PipelineError, ValueError) as e:
+        result = StageResult(stage=args.stage, ok=False, message=str(e))
+    except Exception as e:  # anything else still leaves a readable result for the operator
+        traceback.print_exc()
+        result = StageResult(stage=args.stage, ok=False, message=f"{type(e).__name__}: {e}")
+    if main_process:
+        emit(result)
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

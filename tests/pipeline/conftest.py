@@ -1,0 +1,63 @@
+"""Fixtures of the pipeline tests: a learnable corpus on disk, tiny scratch GPT specs, and one trained run shared
+by the tests that only read its outputs. Nothing here touches the network."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from pipeline_corpus import documents  # noqa: E402
+
+from gptops.pipeline import configs_from_spec, run_evaluate, run_prepare, run_train  # noqa: E402
+
+# Tiny models train fastest on one thread, and the test machine is shared.
+torch.set_num_threads(1)
+
+TINY_MODEL = {"source": {"scratch": {"architecture": "gpt2", "layers": 2, "heads": 2, "hidden": 64,
+                                     "contextLength": 64, "tokenizer": {"vocabSize": 400}}}}
+
+
+def ftj_spec(data: Path | str, **overrides: Any) -> dict[str, Any]:
+    """A FineTuneJob spec for the tiny model; `overrides` are merged into the top-level sections."""
+    spec: dict[str, Any] = {
+        "model": {"name": "tiny"},
+        "dataset": {"source": {"local": {"path": str(data)}}, "preprocessing": {"blockSize": 64}},
+        "training": {"maxSteps": 60, "learningRate": 3e-3, "batchSize": 8, "checkpointEverySteps": 20},
+        "evaluation": {"metrics": ["perplexity", "bleu"], "bleu": {"maxNewTokens": 16, "maxSamples": 16}},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(spec.get(section), dict):
+            spec[section] = {**spec[section], **values}
+        else:
+            spec[section] = values
+    return spec
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "stories.txt"
+    path.write_text("\n".join(documents(400)) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, corpus_file):
+    """prepare -> train (60 steps) -> evaluate of the tiny scratch GPT, once per session."""
+    root = tmp_path_factory.mktemp("run")
+    configs = configs_from_spec(ftj_spec(corpus_file), copy.deepcopy(TINY_MODEL), root)
+    prepared = run_prepare(configs.prepare)
+    trained = run_train(configs.train)
+    evaluated = run_evaluate(configs.evaluate)
+    return {"root": root, "configs": configs, "prepare": prepared, "train": trained, "evaluate": evaluated}

@@ -1,0 +1,103 @@
+"""Training that survives a killed Pod, and LoRA adapters that reload to the same model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import TINY_MODEL, ftj_spec
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from gptops.pipeline import configs_from_spec, run_evaluate, run_prepare, run_train
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class KillAfterCheckpoint(TrainerCallback):
+    """Dies right after checkpoint `step` is complete: what a preempted Pod leaves behind."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Killed(f"killed after checkpoint {self.step}")
+
+
+def _configs(root, data, **training):
+    spec = ftj_spec(data, training={"maxSteps": 30, "checkpointEverySteps": 10, **training})
+    return configs_from_spec(spec, copy.deepcopy(TINY_MODEL), root)
+
+
+def test_a_killed_run_resumes_from_the_newest_complete_checkpoint(tmp_path, corpus_file):
+    configs = _configs(tmp_path / "run", corpus_file)
+    run_prepare(configs.prepare)
+    with pytest.raises(Killed):
+        run_train(configs.train, callbacks=[KillAfterCheckpoint(20)])
+    torn = tmp_path / "run" / "checkpoints" / "checkpoint-25"  # died while writing this one
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes(b"partial")
+
+    resumed = run_train(configs.train)
+
+    assert resumed.resumed_from.endswith("checkpoint-20")
+    assert resumed.steps == 30
+    assert not torn.exists()
+    # The resumed run ends where an uninterrupted one does: same seed, same data order, same weights.
+    straight = _configs(tmp_path / "straight", corpus_file)
+    run_prepare(straight.prepare)
+    run_train(straight.train)
+    a = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-4)
+
+
+def test_resume_never_starts_over(tmp_path, corpus_file):
+    configs = _configs(tmp_path / "run", corpus_file, maxSteps=10, resume="never")
+    run_prepare(configs.prepare)
+    run_train(configs.train)
+    again = run_train(configs.train)
+    assert again.resumed_from is None and again.steps == 10
+
+
+class KeepModel(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+
+def test_lora_adapter_reloads_with_peft_and_gives_the_same_logits(tmp_path, trained_run, corpus_file):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_dir = trained_run["root"] / "model"  # the tiny trained GPT plays the pretrained model
+    model_spec = {"source": {"local": {"path": str(base_dir)}}}
+    spec = ftj_spec(corpus_file, training={"method": "lora", "maxSteps": 10, "learningRate": 1e-2,
+                                           "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+                    evaluation={"metrics": ["perplexity"]})
+    configs = configs_from_spec(spec, model_spec, tmp_path / "lora")
+    run_prepare(configs.prepare)
+    keep = KeepModel()
+    report = run_train(configs.train, callbacks=[keep])
+
+    adapter = tmp_path / "lora" / "adapter"
+    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "lora" / "model").exists()
+    assert report.result().artifacts["baseModel"] == str(base_dir)
+
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 250, 12]])
+    trained = keep.model.eval()
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base_dir)), str(adapter)).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir)).eval()
+    with torch.no_grad():
+        want, got, before = trained(input_ids=ids).logits, reloaded(input_ids=ids).logits, base(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, before, atol=1e-4)  # the adapter changed the model
+
+    evaluated = run_evaluate(configs.evaluate)
+    assert evaluated.metrics["perplexity"] <= evaluated.metrics["baselinePerplexity"] * 1.05
