@@ -1,0 +1,110 @@
+"""Every Prometheus metric of the operator, defined once, and the HTTP server that exposes them.
+
+Imports prometheus_client only; handlers record, nothing else does. Label sets are bounded (kinds, stages,
+phases, metric names) except the per-object ones, which follow the objects that exist.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+DEFAULT_PORT = 8080
+
+RECONCILE_TOTAL = Counter(
+    "gptops_reconcile_total",
+    "Reconcile passes, by kind and result (ok, wait, error).",
+    ["kind", "result"],
+)
+RECONCILE_ERRORS_TOTAL = Counter(
+    "gptops_reconcile_errors_total",
+    "Reconcile passes that raised an error.",
+    ["kind"],
+)
+RECONCILE_DURATION_SECONDS = Histogram(
+    "gptops_reconcile_duration_seconds",
+    "Time spent in one reconcile pass (observe, plan, apply).",
+    ["kind"],
+)
+FINETUNEJOBS = Gauge(
+    "gptops_finetunejobs",
+    "FineTuneJobs known to this operator, by phase.",
+    ["phase"],
+)
+STAGE_DURATION_SECONDS = Histogram(
+    "gptops_stage_duration_seconds",
+    "Wall time of a finished stage Job, from start to completion.",
+    ["stage"],
+    buckets=(10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600, 72 * 3600),
+)
+EVALUATION_METRIC = Gauge(
+    "gptops_evaluation_metric",
+    "The evaluation numbers of a FineTuneJob (perplexity, bleu, baselines).",
+    ["namespace", "finetunejob", "metric"],
+)
+PROMOTIONS_TOTAL = Counter(
+    "gptops_promotions_total",
+    "FineTuneJobs promoted into their GPTModel's serving revision.",
+)
+ROLLBACKS_TOTAL = Counter(
+    "gptops_rollbacks_total",
+    "Serving revisions rolled back because the new one did not become Available in time.",
+)
+SERVING_REVISION_INFO = Gauge(
+    "gptops_serving_revision_info",
+    "1 for the revision a GPTModel serves.",
+    ["namespace", "model", "revision"],
+)
+
+_finetunejob_phases: dict[tuple[str, str], str] = {}
+_served: dict[tuple[str, str], str] = {}
+_phases_seen: set[str] = set()
+
+
+def record_finetunejob_phase(namespace: str, name: str, phase: str | None) -> None:
+    """Count a FineTuneJob under its current phase (None: it is gone)."""
+    key = (namespace, name)
+    if phase is None:
+        _finetunejob_phases.pop(key, None)
+    else:
+        _finetunejob_phases[key] = phase
+    counts = dict.fromkeys(_phases_seen, 0)
+    for value in _finetunejob_phases.values():
+        counts[value] = counts.get(value, 0) + 1
+    for value, count in counts.items():
+        _phases_seen.add(value)
+        FINETUNEJOBS.labels(phase=value).set(count)
+
+
+def record_evaluation(namespace: str, name: str, numbers: dict[str, float]) -> None:
+    """Publish a FineTuneJob's evaluation numbers."""
+    for metric, value in numbers.items():
+        EVALUATION_METRIC.labels(namespace=namespace, finetunejob=name, metric=metric).set(value)
+
+
+def forget_finetunejob(namespace: str, name: str) -> None:
+    """Drop the series of a deleted FineTuneJob."""
+    record_finetunejob_phase(namespace, name, None)
+    for metric in EVALUATION_METRIC.collect():
+        for sample in metric.samples:
+            if sample.labels.get("namespace") == namespace and sample.labels.get("finetunejob") == name:
+                EVALUATION_METRIC.remove(namespace, name, sample.labels["metric"])
+
+
+def record_serving_revision(namespace: str, model: str, revision: str | None) -> None:
+    """Set the served revision of a GPTModel (None: nothing served, or the model is gone)."""
+    key = (namespace, model)
+    old = _served.get(key)
+    if old == revision:
+        return
+    if old is not None:
+        SERVING_REVISION_INFO.remove(namespace, model, old)
+    if revision is None:
+        _served.pop(key, None)
+    else:
+        _served[key] = revision
+        SERVING_REVISION_INFO.labels(namespace=namespace, model=model, revision=revision).set(1)
+
+
+def serve(port: int = DEFAULT_PORT, registry: CollectorRegistry = REGISTRY) -> None:
+    """Expose the metrics on http://0.0.0.0:<port>/metrics from a background thread."""
+    start_http_server(port, registry=registry)

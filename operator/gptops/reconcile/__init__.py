@@ -1,0 +1,35 @@
+"""Pure decisions: plan(resource, observed) -> Plan(actions, status). No I/O; never imports kopf or kubernetes."""
+
+from gptops.reconcile.finetunejob import derive_phase, plan_finetunejob
+from gptops.reconcile.gptmodel import plan_gptmodel
+from gptops.reconcile.observed import (
+    DeploymentState,
+    JobState,
+    ObservedFineTuneJob,
+    ObservedGPTModel,
+    PodState,
+    deployment_state,
+    job_state,
+    pod_state,
+)
+from gptops.reconcile.plan import Action, ApplyChild, CreateChild, EmitEvent, Plan, PromoteRevision
+
+__all__ = [
+    "Action",
+    "ApplyChild",
+    "CreateChild",
+    "DeploymentState",
+    "EmitEvent",
+    "JobState",
+    "ObservedFineTuneJob",
+    "ObservedGPTModel",
+    "Plan",
+    "PodState",
+    "PromoteRevision",
+    "deployment_state",
+    "derive_phase",
+    "job_state",
+    "plan_finetunejob",
+    "plan_gptmodel",
+    "pod_state",
+]

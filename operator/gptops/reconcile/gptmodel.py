@@ -1,0 +1,268 @@
+"""plan_gptmodel: the vLLM Deployment and Service for the revision to serve, the rollout watch and the rollback.
+Pure: no I/O, no kopf or kubernetes; the builders make the manifests.
+
+Which revision: spec.serving.revision when set (a pin), else status.servingRevision (set by promotion), else the
+GPTModel's own source where vLLM can load it. A new revision that is not Available before its deadline is rolled
+back to status.previousRevision; the Deployment remembers the revision it was rolled back from (an annotation), so
+a pin on that revision is not retried until the pin or the promoted revision changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Any
+
+from gptops.api.artifacts import ServedRevision, base_served_revision, served_revision_for
+from gptops.api.conditions import DEGRADED, FALSE, PROGRESSING, READY, TRUE, Reason, is_true
+from gptops.api.conditions import TRAINED as FTJ_TRAINED
+from gptops.api.constants import ANNOTATION_REVISION, ANNOTATION_SPEC_HASH, GROUP
+from gptops.api.gptmodel import GPTModel
+from gptops.builders import build_deployment, build_service
+from gptops.reconcile.conditions import Want, rebuild, transition_events
+from gptops.reconcile.observed import DeploymentState, ObservedGPTModel
+from gptops.reconcile.plan import Action, ApplyChild, CreateChild, EmitEvent, Plan
+
+#: When the Deployment's current revision started rolling out (RFC 3339).
+ANNOTATION_ROLLOUT_STARTED = f"{GROUP}/rollout-started"
+#: The revision this Deployment was rolled back from, and why.
+ANNOTATION_ROLLED_BACK_FROM = f"{GROUP}/rolled-back-from"
+ANNOTATION_ROLLBACK_REASON = f"{GROUP}/rollback-reason"
+SOURCE_REVISION = "source"
+SERVING_FIELDS = ("servingRevision", "servingArtifact", "servingAdapter",
+                  "previousRevision", "previousArtifact", "previousAdapter")
+
+
+def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
+    """The actions and the status of one level-based pass over a GPTModel."""
+    gen = model.metadata.generation
+    now = observed.now
+    dep = observed.deployment
+    actions: list[Action] = []
+    st = model.status
+    serving = {
+        "servingRevision": st.serving_revision,
+        "servingArtifact": st.serving_artifact,
+        "servingAdapter": st.serving_adapter,
+        "previousRevision": st.previous_revision,
+        "previousArtifact": st.previous_artifact,
+        "previousAdapter": st.previous_adapter,
+    }
+    rolled_back_from = dep.annotations.get(ANNOTATION_ROLLED_BACK_FROM) if dep else None
+    ready_note: Want | None = None
+
+    pin = model.spec.serving.revision
+    if pin and pin != st.serving_revision and pin != rolled_back_from:
+        ftj = observed.pinned
+        if ftj is None:
+            ready_note = Want(READY, FALSE, Reason.NO_REVISION,
+                              f"spec.serving.revision {pin}: there is no FineTuneJob {pin} in {model.namespace}")
+        elif not is_true(ftj.status.conditions, FTJ_TRAINED):
+            ready_note = Want(READY, FALSE, Reason.NO_REVISION,
+                              f"spec.serving.revision {pin}: FineTuneJob {pin} has not finished training")
+        else:
+            new, current = served_revision_for(ftj, model), _current(model)
+            serving.update(servingRevision=pin, servingArtifact=new.model, servingAdapter=new.adapter,
+                           previousRevision=current.revision if current else None,
+                           previousArtifact=current.model if current else None,
+                           previousAdapter=current.adapter if current else None)
+
+    served = _served(model, serving)
+    if served is None:
+        wants = [
+            ready_note or Want(READY, FALSE, Reason.NO_REVISION,
+                               "nothing to serve yet: promote a FineTuneJob (spec.evaluation.promote) or pin "
+                               "spec.serving.revision"),
+            Want(PROGRESSING, FALSE, Reason.NO_REVISION, "no revision to roll out"),
+            Want(DEGRADED, FALSE, Reason.AS_EXPECTED, ""),
+        ]
+        return _finish(model, observed, actions, serving, wants, endpoint=None, ready_replicas=0)
+
+    revision = served.revision or SOURCE_REVISION
+    same = dep is not None and _revision(dep) == revision
+    complete = same and dep is not None and _rollout_complete(dep)
+    failure = _rollout_failure(model, dep, now) if same and dep is not None and not complete else None
+    previous = _previous(serving)
+    if failure is not None and previous is not None and (previous.revision or SOURCE_REVISION) != revision:
+        back = previous.revision or SOURCE_REVISION
+        serving.update(servingRevision=previous.revision, servingArtifact=previous.model,
+                       servingAdapter=previous.adapter, previousRevision=None, previousArtifact=None,
+                       previousAdapter=None)
+        # The way back is not watched: there is nothing further to roll back to.
+        rollback = _deployment(model, previous, started=None, rolled_back_from=revision, rollback_reason=failure)
+        if not observed.service:
+            actions.append(CreateChild(build_service(model)))
+        actions.append(ApplyChild(rollback))
+        actions.append(EmitEvent("Warning", Reason.ROLLED_BACK,
+                                 f"revision {revision} did not become Available ({failure}); "
+                                 f"rolled back to revision {back}"))
+        wants = [
+            ready_note or _ready(dep),
+            Want(PROGRESSING, TRUE, Reason.ROLLOUT_IN_PROGRESS, f"rolling back to revision {back}"),
+            _degraded(rollback["metadata"]["annotations"]),
+        ]
+        return _finish(model, observed, actions, serving, wants, endpoint=model.endpoint(),
+                       ready_replicas=dep.ready_replicas if dep else 0)
+
+    # A new revision is watched from now until it is rolled out; the same revision keeps its watch (or none).
+    kept = dep.annotations if same and dep is not None else {}
+    desired = _deployment(
+        model, served,
+        started=None if complete else kept.get(ANNOTATION_ROLLOUT_STARTED) if same else now,
+        rolled_back_from=kept.get(ANNOTATION_ROLLED_BACK_FROM),
+        rollback_reason=kept.get(ANNOTATION_ROLLBACK_REASON),
+    )
+    if not observed.service:
+        actions.append(CreateChild(build_service(model)))
+    if dep is None or _differs(dep, desired):
+        actions.append(ApplyChild(desired))
+        if not same:
+            verb, reason = ("Created", Reason.DEPLOYMENT_CREATED) if dep is None else \
+                ("Updated", Reason.ROLLOUT_IN_PROGRESS)
+            actions.append(EmitEvent("Normal", reason,
+                                     f"{verb} Deployment {desired['metadata']['name']} for revision {revision}"))
+
+    if not same:
+        progressing = Want(PROGRESSING, TRUE, Reason.ROLLOUT_IN_PROGRESS, f"rolling out revision {revision}")
+        degraded = _degraded(desired["metadata"]["annotations"])
+    elif failure is not None:
+        progressing = Want(PROGRESSING, FALSE, Reason.ROLLOUT_DEADLINE_EXCEEDED,
+                           f"revision {revision} did not become Available ({failure})")
+        degraded = Want(DEGRADED, TRUE, Reason.ROLLOUT_DEADLINE_EXCEEDED,
+                        f"revision {revision} did not become Available ({failure}); no previous revision to "
+                        "roll back to")
+    elif complete:
+        progressing = Want(PROGRESSING, FALSE, Reason.ROLLOUT_COMPLETE, f"revision {revision} is rolled out")
+        degraded = _degraded(desired["metadata"]["annotations"])
+    else:
+        assert dep is not None
+        progressing = Want(PROGRESSING, TRUE, Reason.ROLLOUT_IN_PROGRESS,
+                           f"rolling out revision {revision}: {dep.updated_replicas}/{dep.replicas} updated, "
+                           f"{dep.available_replicas} available")
+        degraded = _degraded(desired["metadata"]["annotations"])
+    return _finish(model, observed, actions, serving, [ready_note or _ready(dep), progressing, degraded],
+                   endpoint=model.endpoint(), ready_replicas=dep.ready_replicas if dep else 0)
+
+
+def _current(model: GPTModel) -> ServedRevision | None:
+    """What the status says is served now (the source, before any promotion)."""
+    st = model.status
+    if st.serving_artifact:
+        return ServedRevision(revision=st.serving_revision, model=st.serving_artifact, adapter=st.serving_adapter)
+    return base_served_revision(model)
+
+
+def _served(model: GPTModel, serving: dict[str, Any]) -> ServedRevision | None:
+    if serving["servingArtifact"]:
+        return ServedRevision(revision=serving["servingRevision"], model=serving["servingArtifact"],
+                              adapter=serving["servingAdapter"])
+    return base_served_revision(model)
+
+
+def _previous(serving: dict[str, Any]) -> ServedRevision | None:
+    if not serving["previousArtifact"]:
+        return None
+    return ServedRevision(revision=serving["previousRevision"], model=serving["previousArtifact"],
+                          adapter=serving["previousAdapter"])
+
+
+def _revision(dep: DeploymentState) -> str:
+    return dep.annotations.get(ANNOTATION_REVISION, "")
+
+
+def spec_hash(manifest: dict[str, Any]) -> str:
+    """A digest of what the builders decided (labels, their annotations, spec): a change means a new rollout."""
+    meta = manifest["metadata"]
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in _OURS}
+    doc = {"labels": meta.get("labels") or {}, "annotations": annotations, "spec": manifest["spec"]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+_OURS = (ANNOTATION_SPEC_HASH, ANNOTATION_ROLLOUT_STARTED, ANNOTATION_ROLLED_BACK_FROM, ANNOTATION_ROLLBACK_REASON)
+
+
+def _deployment(model: GPTModel, served: ServedRevision, *, started: str | None,
+                rolled_back_from: str | None = None, rollback_reason: str | None = None) -> dict[str, Any]:
+    """The builders' Deployment plus the rollout bookkeeping annotations (absent ones are removed by the apply)."""
+    manifest = build_deployment(model, served)
+    annotations = manifest["metadata"].setdefault("annotations", {})
+    annotations[ANNOTATION_SPEC_HASH] = spec_hash(manifest)
+    for key, value in ((ANNOTATION_ROLLOUT_STARTED, started), (ANNOTATION_ROLLED_BACK_FROM, rolled_back_from),
+                       (ANNOTATION_ROLLBACK_REASON, rollback_reason if rolled_back_from else None)):
+        if value:
+            annotations[key] = value
+    return manifest
+
+
+def _differs(dep: DeploymentState, desired: dict[str, Any]) -> bool:
+    want = desired["metadata"]["annotations"]
+    return any(dep.annotations.get(k) != want.get(k) for k in _OURS)
+
+
+def _rollout_complete(dep: DeploymentState) -> bool:
+    """Like `kubectl rollout status`: the controller saw this generation and every replica is new and available."""
+    return (dep.observed_generation >= dep.generation and dep.updated_replicas >= dep.replicas
+            and dep.status_replicas <= dep.updated_replicas and dep.available_replicas >= dep.replicas)
+
+
+def _rollout_failure(model: GPTModel, dep: DeploymentState, now: str) -> str | None:
+    """Why this rollout has failed, or None while it may still succeed."""
+    started = _parse_time(dep.annotations.get(ANNOTATION_ROLLOUT_STARTED))
+    if started is None:
+        return None  # not a watched rollout: the revision was rolled out before, or this is a rollback
+    progressing = dep.condition("Progressing")
+    if (dep.observed_generation >= dep.generation and progressing is not None
+            and progressing.get("status") == FALSE and progressing.get("reason") == "ProgressDeadlineExceeded"):
+        return f"ProgressDeadlineExceeded: {progressing.get('message', '')}".rstrip(": ")
+    deadline = model.spec.serving.rollout_deadline_seconds
+    current = _parse_time(now)
+    if current is not None and (current - started).total_seconds() > deadline:
+        return f"not Available within rolloutDeadlineSeconds={deadline}"
+    return None
+
+
+def _ready(dep: DeploymentState | None) -> Want:
+    if dep is None:
+        return Want(READY, FALSE, Reason.DEPLOYMENT_CREATED, "waiting for the Deployment")
+    available = dep.condition("Available")
+    detail = f"{dep.available_replicas}/{dep.replicas} replicas available"
+    if available is not None and available.get("status") == TRUE and dep.available_replicas > 0:
+        return Want(READY, TRUE, Reason.MINIMUM_REPLICAS_AVAILABLE, detail)
+    return Want(READY, FALSE, Reason.MINIMUM_REPLICAS_UNAVAILABLE, detail)
+
+
+def _degraded(annotations: dict[str, str] | Any) -> Want:
+    failed = annotations.get(ANNOTATION_ROLLED_BACK_FROM)
+    if not failed:
+        return Want(DEGRADED, FALSE, Reason.AS_EXPECTED, "")
+    serving = annotations.get(ANNOTATION_REVISION, SOURCE_REVISION)
+    why = annotations.get(ANNOTATION_ROLLBACK_REASON, "its rollout failed")
+    return Want(DEGRADED, TRUE, Reason.ROLLED_BACK,
+                f"revision {failed} did not become Available ({why}); rolled back to revision {serving}")
+
+
+def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], serving: dict[str, Any],
+            wants: list[Want], *, endpoint: str | None, ready_replicas: int) -> Plan:
+    conditions = rebuild(model.status.conditions, wants, generation=model.metadata.generation, now=observed.now)
+    actions += transition_events(model.status.conditions, conditions, warn_when_true=(DEGRADED,))
+    status: dict[str, Any] = {
+        "observedGeneration": model.metadata.generation,
+        "endpoint": endpoint,
+        "readyReplicas": ready_replicas,
+        "conditions": [c.to_dict() for c in conditions],
+    }
+    # The serving fields are also written by promotion: only write them when this pass changes them.
+    before = model.status.to_dict()
+    if any(before.get(k) != serving[k] for k in SERVING_FIELDS):
+        status.update(serving)
+    return Plan(actions=tuple(actions), status=status)
+
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -1,0 +1,173 @@
+"""What the planners see of the cluster: small frozen snapshots of children, made from API objects (dicts).
+Pure: cluster.py fetches the dicts, these functions read them; no I/O, no kopf or kubernetes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gptops.api.constants import LABEL_GENERATION, LABEL_STAGE
+from gptops.api.finetunejob import FineTuneJob
+from gptops.api.gptmodel import GPTModel
+
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+
+
+@dataclass(frozen=True)
+class PodState:
+    """One Pod of a stage Job: its phase and the termination message of its container."""
+
+    name: str
+    phase: str
+    created: str = ""
+    message: str = ""
+    reason: str = ""
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One stage Job and its Pods."""
+
+    name: str
+    stage: str = ""
+    generation: int | None = None
+    conditions: tuple[Mapping[str, Any], ...] = ()
+    start_time: str | None = None
+    completion_time: str | None = None
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    pods: tuple[PodState, ...] = ()
+
+    def _condition(self, type_: str) -> Mapping[str, Any] | None:
+        return next((c for c in self.conditions if c.get("type") == type_ and c.get("status") == "True"), None)
+
+    @property
+    def complete(self) -> bool:
+        return self._condition("Complete") is not None
+
+    @property
+    def failed_condition(self) -> Mapping[str, Any] | None:
+        """The Job's Failed=True condition: it failed for good (retries exhausted, deadline, ...)."""
+        return self._condition("Failed")
+
+    def result_pod(self) -> PodState | None:
+        """The Pod whose termination message tells the stage's outcome: the newest one that succeeded
+        (complete Job) or terminated (otherwise)."""
+        wanted = ("Succeeded",) if self.complete else ("Failed", "Succeeded")
+        pods = [p for p in self.pods if p.phase in wanted]
+        with_message = [p for p in pods if p.message] or pods
+        return max(with_message, key=lambda p: (p.created, p.name), default=None)
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    """The vLLM Deployment of a GPTModel, as far as rollout decisions need it."""
+
+    name: str
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    generation: int = 1
+    observed_generation: int = 0
+    replicas: int = 1
+    status_replicas: int = 0
+    updated_replicas: int = 0
+    ready_replicas: int = 0
+    available_replicas: int = 0
+    conditions: tuple[Mapping[str, Any], ...] = ()
+
+    def condition(self, type_: str) -> Mapping[str, Any] | None:
+        return next((c for c in self.conditions if c.get("type") == type_), None)
+
+
+@dataclass(frozen=True)
+class ObservedFineTuneJob:
+    """Everything plan_finetunejob reads besides the FineTuneJob itself."""
+
+    now: str
+    jobs: Mapping[str, JobState] = field(default_factory=dict)
+    services: frozenset[str] = frozenset()
+    model: GPTModel | None = None
+    model_resource_version: str | None = None
+
+
+@dataclass(frozen=True)
+class ObservedGPTModel:
+    """Everything plan_gptmodel reads besides the GPTModel itself."""
+
+    now: str
+    deployment: DeploymentState | None = None
+    service: bool = False
+    pinned: FineTuneJob | None = None
+    """The FineTuneJob named by spec.serving.revision, when it exists."""
+
+
+def pod_state(pod: Mapping[str, Any]) -> PodState:
+    """A PodState from a v1 Pod dict (camelCase, as the API returns it)."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    message, reason, exit_code = "", "", None
+    for cs in status.get("containerStatuses") or ():
+        terminated = ((cs.get("state") or {}).get("terminated")
+                      or (cs.get("lastState") or {}).get("terminated"))
+        if terminated:
+            message = terminated.get("message") or message
+            reason = terminated.get("reason") or reason
+            exit_code = terminated.get("exitCode", exit_code)
+            if message:
+                break
+    return PodState(
+        name=meta.get("name", ""),
+        phase=status.get("phase", ""),
+        created=str(meta.get("creationTimestamp") or ""),
+        message=message,
+        reason=reason,
+        exit_code=exit_code,
+    )
+
+
+def job_state(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> JobState:
+    """A JobState from a batch/v1 Job dict and the Pod dicts that belong to it."""
+    meta = job.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    status = job.get("status") or {}
+    name = meta.get("name", "")
+    generation = labels.get(LABEL_GENERATION)
+    mine = [p for p in pods if any(((p.get("metadata") or {}).get("labels") or {}).get(k) == name
+                                   for k in JOB_NAME_LABELS)]
+    return JobState(
+        name=name,
+        stage=labels.get(LABEL_STAGE, ""),
+        generation=int(generation) if generation and generation.isdigit() else None,
+        conditions=tuple(status.get("conditions") or ()),
+        start_time=_str_or_none(status.get("startTime")),
+        completion_time=_str_or_none(status.get("completionTime")),
+        active=int(status.get("active") or 0),
+        succeeded=int(status.get("succeeded") or 0),
+        failed=int(status.get("failed") or 0),
+        pods=tuple(pod_state(p) for p in mine),
+    )
+
+
+def deployment_state(deployment: Mapping[str, Any]) -> DeploymentState:
+    """A DeploymentState from an apps/v1 Deployment dict."""
+    meta = deployment.get("metadata") or {}
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    return DeploymentState(
+        name=meta.get("name", ""),
+        annotations=dict(meta.get("annotations") or {}),
+        generation=int(meta.get("generation") or 1),
+        observed_generation=int(status.get("observedGeneration") or 0),
+        replicas=int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1),
+        status_replicas=int(status.get("replicas") or 0),
+        updated_replicas=int(status.get("updatedReplicas") or 0),
+        ready_replicas=int(status.get("readyReplicas") or 0),
+        available_replicas=int(status.get("availableReplicas") or 0),
+        conditions=tuple(status.get("conditions") or ()),
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)

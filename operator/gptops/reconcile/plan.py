@@ -1,0 +1,94 @@
+"""What a planner returns: the actions to take and the status to write. Pure data; no I/O, no kopf or kubernetes.
+
+cluster.py carries actions out; handlers write `Plan.status` through kopf's `patch.status`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass(frozen=True)
+class CreateChild:
+    """Create a child object; meeting 409 AlreadyExists is success (names are deterministic)."""
+
+    manifest: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest["kind"])
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["metadata"]["name"])
+
+
+@dataclass(frozen=True)
+class ApplyChild:
+    """Server-side apply a child (create it, or bring it to exactly this manifest; fields left out are removed)."""
+
+    manifest: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest["kind"])
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["metadata"]["name"])
+
+
+@dataclass(frozen=True)
+class PromoteRevision:
+    """Make a FineTuneJob the serving revision of its GPTModel: merge `status` into the GPTModel's status,
+    guarded by the resourceVersion the decision was based on (a concurrent change means: plan again)."""
+
+    model: str
+    finetunejob: str
+    status: dict[str, Any]
+    resource_version: str | None = None
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    """A Kubernetes Event on the object being reconciled."""
+
+    type: EventType
+    reason: str
+    message: str
+
+
+Action = CreateChild | ApplyChild | PromoteRevision | EmitEvent
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The decision of one reconcile pass: `actions` in order, then `status` (a merge patch of .status)."""
+
+    actions: tuple[Action, ...] = ()
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def changes(self) -> tuple[Action, ...]:
+        """The actions that change the cluster (everything but events)."""
+        return tuple(a for a in self.actions if not isinstance(a, EmitEvent))
+
+    @property
+    def events(self) -> tuple[EmitEvent, ...]:
+        return tuple(a for a in self.actions if isinstance(a, EmitEvent))
+
+
+def merge_patch_from(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch that turns `old` into exactly `new`: keys that are gone become None, maps recurse,
+    everything else (lists included) is replaced whole."""
+    patch: dict[str, Any] = dict.fromkeys(k for k in old if k not in new)
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            patch[key] = merge_patch_from(before, value)
+        else:
+            patch[key] = value
+    return patch

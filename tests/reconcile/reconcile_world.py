@@ -1,0 +1,201 @@
+"""A small in-memory world for the planner tests: the two kinds, their children, and applying a Plan to it the way
+cluster.py and the handlers would (create children, promote, merge the status patch)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gptops.api import FineTuneJob, GPTModel
+from gptops.reconcile import (
+    ApplyChild,
+    CreateChild,
+    DeploymentState,
+    JobState,
+    ObservedFineTuneJob,
+    ObservedGPTModel,
+    Plan,
+    PodState,
+    PromoteRevision,
+    plan_finetunejob,
+    plan_gptmodel,
+)
+
+NOW = "2026-01-01T00:00:00Z"
+
+GPTMODEL = {
+    "apiVersion": "gptops.io/v1alpha1",
+    "kind": "GPTModel",
+    "metadata": {"name": "tiny", "namespace": "ml", "uid": "uid-gm", "generation": 1},
+    "spec": {
+        "source": {"huggingface": {"repo": "sshleifer/tiny-gpt2"}},
+        "artifacts": {"pvc": {"claimName": "gptops-artifacts"}},
+        "serving": {"rolloutDeadlineSeconds": 60},
+    },
+}
+
+FINETUNEJOB = {
+    "apiVersion": "gptops.io/v1alpha1",
+    "kind": "FineTuneJob",
+    "metadata": {"name": "tiny-ft", "namespace": "ml", "uid": "uid-ftj", "generation": 3},
+    "spec": {
+        "model": {"name": "tiny"},
+        "dataset": {"source": {"pvc": {"claimName": "data", "path": "corpus.jsonl"}}},
+        "evaluation": {"thresholds": {"maxPerplexity": 50, "minPerplexityImprovement": 0.1}, "promote": True},
+    },
+}
+
+
+def stage_result(stage: str, ok: bool = True, message: str = "", **extra: Any) -> str:
+    """A termination message as the pipeline writes it."""
+    return json.dumps({"apiVersion": "gptops.io/stage-result/v1", "stage": stage, "ok": ok,
+                       "message": message or f"{stage} done", **extra})
+
+
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 JSON merge patch, as the API server applies kopf's status patches."""
+    out = copy.deepcopy(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_patch(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@dataclass
+class World:
+    """The two objects as the API server holds them, and the children the operator made."""
+
+    model: dict[str, Any] | None
+    ftj: dict[str, Any]
+    now: str = NOW
+    jobs: dict[str, JobState] = field(default_factory=dict)
+    services: set[str] = field(default_factory=set)
+    deployment: DeploymentState | None = None
+    deployment_manifest: dict[str, Any] | None = None
+    finetunejobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_resource_version: int = 1
+
+    # --- observing ---
+    def observe_ftj(self) -> ObservedFineTuneJob:
+        return ObservedFineTuneJob(
+            now=self.now, jobs=dict(self.jobs), services=frozenset(self.services),
+            model=GPTModel.from_dict(self.model) if self.model else None,
+            model_resource_version=str(self.model_resource_version),
+        )
+
+    def observe_model(self) -> ObservedGPTModel:
+        assert self.model is not None
+        pin = self.model["spec"].get("serving", {}).get("revision")
+        pinned = self.finetunejobs.get(pin) if pin else None
+        return ObservedGPTModel(now=self.now, deployment=self.deployment, service=bool(self.services),
+                                pinned=FineTuneJob.from_dict(pinned) if pinned else None)
+
+    # --- planning ---
+    def plan_ftj(self) -> Plan:
+        return plan_finetunejob(FineTuneJob.from_dict(self.ftj), self.observe_ftj())
+
+    def plan_model(self) -> Plan:
+        assert self.model is not None
+        return plan_gptmodel(GPTModel.from_dict(self.model), self.observe_model())
+
+    # --- applying, as cluster.py and the handler do ---
+    def apply_ftj(self, plan: Plan) -> None:
+        self._apply(plan)
+        self.ftj["status"] = merge_patch(self.ftj.get("status") or {}, plan.status)
+
+    def apply_model(self, plan: Plan) -> None:
+        self._apply(plan)
+        assert self.model is not None
+        self.model["status"] = merge_patch(self.model.get("status") or {}, plan.status)
+
+    def _apply(self, plan: Plan) -> None:
+        for action in plan.changes:
+            if isinstance(action, CreateChild | ApplyChild):
+                self._create(action.manifest)
+            elif isinstance(action, PromoteRevision):
+                assert self.model is not None
+                self.model["status"] = merge_patch(self.model.get("status") or {}, action.status)
+                self.model_resource_version += 1
+
+    def _create(self, manifest: dict[str, Any]) -> None:
+        name, kind = manifest["metadata"]["name"], manifest["kind"]
+        if kind == "Job":
+            labels = manifest["metadata"]["labels"]
+            self.jobs.setdefault(name, JobState(name=name, stage=labels["gptops.io/stage"], active=1))
+        elif kind == "Service":
+            self.services.add(name)
+        elif kind == "Deployment":
+            dep = self.deployment
+            generation = (dep.generation + 1) if dep else 1
+            self.deployment_manifest = copy.deepcopy(manifest)
+            self.deployment = DeploymentState(
+                name=name, annotations=dict(manifest["metadata"].get("annotations") or {}), generation=generation,
+                observed_generation=dep.observed_generation if dep else 0,
+                replicas=manifest["spec"]["replicas"],
+                status_replicas=dep.status_replicas if dep else 0,
+                updated_replicas=0, ready_replicas=dep.ready_replicas if dep else 0,
+                available_replicas=dep.available_replicas if dep else 0,
+                conditions=dep.conditions if dep else (),
+            )
+
+    # --- what the Job and Deployment controllers (and kwok) do ---
+    def finish_job(self, name: str, message: str, *, ok: bool = True, job_reason: str = "BackoffLimitExceeded") -> None:
+        job = self.jobs[name]
+        pod = PodState(name=f"{name}-abcde", phase="Succeeded" if ok else "Failed", created=self.now,
+                       message=message, exit_code=0 if ok else 1)
+        if ok:
+            cond = {"type": "Complete", "status": "True"}
+        else:
+            cond = {"type": "Failed", "status": "True", "reason": job_reason,
+                    "message": "Job has reached the specified backoff limit"}
+        self.jobs[name] = replace(job, active=0, succeeded=int(ok), failed=int(not ok), conditions=(cond,),
+                                  start_time=self.now, completion_time=self.now if ok else None, pods=(pod,))
+
+    def roll_out(self) -> None:
+        """The Deployment controller finished the rollout: every replica new and available."""
+        dep = self.deployment
+        assert dep is not None
+        self.deployment = replace(
+            dep, observed_generation=dep.generation, status_replicas=dep.replicas, updated_replicas=dep.replicas,
+            ready_replicas=dep.replicas, available_replicas=dep.replicas,
+            conditions=({"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+                        {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}),
+        )
+
+    def stall(self) -> None:
+        """The Deployment controller gave up on the rollout (progressDeadlineSeconds passed)."""
+        dep = self.deployment
+        assert dep is not None
+        self.deployment = replace(
+            dep, observed_generation=dep.generation, updated_replicas=1, status_replicas=dep.replicas + 1,
+            conditions=({"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+                        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                         "message": 'ReplicaSet "tiny-7d9" has timed out progressing.'}),
+        )
+
+
+def settle(world: World, which: str, *, passes: int = 4) -> Plan:
+    """Plan and apply until a pass changes nothing; asserts it converges, returns the last (empty) plan."""
+    plan_of, apply = (world.plan_ftj, world.apply_ftj) if which == "ftj" else (world.plan_model, world.apply_model)
+    for _ in range(passes):
+        plan = plan_of()
+        if not plan.actions and _status_of(world, which) == merge_patch(_status_of(world, which), plan.status):
+            return plan
+        apply(plan)
+    raise AssertionError(f"{which} did not settle in {passes} passes; last plan: {plan}")
+
+
+def _status_of(world: World, which: str) -> dict[str, Any]:
+    obj = world.ftj if which == "ftj" else world.model
+    assert obj is not None
+    return obj.get("status") or {}
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status.get("conditions", [])}

@@ -1,0 +1,280 @@
+"""Table tests of plan_finetunejob: every transition of prepare -> train -> evaluate -> gate -> promotion, failures,
+and that planning again after applying a plan changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from gptops.reconcile import CreateChild, EmitEvent, PromoteRevision
+from reconcile_world import World, conditions, settle, stage_result
+
+PREPARE, TRAIN, EVALUATE = "tiny-ft-prepare-3", "tiny-ft-train-3", "tiny-ft-evaluate-3"
+GOOD = {"perplexity": 20.0, "baselinePerplexity": 40.0}
+BAD = {"perplexity": 80.0, "baselinePerplexity": 90.0}
+
+
+def run_to_evaluation(world: World, metrics: dict[str, float]) -> None:
+    """Drive the three stages to success, settling after each step."""
+    settle(world, "ftj")
+    world.finish_job(PREPARE, stage_result("prepare", digest="sha256:abc",
+                                           artifacts={"dataset": "/artifacts/ml/tiny-ft/dataset"}))
+    settle(world, "ftj")
+    world.finish_job(TRAIN, stage_result("train", artifacts={"model": "/artifacts/ml/tiny-ft/model",
+                                                              "checkpoint": "/artifacts/ml/tiny-ft/checkpoints/c-10"}))
+    settle(world, "ftj")
+    world.finish_job(EVALUATE, stage_result("evaluate", metrics=metrics,
+                                            artifacts={"report": "/artifacts/ml/tiny-ft/eval/report.json"}))
+
+
+def created(plan) -> list[str]:
+    return [a.name for a in plan.actions if isinstance(a, CreateChild)]
+
+
+def test_a_new_finetunejob_gets_its_prepare_job(world: World) -> None:
+    plan = world.plan_ftj()
+    assert created(plan) == [PREPARE]
+    job = plan.actions[0].manifest
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-ftj"
+    cond = conditions(plan.status)
+    assert cond["Prepared"]["status"] == "False" and cond["Prepared"]["reason"] == "JobCreated"
+    assert cond["Trained"]["reason"] == "Waiting"
+    assert cond["Failed"]["status"] == "False"
+    assert all(c["observedGeneration"] == 3 for c in plan.status["conditions"])
+    assert plan.status["observedGeneration"] == 3
+    assert any(isinstance(a, EmitEvent) and a.reason == "JobCreated" for a in plan.actions)
+
+
+def test_a_running_stage_waits_without_actions(world: World) -> None:
+    world.apply_ftj(world.plan_ftj())
+    plan = world.plan_ftj()
+    assert plan.actions == ()
+    assert conditions(plan.status)["Prepared"]["reason"] == "JobRunning"
+    assert plan.status["phase"] == "Preparing"
+    assert plan.status["stages"]["prepare"]["jobName"] == PREPARE
+
+
+@pytest.mark.parametrize(
+    ("finished", "next_job", "done_condition", "phase"),
+    [
+        ([PREPARE], TRAIN, "Prepared", "Training"),
+        ([PREPARE, TRAIN], EVALUATE, "Trained", "Evaluating"),
+    ],
+)
+def test_a_finished_stage_starts_the_next(world: World, finished, next_job, done_condition, phase) -> None:
+    settle(world, "ftj")
+    for name in finished:
+        stage = name.split("-")[2]
+        world.finish_job(name, stage_result(stage, digest="sha256:abc"))
+        if name != finished[-1]:
+            settle(world, "ftj")
+    plan = world.plan_ftj()
+    assert created(plan) == [next_job]
+    cond = conditions(plan.status)
+    assert cond[done_condition]["status"] == "True" and cond[done_condition]["reason"] == "JobSucceeded"
+    assert plan.status["phase"] == phase
+    assert plan.status["lineage"]["datasetDigest"] == "sha256:abc"
+    assert any(e.reason == "JobSucceeded" for e in plan.events)
+
+
+def test_a_passing_evaluation_promotes_into_the_gptmodel(world: World) -> None:
+    run_to_evaluation(world, GOOD)
+    plan = world.plan_ftj()
+    cond = conditions(plan.status)
+    assert cond["Evaluated"]["status"] == "True"
+    assert cond["Passed"]["status"] == "True" and cond["Passed"]["reason"] == "ThresholdsMet"
+    assert "perplexity 20.00" in cond["Passed"]["message"] and "50.00" in cond["Passed"]["message"]
+    assert "50.0%" in cond["Passed"]["message"]  # relative to the base: (40 - 20) / 40
+    assert plan.status["metrics"] == GOOD
+    [promotion] = [a for a in plan.actions if isinstance(a, PromoteRevision)]
+    assert promotion.model == "tiny" and promotion.resource_version == "1"
+    assert promotion.status["servingRevision"] == "tiny-ft"
+    assert promotion.status["servingArtifact"] == "/artifacts/ml/tiny-ft/model"
+    assert promotion.status["previousRevision"] is None  # it served its source before
+    assert promotion.status["previousArtifact"] == "sshleifer/tiny-gpt2"
+    assert cond["Promoted"]["status"] == "True"
+    assert plan.status["phase"] == "Promoted"
+    assert any(e.reason == "Promoted" and "tiny-ft" in e.message for e in plan.events)
+
+    world.apply_ftj(plan)
+    assert world.model["status"]["servingRevision"] == "tiny-ft"
+    again = settle(world, "ftj")
+    assert again.actions == ()
+    assert world.ftj["status"]["lineage"]["servedBy"] == "tiny"
+
+
+def test_promotion_keeps_the_previous_revision(world: World) -> None:
+    world.model["status"] = {"servingRevision": "older", "servingArtifact": "/artifacts/ml/older/model"}
+    run_to_evaluation(world, GOOD)
+    [promotion] = [a for a in world.plan_ftj().actions if isinstance(a, PromoteRevision)]
+    assert promotion.status["previousRevision"] == "older"
+    assert promotion.status["previousArtifact"] == "/artifacts/ml/older/model"
+
+
+def test_a_failing_gate_rejects_with_the_numbers_and_leaves_serving_alone(world: World) -> None:
+    world.model["status"] = {"servingRevision": "older", "servingArtifact": "/artifacts/ml/older/model"}
+    run_to_evaluation(world, BAD)
+    plan = world.plan_ftj()
+    assert plan.changes == ()
+    cond = conditions(plan.status)
+    assert cond["Passed"]["status"] == "False" and cond["Passed"]["reason"] == "ThresholdsNotMet"
+    assert "perplexity 80.00, needs <= 50.00" in cond["Passed"]["message"]
+    assert "11.1%" in cond["Passed"]["message"]
+    assert cond["Promoted"]["status"] == "False"
+    assert plan.status["phase"] == "Rejected"
+    assert [e.type for e in plan.events if e.reason == "ThresholdsNotMet"] == ["Warning"]
+    world.apply_ftj(plan)
+    assert world.model["status"]["servingRevision"] == "older"
+
+
+def test_passing_without_promote_does_not_promote(world: World) -> None:
+    world.ftj["spec"]["evaluation"]["promote"] = False
+    run_to_evaluation(world, GOOD)
+    plan = world.plan_ftj()
+    assert plan.changes == ()
+    cond = conditions(plan.status)
+    assert cond["Passed"]["status"] == "True"
+    assert cond["Promoted"]["status"] == "False" and cond["Promoted"]["reason"] == "PromotionNotRequested"
+    assert plan.status["phase"] == "Passed"
+
+
+def test_no_thresholds_passes(world: World) -> None:
+    world.ftj["spec"]["evaluation"]["thresholds"] = {}
+    run_to_evaluation(world, GOOD)
+    assert conditions(world.plan_ftj().status)["Passed"]["reason"] == "NoThresholds"
+
+
+def test_a_superseded_promotion_is_not_repeated(world: World) -> None:
+    run_to_evaluation(world, GOOD)
+    settle(world, "ftj")
+    world.model["status"].update(servingRevision="newer", servingArtifact="/artifacts/ml/newer/model")
+    plan = world.plan_ftj()
+    assert plan.changes == ()
+    promoted = conditions(plan.status)["Promoted"]
+    assert promoted["status"] == "True" and promoted["reason"] == "Superseded"
+    assert "newer" in promoted["message"]
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "expected"),
+    [
+        (stage_result("prepare", ok=False, message="dataset.fields.text: no field 'text' in corpus.jsonl line 1"),
+         "StageFailed", "no field 'text' in corpus.jsonl line 1"),
+        ("Traceback (most recent call last):\nMemoryError", "JobFailed", "MemoryError"),
+        ("", "JobFailed", "BackoffLimitExceeded"),
+    ],
+    ids=["stage-result", "plain-message", "no-message"],
+)
+def test_a_failed_stage_fails_the_run_with_the_pods_message(world: World, message, reason, expected) -> None:
+    settle(world, "ftj")
+    world.finish_job(PREPARE, message, ok=False)
+    plan = world.plan_ftj()
+    assert plan.changes == ()  # no train Job
+    cond = conditions(plan.status)
+    assert cond["Failed"]["status"] == "True" and cond["Failed"]["reason"] == reason
+    assert expected in cond["Failed"]["message"] and PREPARE in cond["Failed"]["message"]
+    assert cond["Prepared"]["status"] == "False"
+    assert cond["Trained"]["reason"] == "Waiting"
+    assert plan.status["phase"] == "Failed"
+    assert [e.type for e in plan.events if e.reason == reason] == ["Warning"]
+    world.apply_ftj(plan)
+    assert settle(world, "ftj").actions == ()
+
+
+def test_a_complete_job_whose_stage_reported_failure_fails(world: World) -> None:
+    settle(world, "ftj")
+    world.finish_job(PREPARE, stage_result("prepare", ok=False, message="empty dataset"))
+    cond = conditions(world.plan_ftj().status)
+    assert cond["Failed"]["status"] == "True" and "empty dataset" in cond["Failed"]["message"]
+
+
+def test_a_missing_model_waits(world: World) -> None:
+    world.model = None
+    plan = world.plan_ftj()
+    assert plan.changes == ()
+    prepared = conditions(plan.status)["Prepared"]
+    assert prepared["reason"] == "ModelNotFound" and "tiny" in prepared["message"]
+    assert plan.status["phase"] == "Pending"
+
+
+def test_a_model_without_artifacts_storage_is_refused(world: World) -> None:
+    del world.model["spec"]["artifacts"]
+    plan = world.plan_ftj()
+    assert plan.changes == ()
+    failed = conditions(plan.status)["Failed"]
+    assert failed["status"] == "True" and failed["reason"] == "InvalidSpec"
+    assert "artifacts.pvc" in failed["message"]
+
+
+def test_multi_node_training_gets_its_rendezvous_service(world: World) -> None:
+    world.ftj["spec"]["training"] = {"resources": {"gpus": 8, "nodes": 2}}
+    settle(world, "ftj")
+    world.finish_job(PREPARE, stage_result("prepare"))
+    plan = world.plan_ftj()
+    kinds = [(a.kind, a.name) for a in plan.actions if isinstance(a, CreateChild)]
+    assert kinds == [("Service", TRAIN), ("Job", TRAIN)]
+    world.apply_ftj(plan)
+    assert settle(world, "ftj").actions == ()
+
+
+def test_start_from_serving_trains_on_the_served_revision(world: World) -> None:
+    world.model["status"] = {"servingRevision": "older", "servingArtifact": "/artifacts/ml/older/model"}
+    plan = world.plan_ftj()
+    args = plan.actions[0].manifest["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "/artifacts/ml/older/model" in " ".join(args)
+    assert plan.status["artifacts"]["baseModel"] == "/artifacts/ml/older/model"
+
+
+def test_start_from_serving_waits_while_nothing_is_served(world: World) -> None:
+    world.ftj["spec"]["startFrom"] = "serving"
+    plan = world.plan_ftj()
+    assert plan.changes == ()
+    assert conditions(plan.status)["Prepared"]["reason"] == "Waiting"
+
+
+def test_last_transition_time_moves_only_with_the_status(world: World) -> None:
+    world.apply_ftj(world.plan_ftj())
+    first = conditions(world.ftj["status"])["Prepared"]["lastTransitionTime"]
+    world.now = "2026-01-01T00:05:00Z"
+    world.apply_ftj(world.plan_ftj())  # JobCreated -> JobRunning: still False
+    assert conditions(world.ftj["status"])["Prepared"]["lastTransitionTime"] == first
+    world.finish_job(PREPARE, stage_result("prepare"))
+    world.apply_ftj(world.plan_ftj())
+    assert conditions(world.ftj["status"])["Prepared"]["lastTransitionTime"] == "2026-01-01T00:05:00Z"
+
+
+def test_a_new_generation_runs_again_under_new_names(world: World) -> None:
+    run_to_evaluation(world, GOOD)
+    settle(world, "ftj")
+    world.ftj["metadata"]["generation"] = 4
+    plan = world.plan_ftj()
+    assert created(plan) == ["tiny-ft-prepare-4"]
+    world.apply_ftj(plan)
+    status = world.ftj["status"]
+    assert set(status["stages"]) == {"prepare"} and "completionTime" not in status["stages"]["prepare"]
+    assert status["metrics"] == {}
+
+
+def test_the_whole_lifecycle_settles_at_every_step(world: World) -> None:
+    """After every transition, planning again after applying the plan gives no action, and the status reaches a
+    fixed point (a created Job is seen running on the next pass; nothing moves after that)."""
+    steps = [
+        lambda: None,
+        lambda: world.finish_job(PREPARE, stage_result("prepare", digest="sha256:abc")),
+        lambda: world.finish_job(TRAIN, stage_result("train", artifacts={"model": "/artifacts/ml/tiny-ft/model"})),
+        lambda: world.finish_job(EVALUATE, stage_result("evaluate", metrics=GOOD)),
+    ]
+    seen_events: list[str] = []
+    for step in steps:
+        step()
+        plan = world.plan_ftj()
+        seen_events += [e.reason for e in plan.events]
+        world.apply_ftj(plan)
+        again = world.plan_ftj()
+        assert again.actions == (), again.actions
+        world.apply_ftj(again)
+        before = dict(world.ftj["status"])
+        third = world.plan_ftj()
+        world.apply_ftj(third)
+        assert third.actions == () and world.ftj["status"] == before
+    assert seen_events.count("Promoted") == 1
+    assert world.ftj["status"]["phase"] == "Promoted"
