@@ -93,10 +93,7 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
         rollback = _deployment(model, previous, started=None, rolled_back_from=revision, rollback_reason=failure)
         if not observed.service:
             actions.append(CreateChild(build_service(model)))
-        actions.append(ApplyChild(rollback))
-        actions.append(EmitEvent("Warning", Reason.ROLLED_BACK,
-                                 f"revision {revision} did not become Available ({failure}); "
-                                 f"rolled back to revision {back}"))
+        actions.append(ApplyChild(rollback))  # the Degraded=True transition is its (Warning) event
         wants = [
             ready_note or _ready(dep),
             Want(PROGRESSING, TRUE, Reason.ROLLOUT_IN_PROGRESS, f"rolling back to revision {back}"),

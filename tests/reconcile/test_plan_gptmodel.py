@@ -1,0 +1,227 @@
+"""Table tests of plan_gptmodel: which revision is served, the Deployment and Service, the rollout watch, rollback,
+and that planning again after applying a plan changes nothing."""
+
+from __future__ import annotations
+
+from reconcile_world import World, conditions, settle
+
+from gptops.reconcile import ApplyChild, CreateChild
+from gptops.reconcile.gptmodel import ANNOTATION_ROLLED_BACK_FROM, ANNOTATION_ROLLOUT_STARTED
+
+LATER = "2026-01-01T00:10:00Z"
+PROMOTED = {"servingRevision": "ft-1", "servingArtifact": "/artifacts/ml/ft-1/model",
+            "previousArtifact": "sshleifer/tiny-gpt2"}
+
+
+def args(world: World) -> list[str]:
+    assert world.deployment_manifest is not None
+    return world.deployment_manifest["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def revision(world: World) -> str:
+    assert world.deployment is not None
+    return world.deployment.annotations["gptops.io/revision"]
+
+
+def serve_source(world: World) -> None:
+    settle(world, "model")
+    world.roll_out()
+    settle(world, "model")
+
+
+def test_a_model_with_nothing_loadable_serves_nothing(world: World) -> None:
+    world.model["spec"]["source"] = {"scratch": {}}
+    plan = world.plan_model()
+    assert plan.changes == ()
+    cond = conditions(plan.status)
+    assert cond["Ready"]["status"] == "False" and cond["Ready"]["reason"] == "NoRevision"
+    assert "endpoint" not in plan.status or plan.status["endpoint"] is None
+
+
+def test_a_new_model_gets_a_service_and_a_deployment_of_its_source(world: World) -> None:
+    plan = world.plan_model()
+    kinds = [(type(a).__name__, a.kind, a.name) for a in plan.changes]
+    assert kinds == [("CreateChild", "Service", "tiny"), ("ApplyChild", "Deployment", "tiny")]
+    dep = plan.changes[1].manifest
+    assert dep["metadata"]["annotations"]["gptops.io/revision"] == "source"
+    assert dep["metadata"]["annotations"][ANNOTATION_ROLLOUT_STARTED] == world.now
+    assert dep["metadata"]["ownerReferences"][0]["uid"] == "uid-gm"
+    assert plan.status["endpoint"] == "http://tiny.ml.svc:8000/v1"
+    cond = conditions(plan.status)
+    assert cond["Progressing"]["status"] == "True" and cond["Ready"]["status"] == "False"
+    assert any(e.reason == "DeploymentCreated" for e in plan.events)
+
+
+def test_an_available_deployment_makes_the_model_ready(world: World) -> None:
+    settle(world, "model")
+    world.roll_out()
+    plan = world.plan_model()
+    cond = conditions(plan.status)
+    assert cond["Ready"]["status"] == "True" and cond["Ready"]["reason"] == "MinimumReplicasAvailable"
+    assert cond["Progressing"]["status"] == "False" and cond["Progressing"]["reason"] == "RolloutComplete"
+    assert cond["Degraded"]["status"] == "False"
+    assert plan.status["readyReplicas"] == 1
+    # The finished rollout is no longer watched.
+    [apply] = plan.changes
+    assert ANNOTATION_ROLLOUT_STARTED not in apply.manifest["metadata"]["annotations"]
+    world.apply_model(plan)
+    assert settle(world, "model").actions == ()
+
+
+def test_a_promoted_revision_is_rolled_out(world: World) -> None:
+    serve_source(world)
+    world.model["status"].update(PROMOTED)
+    plan = world.plan_model()
+    [apply] = plan.changes
+    assert isinstance(apply, ApplyChild) and apply.manifest["metadata"]["annotations"]["gptops.io/revision"] == "ft-1"
+    world.apply_model(plan)
+    assert "/artifacts/ml/ft-1/model" in args(world)
+    assert conditions(world.model["status"])["Progressing"]["reason"] == "RolloutInProgress"
+    # Promotion wrote the serving fields; this pass must not write them back (it would race with promotion).
+    assert "servingRevision" not in plan.status
+    world.roll_out()
+    settle(world, "model")
+    assert conditions(world.model["status"])["Ready"]["status"] == "True"
+    assert revision(world) == "ft-1"
+
+
+def test_a_pin_wins_over_promotion(world: World) -> None:
+    world.model["status"] = dict(PROMOTED)
+    world.model["spec"]["serving"]["revision"] = "ft-0"
+    world.finetunejobs["ft-0"] = {
+        "metadata": {"name": "ft-0", "namespace": "ml"},
+        "spec": {"model": {"name": "tiny"}, "dataset": {"source": {"pvc": {"claimName": "d", "path": "x"}}}},
+        "status": {"conditions": [{"type": "Trained", "status": "True", "reason": "JobSucceeded"}],
+                   "artifacts": {"model": "/artifacts/ml/ft-0/model"}},
+    }
+    plan = world.plan_model()
+    assert plan.status["servingRevision"] == "ft-0"
+    assert plan.status["previousRevision"] == "ft-1"
+    assert plan.status["previousArtifact"] == "/artifacts/ml/ft-1/model"
+    world.apply_model(plan)
+    assert revision(world) == "ft-0" and "/artifacts/ml/ft-0/model" in args(world)
+    assert settle(world, "model").changes == ()
+
+
+def test_a_pin_on_a_missing_or_unfinished_run_changes_nothing(world: World) -> None:
+    serve_source(world)
+    world.model["spec"]["serving"]["revision"] = "ft-9"
+    plan = world.plan_model()
+    assert plan.changes == ()
+    ready = conditions(plan.status)["Ready"]
+    assert ready["reason"] == "NoRevision" and "ft-9" in ready["message"]
+    world.finetunejobs["ft-9"] = {"metadata": {"name": "ft-9", "namespace": "ml"},
+                                  "spec": {"model": {"name": "tiny"},
+                                           "dataset": {"source": {"pvc": {"claimName": "d", "path": "x"}}}}}
+    plan = world.plan_model()
+    assert plan.changes == () and "not finished training" in conditions(plan.status)["Ready"]["message"]
+    assert revision(world) == "source"
+
+
+def test_a_new_revision_that_misses_its_deadline_is_rolled_back(world: World) -> None:
+    serve_source(world)
+    world.model["status"].update(PROMOTED)
+    settle(world, "model")
+    world.stall()
+    plan = world.plan_model()
+    [apply] = plan.changes
+    annotations = apply.manifest["metadata"]["annotations"]
+    assert annotations["gptops.io/revision"] == "source"
+    assert annotations[ANNOTATION_ROLLED_BACK_FROM] == "ft-1"
+    assert ANNOTATION_ROLLOUT_STARTED not in annotations  # the way back is not watched
+    assert plan.status["servingRevision"] is None and plan.status["servingArtifact"] == "sshleifer/tiny-gpt2"
+    assert plan.status["previousArtifact"] is None
+    degraded = conditions(plan.status)["Degraded"]
+    assert degraded["status"] == "True" and degraded["reason"] == "RolledBack"
+    assert "ft-1" in degraded["message"] and "ProgressDeadlineExceeded" in degraded["message"]
+    assert [(e.type, e.reason) for e in plan.events if e.reason == "RolledBack"] == [("Warning", "RolledBack")]
+
+    world.apply_model(plan)
+    assert "sshleifer/tiny-gpt2" in args(world)
+    world.roll_out()
+    last = settle(world, "model")
+    assert last.actions == ()
+    cond = conditions(world.model["status"])
+    assert cond["Degraded"]["status"] == "True" and cond["Ready"]["status"] == "True"
+
+
+def test_a_rollout_without_progress_is_rolled_back_after_rollout_deadline_seconds(world: World) -> None:
+    serve_source(world)
+    world.model["status"].update(PROMOTED)
+    settle(world, "model")
+    assert world.plan_model().changes == ()  # within the deadline: wait
+    world.now = LATER  # 600 s later; rolloutDeadlineSeconds is 60
+    plan = world.plan_model()
+    assert plan.changes and plan.changes[0].manifest["metadata"]["annotations"][ANNOTATION_ROLLED_BACK_FROM] == "ft-1"
+    assert "rolloutDeadlineSeconds=60" in conditions(plan.status)["Degraded"]["message"]
+
+
+def test_without_a_previous_revision_a_failed_rollout_is_degraded_in_place(world: World) -> None:
+    settle(world, "model")
+    world.stall()
+    plan = world.plan_model()
+    assert plan.changes == ()
+    cond = conditions(plan.status)
+    assert cond["Degraded"]["status"] == "True" and cond["Degraded"]["reason"] == "RolloutDeadlineExceeded"
+    assert cond["Progressing"]["status"] == "False"
+
+
+def test_a_rolled_out_revision_that_loses_pods_later_is_not_rolled_back(world: World) -> None:
+    serve_source(world)
+    world.model["status"].update(PROMOTED)
+    settle(world, "model")
+    world.roll_out()
+    settle(world, "model")
+    world.stall()
+    world.now = LATER
+    plan = world.plan_model()
+    assert plan.changes == ()
+    assert conditions(plan.status)["Degraded"]["status"] == "False"
+
+
+def test_a_pin_on_a_rolled_back_revision_is_not_retried_until_it_changes(world: World) -> None:
+    serve_source(world)
+    world.finetunejobs["ft-1"] = {
+        "metadata": {"name": "ft-1", "namespace": "ml"},
+        "spec": {"model": {"name": "tiny"}, "dataset": {"source": {"pvc": {"claimName": "d", "path": "x"}}}},
+        "status": {"conditions": [{"type": "Trained", "status": "True", "reason": "JobSucceeded"}]},
+    }
+    world.model["spec"]["serving"]["revision"] = "ft-1"
+    settle(world, "model")
+    assert revision(world) == "ft-1"
+    world.stall()
+    world.apply_model(world.plan_model())
+    assert revision(world) == "source"
+    world.roll_out()
+    assert settle(world, "model").actions == ()
+    assert revision(world) == "source"
+    assert conditions(world.model["status"])["Degraded"]["status"] == "True"
+
+    # A newer promotion rolls forward and clears Degraded.
+    world.model["spec"]["serving"].pop("revision")
+    world.model["status"].update(servingRevision="ft-2", servingArtifact="/artifacts/ml/ft-2/model",
+                                 previousArtifact="sshleifer/tiny-gpt2")
+    settle(world, "model")
+    assert revision(world) == "ft-2"
+    assert ANNOTATION_ROLLED_BACK_FROM not in world.deployment.annotations
+    assert conditions(world.model["status"])["Degraded"]["status"] == "False"
+
+
+def test_a_spec_change_updates_the_deployment_in_place(world: World) -> None:
+    serve_source(world)
+    world.model["spec"]["serving"]["replicas"] = 3
+    world.model["metadata"]["generation"] = 2
+    plan = world.plan_model()
+    [apply] = plan.changes
+    assert apply.manifest["spec"]["replicas"] == 3
+    assert ANNOTATION_ROLLOUT_STARTED not in apply.manifest["metadata"]["annotations"]
+    assert plan.status["observedGeneration"] == 2
+    world.apply_model(plan)
+    assert settle(world, "model").changes == ()
+
+
+def test_the_service_is_recreated_when_missing(world: World) -> None:
+    serve_source(world)
+    world.services.clear()
+    plan = world.plan_model()
+    assert [(type(a), a.kind) for a in plan.changes] == [(CreateChild, "Service")]
