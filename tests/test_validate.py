@@ -44,7 +44,8 @@ def test_the_main_examples_are_checked():
 
 BAD = [
     # (document, field path, value, reported path, message fragment)
-    (GM, "spec.source.scratch", {"layers": 2}, "spec.source", "set exactly one of huggingface, pvc, s3, local or scratch"),
+    (GM, "spec.source.scratch", {"layers": 2}, "spec.source",
+     "set exactly one of huggingface, pvc, s3, local or scratch"),
     (GM, "spec.source", {}, "spec.source", "set exactly one of"),
     (GM, "spec.source", {"scratch": {"hidden": 100, "heads": 3}}, "spec.source.scratch",
      "hidden must be divisible by heads"),

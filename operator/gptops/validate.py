@@ -138,7 +138,8 @@ def check_schema(value: Any, schema: Schema, path: str) -> list[tuple[str, str]]
             errors.append((path, f"Invalid value: {value}: should be {op} {schema['maximum']}"))
     if isinstance(value, str):
         if "minLength" in schema and len(value) < schema["minLength"]:
-            errors.append((path, f"Invalid value: {json.dumps(value)}: should be at least {schema['minLength']} chars long"))
+            errors.append((path, f"Invalid value: {json.dumps(value)}: "
+                                 f"should be at least {schema['minLength']} chars long"))
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             errors.append((path, f"Too long: may not be more than {schema['maxLength']} bytes"))
         if "pattern" in schema and not re.search(schema["pattern"], value):

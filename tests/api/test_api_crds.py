@@ -146,7 +146,10 @@ def test_every_cel_rule_compiles_and_has_a_message(kind):
 
 @pytest.mark.parametrize("kind", CRDS)
 def test_packaged_copy_is_identical(kind):
-    """operator/gptops/crds/ ships with the package for `gptops validate`; refresh: cp crds/*.yaml operator/gptops/crds/"""
+    """operator/gptops/crds/ ships with the package for `gptops validate`.
+
+    Refresh it with: cp crds/*.yaml operator/gptops/crds/
+    """
     assert filecmp.cmp(ROOT / "crds" / CRDS[kind], ROOT / "operator" / "gptops" / "crds" / CRDS[kind], shallow=False)
 
 
