@@ -1,9 +1,11 @@
 """Names shared by the operator, the builders and the pipeline: API group, kinds, labels, annotations, stages.
 
-Imports nothing from gptops; everything else may import this.
+Imports only gptops.api.names; everything else may import this.
 """
 
 from __future__ import annotations
+
+from gptops.api.names import label_value
 
 GROUP = "gptops.io"
 VERSION = "v1alpha1"
@@ -74,8 +76,6 @@ def fixed_labels(
     revision: str | None = None,
 ) -> dict[str, str]:
     """The explicit label set of a child; values are made label-safe (<= 63 chars)."""
-    from gptops.api.names import label_value
-
     labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_NAME: APP_NAME, LABEL_COMPONENT: component}
     for key, value in (
         (LABEL_MODEL, model),

@@ -18,6 +18,7 @@ from gptops.api.constants import (
 )
 from gptops.api.finetunejob import FineTuneJob
 from gptops.api.gptmodel import GPTModel
+from gptops.api.names import dns_label
 
 #: The non-root user every Pod runs as (the trainer image creates it; vLLM runs fine as any uid).
 RUN_AS_USER = 1000
@@ -141,8 +142,7 @@ def configmap_volume(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def volume_name(prefix: str, name: str) -> str:
-    from gptops.api.names import dns_label
-
+    """A volume name (a DNS label) for a referenced object."""
     return dns_label(prefix, name)
 
 
