@@ -105,7 +105,10 @@ def run(config: PrepareConfig, progress: ProgressFn | None = None) -> PrepareRep
         shutil.rmtree(tokenizer_dir)
     tokenizer.save_pretrained(str(tokenizer_dir))
     max_length = models.context_length(config.model, root / "cache")
-    block_size = min(config.block_size or MAX_DEFAULT_BLOCK_SIZE, max_length)
+    if config.block_size and config.block_size > max_length:
+        raise PipelineError(f"dataset.preprocessing.blockSize: {config.block_size} is longer than the model's context "
+                            f"length ({max_length}); expected at most {max_length}")
+    block_size = config.block_size or min(max_length, MAX_DEFAULT_BLOCK_SIZE)
     say("tokenizer", {"vocab": len(tokenizer), "blockSize": block_size})
 
     # 5. Render the training text of each document, and BLEU pairs from the held-out ones.
@@ -542,7 +545,7 @@ class _Tokenize:
         self.eos = tokenizer.eos_token_id
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        ids = self.tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
         return {"input_ids": [x + [self.eos] for x in ids]}
 
 
