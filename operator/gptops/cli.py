@@ -31,3 +31,21 @@ app.command(name="run")(run_command)
 app.command(name="status")(status_command)
 app.command(name="validate")(validate_cli)
 app.command(name="render")(render_cli)
+
+
+@app.command(name="operator")
+def operator_command(
+    namespace: list[str] = typer.Option([], "--namespace", "-n", help="Watch this namespace (repeatable)."),
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Watch every namespace."),
+    metrics_port: int = typer.Option(8080, "--metrics-port", help="Port of /metrics (Prometheus)."),
+    health_port: int = typer.Option(8081, "--health-port", help="Port of kopf's liveness endpoint /healthz."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Run the operator: reconcile GPTModels and FineTuneJobs in the cluster of the current kubeconfig."""
+    from gptops.handlers.run import run_operator
+
+    try:
+        run_operator(namespace, all_namespaces=all_namespaces, metrics_port=metrics_port, health_port=health_port,
+                     verbose=verbose)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err

@@ -1,0 +1,201 @@
+"""The one module that talks to the Kubernetes API: observe a resource's children, apply planned actions, post
+events. Objects travel as plain camelCase dicts (raw JSON), never as generated client models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from gptops.api.conditions import now_rfc3339
+from gptops.api.constants import (
+    GROUP,
+    LABEL_FINETUNEJOB,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    PLURAL_FINETUNEJOB,
+    PLURAL_GPTMODEL,
+    VERSION,
+)
+from gptops.api.finetunejob import FineTuneJob
+from gptops.api.gptmodel import GPTModel
+from gptops.api.names import label_value
+from gptops.builders import deployment_name
+from gptops.reconcile.observed import (
+    ObservedFineTuneJob,
+    ObservedGPTModel,
+    deployment_state,
+    job_state,
+)
+from gptops.reconcile.plan import Action, ApplyChild, CreateChild, EmitEvent, PromoteRevision
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "gptops"
+MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+#: Seconds before a single API request gives up (kopf retries the handler).
+REQUEST_TIMEOUT = 30
+
+_lock = threading.Lock()
+_api: k8s.ApiClient | None = None
+
+
+class Conflict(Exception):
+    """The object changed since it was read: plan again."""
+
+
+def configure(kubeconfig: str | None = None) -> None:
+    """Connect to the cluster: in-cluster credentials when running in a Pod, else the kubeconfig."""
+    global _api
+    with _lock:
+        if kubeconfig is None:
+            try:
+                k8s_config.load_incluster_config()
+                _api = k8s.ApiClient()
+                return
+            except k8s_config.ConfigException:
+                pass
+        _api = k8s_config.new_client_from_config(config_file=kubeconfig)
+
+
+def api_client() -> k8s.ApiClient:
+    """The shared ApiClient (configured on first use)."""
+    if _api is None:
+        configure()
+    assert _api is not None
+    return _api
+
+
+def _raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Call a generated client method and return the JSON body as a dict."""
+    response = call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+    return json.loads(response.data or b"{}")
+
+
+def _get_or_none(call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+    try:
+        return _raw(call, *args, **kwargs)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+# --- observing ----------------------------------------------------------------------------------------------
+
+
+def observe_finetunejob(ftj: FineTuneJob) -> ObservedFineTuneJob:
+    """The stage Jobs (with their Pods), Services and the GPTModel of a FineTuneJob."""
+    api = api_client()
+    batch, core, custom = k8s.BatchV1Api(api), k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
+    ns = ftj.namespace
+    selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_FINETUNEJOB}={label_value(ftj.name)}"
+    jobs = _owned(_raw(batch.list_namespaced_job, ns, label_selector=selector)["items"], ftj.metadata.uid)
+    pods = _raw(core.list_namespaced_pod, ns, label_selector=selector)["items"]
+    services = _owned(_raw(core.list_namespaced_service, ns, label_selector=selector)["items"], ftj.metadata.uid)
+    model = _get_or_none(custom.get_namespaced_custom_object, GROUP, VERSION, ns, PLURAL_GPTMODEL,
+                         ftj.spec.model.name)
+    return ObservedFineTuneJob(
+        now=now_rfc3339(),
+        jobs={j["metadata"]["name"]: job_state(j, pods) for j in jobs},
+        services=frozenset(s["metadata"]["name"] for s in services),
+        model=GPTModel.from_dict(model) if model else None,
+        model_resource_version=(model or {}).get("metadata", {}).get("resourceVersion"),
+    )
+
+
+def observe_gptmodel(model: GPTModel) -> ObservedGPTModel:
+    """The vLLM Deployment and Service of a GPTModel, and the FineTuneJob its spec pins, if any."""
+    api = api_client()
+    apps, core, custom = k8s.AppsV1Api(api), k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
+    ns, name = model.namespace, deployment_name(model)
+    deployment = _get_or_none(apps.read_namespaced_deployment, name, ns)
+    if deployment is not None and not _owned([deployment], model.metadata.uid):
+        raise kopf.PermanentError(f"Deployment {ns}/{name} exists and is not owned by GPTModel {model.name}")
+    service = _get_or_none(core.read_namespaced_service, name, ns)
+    pin = model.spec.serving.revision
+    pinned = _get_or_none(custom.get_namespaced_custom_object, GROUP, VERSION, ns, PLURAL_FINETUNEJOB, pin) \
+        if pin else None
+    return ObservedGPTModel(
+        now=now_rfc3339(),
+        deployment=deployment_state(deployment) if deployment else None,
+        service=service is not None,
+        pinned=FineTuneJob.from_dict(pinned) if pinned else None,
+    )
+
+
+def _owned(items: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
+    """Only children whose controller owner is this very object (not a deleted namesake)."""
+    return [i for i in items
+            if any(ref.get("uid") == uid for ref in i.get("metadata", {}).get("ownerReferences") or ())]
+
+
+# --- applying -----------------------------------------------------------------------------------------------
+
+
+def apply(actions: tuple[Action, ...], body: Mapping[str, Any]) -> None:
+    """Carry out a plan's actions in order, on behalf of the object `body` (for events)."""
+    for action in actions:
+        if isinstance(action, CreateChild):
+            create(action.manifest)
+        elif isinstance(action, ApplyChild):
+            server_side_apply(action.manifest)
+        elif isinstance(action, PromoteRevision):
+            promote(body["metadata"]["namespace"], action)
+        elif isinstance(action, EmitEvent):
+            kopf.event(body, type=action.type, reason=action.reason, message=action.message)
+
+
+def create(manifest: dict[str, Any]) -> None:
+    """Create a child; AlreadyExists (409) means an earlier pass did it, which is success."""
+    api = api_client()
+    kind, ns, name = manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    calls = {
+        "Job": k8s.BatchV1Api(api).create_namespaced_job,
+        "Service": k8s.CoreV1Api(api).create_namespaced_service,
+        "Deployment": k8s.AppsV1Api(api).create_namespaced_deployment,
+    }
+    try:
+        _raw(calls[kind], ns, manifest, field_manager=FIELD_MANAGER)
+        log.info("Created %s", kind, extra={"namespace": ns, "name": name})
+    except ApiException as err:
+        if err.status != 409:
+            raise
+
+
+def server_side_apply(manifest: dict[str, Any]) -> None:
+    """Server-side apply as the `gptops` field manager: fields this manager set before and left out now go."""
+    api = api_client()
+    kind, ns, name = manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    calls = {
+        "Deployment": k8s.AppsV1Api(api).patch_namespaced_deployment,
+        "Service": k8s.CoreV1Api(api).patch_namespaced_service,
+    }
+    _raw(calls[kind], name, ns, manifest, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
+    log.info("Applied %s", kind, extra={"namespace": ns, "name": name})
+
+
+def promote(namespace: str, action: PromoteRevision) -> None:
+    """Write the promotion into the GPTModel's status, only if it did not change since the decision."""
+    custom = k8s.CustomObjectsApi(api_client())
+    body: dict[str, Any] = {"status": action.status}
+    if action.resource_version:
+        body["metadata"] = {"resourceVersion": action.resource_version}
+    try:
+        _raw(custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL_GPTMODEL, action.model,
+             body, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)
+    except ApiException as err:
+        if err.status == 409:
+            raise Conflict(f"GPTModel {namespace}/{action.model} changed while promoting {action.finetunejob}") \
+                from err
+        raise
+    log.info("Promoted revision", extra={"namespace": namespace, "model": action.model,
+                                         "revision": action.finetunejob})

@@ -1,0 +1,30 @@
+"""`gptops operator`: run kopf with these handlers, the metrics server and kopf's liveness endpoint."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import kopf
+
+from gptops import metrics
+
+
+def run_operator(namespaces: Sequence[str], *, all_namespaces: bool, metrics_port: int = metrics.DEFAULT_PORT,
+                 health_port: int = 8081, verbose: bool = False) -> None:
+    """Block running the operator (one replica: standalone, no peering)."""
+    if not namespaces and not all_namespaces:
+        raise ValueError("give --namespace NS (repeatable) or --all-namespaces")
+    if namespaces and all_namespaces:
+        raise ValueError("--namespace and --all-namespaces exclude each other")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import gptops.handlers  # noqa: F401  (registers the handlers)
+
+    metrics.serve(metrics_port)
+    kopf.run(
+        standalone=True,
+        clusterwide=all_namespaces,
+        namespaces=list(namespaces),
+        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz",
+    )
