@@ -199,3 +199,36 @@ def promote(namespace: str, action: PromoteRevision) -> None:
         raise
     log.info("Promoted revision", extra={"namespace": namespace, "model": action.model,
                                          "revision": action.finetunejob})
+
+
+# --- the kinds themselves -----------------------------------------------------------------------------------
+
+
+def get_object(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """A GPTModel or FineTuneJob as a dict, or None when it is gone."""
+    custom = k8s.CustomObjectsApi(api_client())
+    return _get_or_none(custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
+
+
+def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch the status subresource (what kopf's patch.status does, for passes outside kopf's handlers)."""
+    custom = k8s.CustomObjectsApi(api_client())
+    try:
+        _raw(custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural, name,
+             {"status": status}, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)
+    except ApiException as err:
+        if err.status != 404:  # deleted meanwhile
+            raise
+
+
+def finetunejobs_of(namespace: str, model: str) -> list[str]:
+    """The names of the FineTuneJobs in `namespace` whose spec.model is `model`."""
+    custom = k8s.CustomObjectsApi(api_client())
+    items = _raw(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL_FINETUNEJOB)["items"]
+    return sorted(i["metadata"]["name"] for i in items if (i.get("spec") or {}).get("model", {}).get("name") == model)
+
+
+def pins(namespace: str, model: str, revision: str) -> bool:
+    """Whether GPTModel `model` pins spec.serving.revision to `revision`."""
+    body = get_object(PLURAL_GPTMODEL, namespace, model)
+    return bool(body) and ((body.get("spec") or {}).get("serving") or {}).get("revision") == revision

@@ -1,8 +1,15 @@
-"""One reconcile pass, shared by the per-kind handlers: parse, observe, plan, apply, write status, count.
-Handlers stay thin; this is the only place that turns failures into kopf's retry signals."""
+"""One reconcile pass, shared by the per-kind handlers, and waking a parent when something it depends on changed.
+
+A pass is: parse, observe, plan, apply the actions, write the status (through kopf's patch in kopf's handlers,
+through the API when woken by a child's event or the resync loop). Passes over one object are serialized here;
+follow-up wakes run after the lock is released, so two objects never wait on each other.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -13,30 +20,68 @@ import pydantic
 from gptops import cluster, metrics
 from gptops.reconcile.plan import Plan
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 O = TypeVar("O")
+Key = tuple[str, str, str]  # (kind, namespace, name)
+#: kind -> the function that runs one pass over a body, writing status with the given callable; it returns
+#: the objects to wake next.
+Pass = Callable[[Mapping[str, Any], Callable[[dict[str, Any]], None]], list[Key]]
+
+PASSES: dict[str, Pass] = {}
+PLURALS: dict[str, str] = {}
+#: Every object the watches have shown this operator (so the resync loop stays in the watched namespaces).
+KNOWN: set[Key] = set()
+
+_locks: dict[Key, threading.RLock] = {}
+_locks_guard = threading.Lock()
+
+
+def register(kind: str, plural: str, one_pass: Pass) -> None:
+    """Make `wake(kind, ...)` possible for a kind."""
+    PASSES[kind] = one_pass
+    PLURALS[kind] = plural
+
+
+def lock_for(key: Key) -> threading.RLock:
+    with _locks_guard:
+        return _locks.setdefault(key, threading.RLock())
+
+
+def track(kind: str, event_type: str, namespace: str, name: str) -> None:
+    """Remember (or forget) an object the watch shows."""
+    key = (kind, namespace, name)
+    if event_type == "DELETED":
+        KNOWN.discard(key)
+        with _locks_guard:
+            _locks.pop(key, None)
+    else:
+        KNOWN.add(key)
 
 
 def run_pass(
     kind: str,
     body: Mapping[str, Any],
-    patch: kopf.Patch,
+    write_status: Callable[[dict[str, Any]], None],
     *,
     parse: Callable[[dict[str, Any]], T],
     observe: Callable[[T], O],
     plan: Callable[[T, O], Plan],
 ) -> tuple[T, Plan]:
-    """observe -> plan -> apply the actions -> put the status into kopf's patch. Raises kopf's errors."""
+    """observe -> plan -> apply the actions -> write the status. Raises kopf's errors."""
     started = time.monotonic()
     result = "error"
+    meta = body.get("metadata") or {}
     try:
         try:
             obj = parse(dict(body))
         except pydantic.ValidationError as err:
             raise kopf.PermanentError(f"invalid {kind}: {err}") from err
-        decided = plan(obj, observe(obj))
-        cluster.apply(decided.actions, body)
-        patch.status.update(decided.status)
+        with lock_for((kind, meta.get("namespace", ""), meta.get("name", ""))):
+            decided = plan(obj, observe(obj))
+            cluster.apply(decided.actions, body)
+            write_status(decided.status)
         result = "ok"
         return obj, decided
     except cluster.Conflict as err:
@@ -47,3 +92,58 @@ def run_pass(
         if result == "error":
             metrics.RECONCILE_ERRORS_TOTAL.labels(kind=kind).inc()
         metrics.RECONCILE_DURATION_SECONDS.labels(kind=kind).observe(time.monotonic() - started)
+
+
+def wake(kind: str, namespace: str, name: str, *, depth: int = 0) -> None:
+    """Run a pass over an object now (read fresh), then whatever it wakes in turn."""
+    body = cluster.get_object(PLURALS[kind], namespace, name)
+    if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    plural = PLURALS[kind]
+    try:
+        follow = PASSES[kind](body, lambda status: cluster.patch_status(plural, namespace, name, status))
+    except kopf.TemporaryError:
+        return  # a concurrent change; the event it caused wakes this object again
+    if depth < 2:  # a promotion wakes the GPTModel, which may wake FineTuneJobs; nothing goes deeper
+        for key in follow:
+            wake(*key, depth=depth + 1)
+
+
+def wake_owner(kind: str, body: Mapping[str, Any]) -> None:
+    """Wake the controller owner (of `kind`) of a child whose watch event arrived."""
+    meta = body.get("metadata") or {}
+    owner = next((ref for ref in meta.get("ownerReferences") or () if ref.get("kind") == kind
+                  and ref.get("controller")), None)
+    if owner is not None:
+        wake(kind, meta.get("namespace", ""), owner["name"])
+
+
+def wake_all(keys: list[Key]) -> None:
+    for key in keys:
+        try:
+            wake(*key)
+        except Exception:  # one object's failure must not stop the others
+            log.exception("Reconcile failed", extra={"kind": key[0], "namespace": key[1], "name": key[2]})
+
+
+class Resync:
+    """A background thread that wakes every known object every `interval` seconds: level-based passes catch what
+    no event announces (and any event that was missed)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        # Made inside a kopf handler: the copied context lets the thread post events through kopf.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name="gptops-resync", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            wake_all(sorted(KNOWN))

@@ -1,52 +1,86 @@
-"""kopf handlers of FineTuneJob: every trigger runs the same level-based pass (reconcile.plan_finetunejob)."""
+"""kopf handlers of FineTuneJob. Every trigger runs the same level-based pass (reconcile.plan_finetunejob): the
+object's own create/update/resume, and the watch events of its stage Jobs."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
 from gptops import cluster, metrics
-from gptops.api.constants import GROUP, KIND_FINETUNEJOB, PLURAL_FINETUNEJOB, STAGES, VERSION
+from gptops.api.constants import (
+    GROUP,
+    KIND_FINETUNEJOB,
+    KIND_GPTMODEL,
+    LABEL_FINETUNEJOB,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    PLURAL_FINETUNEJOB,
+    STAGES,
+    VERSION,
+)
 from gptops.api.finetunejob import FineTuneJob
-from gptops.handlers.common import run_pass
-from gptops.handlers.settings import HANDLER_BACKOFF, HANDLER_RETRIES, HANDLER_TIMEOUT, RESYNC_SECONDS
+from gptops.handlers import common
+from gptops.handlers.settings import HANDLER_BACKOFF, HANDLER_RETRIES, HANDLER_TIMEOUT
 from gptops.reconcile import PromoteRevision, plan_finetunejob
 
 RESOURCE = (GROUP, VERSION, PLURAL_FINETUNEJOB)
 LIMITS: dict[str, Any] = {"retries": HANDLER_RETRIES, "timeout": HANDLER_TIMEOUT, "backoff": HANDLER_BACKOFF}
+CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_FINETUNEJOB: kopf.PRESENT}
 
 
 @kopf.on.resume(*RESOURCE, id="resume", **LIMITS)
 @kopf.on.create(*RESOURCE, id="create", **LIMITS)
 @kopf.on.update(*RESOURCE, id="update", **LIMITS)
-@kopf.timer(*RESOURCE, id="resync", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     """Observe the stage Jobs, plan, create what is missing, promote, write status."""
-    before = FineTuneJob.from_dict(dict(body)).status.to_dict() if body.get("status") else {}
-    ftj, plan = run_pass(KIND_FINETUNEJOB, body, patch, parse=FineTuneJob.from_dict,
-                         observe=cluster.observe_finetunejob, plan=plan_finetunejob)
-    _record(ftj, before, plan.status, promoted=any(isinstance(a, PromoteRevision) for a in plan.actions))
+    common.wake_all(one_pass(body, patch.status.update))
 
 
 @kopf.on.event(*RESOURCE)
-def forget(type: str, name: str, namespace: str, **_: Any) -> None:
-    """Drop a deleted FineTuneJob's metric series (no delete handler: it would add a finalizer)."""
+def tracked(type: str, name: str, namespace: str, **_: Any) -> None:
+    """Keep the resync loop's list current; drop a deleted FineTuneJob's metric series."""
+    common.track(KIND_FINETUNEJOB, type, namespace, name)
     if type == "DELETED":
         metrics.forget_finetunejob(namespace, name)
 
 
+@kopf.on.event("batch", "v1", "jobs", labels=CHILDREN)
+def stage_job_changed(body: kopf.Body, type: str, **_: Any) -> None:
+    """A stage Job moved: reconcile its FineTuneJob."""
+    if type != "DELETED":
+        common.wake_owner(KIND_FINETUNEJOB, body)
+
+
+def one_pass(body: Mapping[str, Any], write_status: Callable[[dict[str, Any]], None]) -> list[common.Key]:
+    """One pass; returns what to wake next: the GPTModel after a promotion (and its other FineTuneJobs, whose
+    Promoted condition may now say Superseded), or a GPTModel that pins this run."""
+    before = FineTuneJob.from_dict(dict(body)).status.to_dict() if body.get("status") else {}
+    ftj, plan = common.run_pass(KIND_FINETUNEJOB, body, write_status, parse=FineTuneJob.from_dict,
+                                observe=cluster.observe_finetunejob, plan=plan_finetunejob)
+    promoted = any(isinstance(a, PromoteRevision) for a in plan.actions)
+    _record(ftj, before, plan.status, promoted=promoted)
+    ns, model = ftj.namespace, ftj.spec.model.name
+    wake: list[common.Key] = []
+    if promoted or (plan.events and cluster.pins(ns, model, ftj.name)):
+        wake.append((KIND_GPTMODEL, ns, model))
+    if promoted:
+        wake += [(KIND_FINETUNEJOB, ns, other) for other in cluster.finetunejobs_of(ns, model) if other != ftj.name]
+    return wake
+
+
 def _record(ftj: FineTuneJob, before: dict[str, Any], status: dict[str, Any], *, promoted: bool) -> None:
     metrics.record_finetunejob_phase(ftj.namespace, ftj.name, status.get("phase"))
-    if status.get("metrics"):
-        metrics.record_evaluation(ftj.namespace, ftj.name, {k: v for k, v in status["metrics"].items()
-                                                            if v is not None})
+    numbers = {k: v for k, v in (status.get("metrics") or {}).items() if v is not None}
+    if numbers:
+        metrics.record_evaluation(ftj.namespace, ftj.name, numbers)
     if promoted:
         metrics.PROMOTIONS_TOTAL.inc()
     for stage in STAGES:
         old = (before.get("stages") or {}).get(stage) or {}
-        new = ((status.get("stages") or {}).get(stage)) or {}
+        new = (status.get("stages") or {}).get(stage) or {}
         if new.get("completionTime") and not old.get("completionTime") and new.get("startTime"):
             seconds = (_time(new["completionTime"]) - _time(new["startTime"])).total_seconds()
             metrics.STAGE_DURATION_SECONDS.labels(stage=stage).observe(max(seconds, 0.0))
@@ -54,3 +88,6 @@ def _record(ftj: FineTuneJob, before: dict[str, Any], status: dict[str, Any], *,
 
 def _time(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+common.register(KIND_FINETUNEJOB, PLURAL_FINETUNEJOB, one_pass)

@@ -1,40 +1,75 @@
-"""kopf handlers of GPTModel: every trigger runs the same level-based pass (reconcile.plan_gptmodel)."""
+"""kopf handlers of GPTModel. Every trigger runs the same level-based pass (reconcile.plan_gptmodel): the object's
+own create/update/resume, the watch events of its Deployment, and promotions (woken by the FineTuneJob pass)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
 from gptops import cluster, metrics
-from gptops.api.constants import GROUP, KIND_GPTMODEL, PLURAL_GPTMODEL, VERSION
-from gptops.api.gptmodel import GPTModel
 from gptops.api.conditions import Reason
-from gptops.handlers.common import run_pass
-from gptops.handlers.settings import HANDLER_BACKOFF, HANDLER_RETRIES, HANDLER_TIMEOUT, RESYNC_SECONDS
+from gptops.api.constants import (
+    GROUP,
+    KIND_FINETUNEJOB,
+    KIND_GPTMODEL,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL,
+    MANAGED_BY,
+    PLURAL_GPTMODEL,
+    VERSION,
+)
+from gptops.api.gptmodel import GPTModel
+from gptops.handlers import common
+from gptops.handlers.settings import HANDLER_BACKOFF, HANDLER_RETRIES, HANDLER_TIMEOUT
 from gptops.reconcile import plan_gptmodel
 
 RESOURCE = (GROUP, VERSION, PLURAL_GPTMODEL)
 LIMITS: dict[str, Any] = {"retries": HANDLER_RETRIES, "timeout": HANDLER_TIMEOUT, "backoff": HANDLER_BACKOFF}
+CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL: kopf.PRESENT}
 
 
 @kopf.on.resume(*RESOURCE, id="resume", **LIMITS)
 @kopf.on.create(*RESOURCE, id="create", **LIMITS)
 @kopf.on.update(*RESOURCE, id="update", **LIMITS)
-@kopf.timer(*RESOURCE, id="resync", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+def reconcile(body: kopf.Body, patch: kopf.Patch, reason: str, **_: Any) -> None:
     """Observe the Deployment, plan, roll out or roll back, write status."""
-    model, plan = run_pass(KIND_GPTMODEL, body, patch, parse=GPTModel.from_dict,
-                           observe=cluster.observe_gptmodel, plan=plan_gptmodel)
-    if any(e.reason == Reason.ROLLED_BACK for e in plan.events):
+    follow = one_pass(body, patch.status.update)
+    if reason in ("create", "resume"):  # FineTuneJobs may be waiting for this GPTModel to exist
+        follow += [(KIND_FINETUNEJOB, body.metadata.namespace or "", n)
+                   for n in cluster.finetunejobs_of(body.metadata.namespace or "", body.metadata.name or "")]
+    common.wake_all(follow)
+
+
+@kopf.on.event(*RESOURCE)
+def tracked(type: str, name: str, namespace: str, **_: Any) -> None:
+    """Keep the resync loop's list current; drop a deleted GPTModel's metric series."""
+    common.track(KIND_GPTMODEL, type, namespace, name)
+    if type == "DELETED":
+        metrics.record_serving_revision(namespace, name, None)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILDREN)
+def deployment_changed(body: kopf.Body, type: str, **_: Any) -> None:
+    """The vLLM Deployment moved (rolled out, stalled, lost Pods): reconcile its GPTModel."""
+    if type != "DELETED":
+        common.wake_owner(KIND_GPTMODEL, body)
+
+
+def one_pass(body: Mapping[str, Any], write_status: Callable[[dict[str, Any]], None]) -> list[common.Key]:
+    """One pass; after a rollback, wakes the GPTModel's FineTuneJobs (their Promoted condition changes)."""
+    model, plan = common.run_pass(KIND_GPTMODEL, body, write_status, parse=GPTModel.from_dict,
+                                  observe=cluster.observe_gptmodel, plan=plan_gptmodel)
+    rolled_back = any(e.reason == Reason.ROLLED_BACK for e in plan.events)
+    if rolled_back:
         metrics.ROLLBACKS_TOTAL.inc()
     revision = plan.status["servingRevision"] if "servingArtifact" in plan.status else model.status.serving_revision
     serving = plan.status.get("endpoint") is not None
     metrics.record_serving_revision(model.namespace, model.name, (revision or "source") if serving else None)
+    if "servingArtifact" in plan.status:
+        return [(KIND_FINETUNEJOB, model.namespace, n) for n in cluster.finetunejobs_of(model.namespace, model.name)]
+    return []
 
 
-@kopf.on.event(*RESOURCE)
-def forget(type: str, name: str, namespace: str, **_: Any) -> None:
-    """Drop a deleted GPTModel's metric series (no delete handler: it would add a finalizer)."""
-    if type == "DELETED":
-        metrics.record_serving_revision(namespace, name, None)
+common.register(KIND_GPTMODEL, PLURAL_GPTMODEL, one_pass)

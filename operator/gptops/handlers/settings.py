@@ -1,5 +1,7 @@
 """Operator-wide kopf settings (DESIGN §4): gptops.io storage names, finite retries and timeouts, watch timeouts,
-events; and the API connection of cluster.py. Tunable by environment for tests and small clusters."""
+events; the API connection of cluster.py; the resync loop. Tunable by environment for tests and small clusters.
+
+No timers or daemons: kopf would put a finalizer on every object, and a stopped operator would block deletes."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 import kopf
 
 from gptops import cluster
+from gptops.handlers import common
 from gptops.api.constants import FINALIZER, KOPF_STORAGE_PREFIX
 
 
@@ -18,14 +21,16 @@ def _env_float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
-#: Seconds between two level-based passes over an object when nothing woke it (timers).
-RESYNC_SECONDS = _env_float("GPTOPS_RESYNC_SECONDS", 15.0)
+#: Seconds between two passes over every object when no event woke it (controller-runtime's resync period).
+RESYNC_ENV, RESYNC_SECONDS = "GPTOPS_RESYNC_SECONDS", 60.0
 #: How long the API server keeps a watch open before kopf reconnects.
-WATCH_SERVER_TIMEOUT = _env_float("GPTOPS_WATCH_SERVER_TIMEOUT", 300.0)
+WATCH_TIMEOUT_ENV, WATCH_SERVER_TIMEOUT = "GPTOPS_WATCH_SERVER_TIMEOUT", 300.0
 #: Retries of a failing create/update/resume handler before kopf gives up on that change.
 HANDLER_RETRIES = 10
 HANDLER_TIMEOUT = 600.0
 HANDLER_BACKOFF = 5.0
+
+_resync: common.Resync | None = None
 
 
 @kopf.on.startup()
@@ -35,8 +40,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_STORAGE_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=KOPF_STORAGE_PREFIX, key="last-handled-configuration")
-    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
-    settings.watching.client_timeout = WATCH_SERVER_TIMEOUT + 30
+    watch_timeout = _env_float(WATCH_TIMEOUT_ENV, WATCH_SERVER_TIMEOUT)
+    settings.watching.server_timeout = watch_timeout
+    settings.watching.client_timeout = watch_timeout + 30
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 30
@@ -46,3 +52,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.reporting_component = "gptops"
     settings.posting.event_name_prefix = "gptops-"
     cluster.configure(os.environ.get("KUBECONFIG"))
+    global _resync
+    _resync = common.Resync(_env_float(RESYNC_ENV, RESYNC_SECONDS))
+    _resync.start()
+
+
+@kopf.on.cleanup()
+def stop(**_: Any) -> None:
+    """Stop the resync loop with the operator."""
+    if _resync is not None:
+        _resync.stop()

@@ -1,0 +1,290 @@
+"""The operator against the real local control plane: kubectl applies the examples, the operator (kopf, in this
+process) creates the stage Jobs, kwok completes their Pods with the StageResult the test puts in an annotation, and
+the real Job, Deployment and garbage-collector controllers do the rest."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gptops.devcluster.stages import EXIT_CODE_ANNOTATION, RESULT_ANNOTATION
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+MODEL = "tiny-gpt2"
+RUN = "tiny-gpt2-wiki"
+GOOD = {"perplexity": 42.0, "baselinePerplexity": 120.0, "bleu": 3.5, "baselineBleu": 1.0}
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    """Poll check() until it returns something truthy, and return it; fail after the deadline."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}", pytrace=False)
+        time.sleep(0.25)
+    return result
+
+
+class Cluster:
+    """kubectl in one namespace, with the JSON already parsed."""
+
+    def __init__(self, control_plane: Any, namespace: str) -> None:
+        self.cp, self.ns = control_plane, namespace
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None):
+        return self.cp.kubectl("-n", self.ns, *args, check=check, input=input)
+
+    def apply(self, *docs: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        result = self.kubectl("get", kind, name, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def items(self, kind: str, selector: str) -> list[dict[str, Any]]:
+        return json.loads(self.kubectl("get", kind, "-l", selector, "-o", "json").stdout)["items"]
+
+    def condition(self, kind: str, name: str, type_: str) -> dict[str, Any]:
+        obj = self.get(kind, name) or {}
+        return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), {})
+
+    def wait_condition(self, kind: str, name: str, type_: str, status: str, timeout: float = 60) -> dict[str, Any]:
+        return wait_for(lambda: (c := self.condition(kind, name, type_)).get("status") == status and c,
+                        f"{kind}/{name} {type_}={status}", timeout)
+
+    def complete_stage(self, run: str, stage: str, *, ok: bool = True, message: str = "",
+                       metrics: dict[str, float] | None = None) -> str:
+        """Let kwok finish the stage's Pod with a StageResult as its termination message; returns the message."""
+        job = f"{run}-{stage}-1"
+        pod = wait_for(lambda: next(iter(self.items("pods", f"job-name={job}")), None), f"a Pod of Job {job}")
+        result = json.dumps({"apiVersion": "gptops.io/stage-result/v1", "stage": stage, "ok": ok,
+                             "message": message or f"{stage} done", "metrics": metrics or {},
+                             "artifacts": {}, "digest": "sha256:0123"})
+        annotations = [f"{RESULT_ANNOTATION}={result}"] + ([] if ok else [f"{EXIT_CODE_ANNOTATION}=1"])
+        self.kubectl("annotate", "pod", pod["metadata"]["name"], *annotations)
+        return result
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The Events about the object called `name`."""
+        items = json.loads(self.kubectl("get", "events", "-o", "json").stdout)["items"]
+        return [e for e in items if e["involvedObject"]["name"] == name]
+
+    def deployment_args(self, name: str) -> list[str]:
+        dep = self.get("deployment", name) or {}
+        return dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def example(name: str) -> dict[str, Any]:
+    return yaml.safe_load((EXAMPLES / name).read_text())
+
+
+def artifacts_volume(namespace: str) -> list[dict[str, Any]]:
+    """The examples' artifacts claim, bound to a hostPath volume (there is no provisioner here)."""
+    pv = f"{namespace}-artifacts"
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolume",
+         "metadata": {"name": pv},
+         "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"],
+                  "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": f"/tmp/{pv}"},
+                  "claimRef": {"namespace": namespace, "name": "gptops-artifacts"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": "gptops-artifacts", "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}},
+                  "volumeName": pv, "storageClassName": ""}},
+    ]
+
+
+@pytest.fixture(scope="session")
+def crds(control_plane) -> None:
+    """The CRDs, installed once and Established."""
+    control_plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    for name in ("gptmodels.gptops.io", "finetunejobs.gptops.io"):
+        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+
+
+@pytest.fixture
+def k(control_plane, crds, namespace) -> Cluster:
+    cluster = Cluster(control_plane, namespace)
+    for doc in artifacts_volume(namespace):
+        control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    return cluster
+
+
+@pytest.fixture
+def operator(control_plane, k: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The operator, watching only this test's namespace, in a thread of this process."""
+    from kopf.testing import KopfRunner
+
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    monkeypatch.setenv("GPTOPS_RESYNC_SECONDS", "2")
+    monkeypatch.setenv("GPTOPS_WATCH_SERVER_TIMEOUT", "10")
+    with KopfRunner(["run", "--standalone", "-n", k.ns, "-m", "gptops.handlers"], timeout=60) as runner:
+        yield runner
+        # Delete before the runner exits, and wait: nothing of ours may hang on a finalizer.
+        k.kubectl("delete", "finetunejobs,gptmodels", "--all", "--timeout=30s")
+    assert runner.exception is None, runner.output[-4000:]
+    control_plane.kubectl("delete", "pv", f"{k.ns}-artifacts", "--wait=false", check=False)
+
+
+def test_examples_go_all_the_way_to_a_ready_gptmodel(k: Cluster, operator) -> None:
+    k.kubectl("apply", "-f", str(EXAMPLES / "gptmodel.yaml"), "-f", str(EXAMPLES / "finetunejob.yaml"))
+
+    # Before any promotion the model serves its source.
+    k.wait_condition("gptmodel", MODEL, "Ready", "True")
+    assert (k.get("deployment", MODEL) or {})["metadata"]["annotations"]["gptops.io/revision"] == "source"
+
+    prepared = k.complete_stage(RUN, "prepare")
+    k.wait_condition("ftj", RUN, "Prepared", "True")
+    k.complete_stage(RUN, "train")
+    k.wait_condition("ftj", RUN, "Trained", "True")
+    k.complete_stage(RUN, "evaluate", metrics=GOOD)
+    passed = k.wait_condition("ftj", RUN, "Passed", "True")
+    assert "perplexity 42.00" in passed["message"] and "65.0%" in passed["message"]
+    k.wait_condition("ftj", RUN, "Promoted", "True")
+
+    model = wait_for(lambda: (m := k.get("gptmodel", MODEL)) and m["status"].get("servingRevision") == RUN and m,
+                     "the promotion into the GPTModel")
+    assert model["status"]["previousArtifact"] == "sshleifer/tiny-gpt2"  # it served its source before
+    wait_for(lambda: "--enable-lora" in k.deployment_args(MODEL), "the LoRA revision in the Deployment")
+    args = k.deployment_args(MODEL)
+    assert args[args.index("--lora-modules") + 1] == f"{MODEL}=/artifacts/{k.ns}/{RUN}/adapter"
+    assert args[args.index("--model") + 1] == "sshleifer/tiny-gpt2"
+    wait_for(lambda: k.condition("gptmodel", MODEL, "Progressing").get("reason") == "RolloutComplete",
+             "the rollout of the promoted revision", timeout=90)
+    model = k.get("gptmodel", MODEL) or {}
+    ready = k.condition("gptmodel", MODEL, "Ready")
+    assert ready["status"] == "True" and ready["observedGeneration"] == model["metadata"]["generation"]
+    assert model["status"]["endpoint"] == f"http://{MODEL}.{k.ns}.svc:8000/v1"
+    assert model["status"]["readyReplicas"] == 1
+    assert k.get("service", MODEL)["spec"]["ports"][0]["port"] == 8000
+
+    ftj = k.get("ftj", RUN) or {}
+    assert ftj["status"]["phase"] == "Promoted"
+    assert ftj["status"]["metrics"]["perplexity"] == 42.0
+    assert ftj["status"]["stages"]["prepare"]["result"]["digest"] == json.loads(prepared)["digest"]
+    job = k.get("job", f"{RUN}-train-1") or {}
+    assert job["metadata"]["ownerReferences"][0]["name"] == RUN
+    assert "argocd.argoproj.io/instance" not in job["metadata"]["labels"]
+    wanted = {"JobCreated", "ThresholdsMet", "Promoted", "DeploymentCreated"}
+    wait_for(lambda: wanted <= {e["reason"] for e in k.events(RUN) + k.events(MODEL)}, f"the events {wanted}")
+    # kopf's bookkeeping lives under gptops.io; no finalizer holds deletes while the operator is away.
+    assert not ftj["metadata"].get("finalizers") and not model["metadata"].get("finalizers")
+    assert not [a for a in ftj["metadata"].get("annotations", {}) if a.startswith("kopf.zalando.org")]
+
+
+def test_a_failed_threshold_leaves_serving_untouched(k: Cluster, operator) -> None:
+    k.kubectl("apply", "-f", str(EXAMPLES / "gptmodel.yaml"), "-f", str(EXAMPLES / "finetunejob.yaml"))
+    k.wait_condition("gptmodel", MODEL, "Ready", "True")
+    for stage in ("prepare", "train"):
+        k.complete_stage(RUN, stage)
+    k.complete_stage(RUN, "evaluate", metrics={"perplexity": 300.0, "baselinePerplexity": 310.0})
+
+    passed = k.wait_condition("ftj", RUN, "Passed", "False")
+    assert passed["reason"] == "ThresholdsNotMet"
+    assert "perplexity 300.00, needs <= 200.00" in passed["message"]
+    assert k.condition("ftj", RUN, "Promoted")["status"] == "False"
+    assert (k.get("ftj", RUN) or {})["status"]["phase"] == "Rejected"
+    model = k.get("gptmodel", MODEL) or {}
+    assert "servingRevision" not in model["status"]
+    assert (k.get("deployment", MODEL) or {})["metadata"]["annotations"]["gptops.io/revision"] == "source"
+    assert "--enable-lora" not in k.deployment_args(MODEL)
+
+
+def test_a_failed_stage_sets_failed_with_the_pods_message(k: Cluster, operator) -> None:
+    run = example("finetunejob.yaml")
+    run["spec"]["training"]["backoffLimit"] = 0
+    k.apply(example("gptmodel.yaml"), run)
+    k.complete_stage(RUN, "prepare", ok=False, message="dataset.fields.text: no column 'text' in wikitext")
+
+    failed = k.wait_condition("ftj", RUN, "Failed", "True")
+    assert failed["reason"] == "StageFailed"
+    assert "no column 'text' in wikitext" in failed["message"] and f"{RUN}-prepare-1" in failed["message"]
+    assert (k.get("ftj", RUN) or {})["status"]["phase"] == "Failed"
+    assert k.get("job", f"{RUN}-train-1") is None
+    wait_for(lambda: [e for e in k.events(RUN) if (e["type"], e["reason"]) == ("Warning", "StageFailed")],
+             "a Warning event StageFailed")
+
+
+def test_a_rollout_that_never_becomes_available_is_rolled_back(k: Cluster, operator) -> None:
+    model = example("gptmodel.yaml")
+    model["spec"]["serving"]["rolloutDeadlineSeconds"] = 30
+    run = example("finetunejob.yaml")
+    run["spec"]["evaluation"]["promote"] = False
+    k.apply(model, run)
+    k.wait_condition("gptmodel", MODEL, "Ready", "True")
+    for stage in ("prepare", "train"):
+        k.complete_stage(RUN, stage)
+    k.complete_stage(RUN, "evaluate", metrics=GOOD)
+    k.wait_condition("ftj", RUN, "Passed", "True")
+
+    # Pin the run, asking for more GPUs than any node has: its Pods never schedule.
+    broken = copy.deepcopy(model)
+    broken["spec"]["serving"]["revision"] = RUN
+    broken["spec"]["serving"]["resources"]["gpus"] = 16
+    k.apply(broken)
+    wait_for(lambda: (k.get("deployment", MODEL) or {})["metadata"]["annotations"]["gptops.io/revision"] == RUN,
+             "the rollout of the pinned revision")
+
+    degraded = k.wait_condition("gptmodel", MODEL, "Degraded", "True", timeout=120)
+    assert degraded["reason"] == "RolledBack"
+    assert RUN in degraded["message"] and "rolled back to revision source" in degraded["message"]
+    annotations = (k.get("deployment", MODEL) or {})["metadata"]["annotations"]
+    assert annotations["gptops.io/revision"] == "source"
+    assert annotations["gptops.io/rolled-back-from"] == RUN
+    status = (k.get("gptmodel", MODEL) or {})["status"]
+    assert "servingRevision" not in status
+    wait_for(lambda: [e for e in k.events(MODEL) if (e["type"], e["reason"]) == ("Warning", "RolledBack")],
+             "a Warning event RolledBack")
+
+
+def test_deleting_the_parents_removes_their_children(k: Cluster, operator) -> None:
+    k.kubectl("apply", "-f", str(EXAMPLES / "gptmodel.yaml"), "-f", str(EXAMPLES / "finetunejob.yaml"))
+    wait_for(lambda: k.get("job", f"{RUN}-prepare-1"), "the prepare Job")
+    wait_for(lambda: k.get("deployment", MODEL) and k.get("service", MODEL), "the Deployment and Service")
+
+    k.kubectl("delete", "ftj", RUN, "--timeout=30s")
+    wait_for(lambda: k.get("job", f"{RUN}-prepare-1") is None, "the garbage collector to delete the Job")
+    wait_for(lambda: not k.items("pods", f"job-name={RUN}-prepare-1"), "the stage Pods to go")
+    k.kubectl("delete", "gptmodel", MODEL, "--timeout=30s")
+    wait_for(lambda: k.get("deployment", MODEL) is None and k.get("service", MODEL) is None,
+             "the garbage collector to delete the Deployment and Service")
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "message"),
+    [
+        ("gptmodel.yaml", lambda d: d["spec"]["source"].update(scratch={}),
+         "set exactly one of huggingface, pvc, s3, local or scratch"),
+        ("gptmodel.yaml", lambda d: d["spec"]["serving"]["vllm"].update(tensorParallelSize=4),
+         "vllm.tensorParallelSize must not exceed resources.gpus"),
+        ("finetunejob.yaml", lambda d: d["spec"]["evaluation"]["thresholds"].update(maxPerplexity=0.5),
+         "maxPerplexity must be greater than 1"),
+        ("finetunejob.yaml", lambda d: d["spec"]["dataset"].update(validationSplit=0.9),
+         "validationSplit must be greater than 0 and at most 0.5"),
+    ],
+    ids=["two-sources", "tensor-parallel", "threshold-range", "validation-split"],
+)
+def test_bad_specs_are_refused_with_their_cel_messages(k: Cluster, file, edit, message) -> None:
+    doc = example(file)
+    edit(doc)
+    result = k.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_the_dataset_of_a_run_is_immutable(k: Cluster) -> None:
+    run = example("finetunejob.yaml")
+    k.apply(run)
+    run["spec"]["dataset"]["validationSplit"] = 0.2
+    result = k.kubectl("apply", "-f", "-", input=yaml.safe_dump(run), check=False)
+    assert result.returncode != 0 and "spec.dataset is immutable" in result.stderr
