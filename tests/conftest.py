@@ -58,7 +58,7 @@ class ControlPlane:
 
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
-    def log_tails(self, lines: int = 15) -> str:
+    def log_tails(self, lines: int = 10) -> str:
         """The last lines of every component's log, for failure reports."""
         from gptops.devcluster import cluster, processes
 

@@ -57,6 +57,14 @@ def job_pod(control_plane, namespace: str, job: str) -> dict:
     return items[0] if items else {}
 
 
+def terminated(pod: dict) -> dict:
+    return pod["status"]["containerStatuses"][0]["state"]["terminated"]
+
+
+def condition(pod: dict, kind: str) -> dict:
+    return next(c for c in pod["status"]["conditions"] if c["type"] == kind)
+
+
 def test_gpu_job_runs_to_completion_with_its_result_as_termination_message(control_plane, namespace):
     result = json.dumps({"stage": "train", "loss": 1.25})
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=gpu_job("train", {RESULT_ANNOTATION: result}))
@@ -65,8 +73,8 @@ def test_gpu_job_runs_to_completion_with_its_result_as_termination_message(contr
 
     pod = job_pod(control_plane, namespace, "train")
     assert pod["status"]["phase"] == "Succeeded"
-    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert (terminated["exitCode"], terminated["reason"], terminated["message"]) == (0, "Completed", result)
+    state = terminated(pod)
+    assert (state["exitCode"], state["reason"], state["message"]) == (0, "Completed", result)
     node = json.loads(control_plane.kubectl("get", "node", pod["spec"]["nodeName"], "-o", "json").stdout)
     assert node["metadata"]["labels"][GPU_LABEL] == "true"
     assert node["status"]["allocatable"]["nvidia.com/gpu"] == "8"
@@ -80,8 +88,8 @@ def test_job_whose_pod_exits_non_zero_fails(control_plane, namespace):
 
     pod = job_pod(control_plane, namespace, "oom")
     assert pod["status"]["phase"] == "Failed"
-    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert (terminated["exitCode"], terminated["reason"], terminated["message"]) == (1, "Error", "out of memory")
+    state = terminated(pod)
+    assert (state["exitCode"], state["reason"], state["message"]) == (1, "Error", "out of memory")
 
 
 def test_pod_keeps_running_until_a_result_is_annotated(control_plane, namespace):
@@ -90,16 +98,13 @@ def test_pod_keeps_running_until_a_result_is_annotated(control_plane, namespace)
         lambda: (p := job_pod(control_plane, namespace, "serve")) and p["status"].get("phase") == "Running" and p,
         "the Job's pod to run",
     )
-    assert json.loads(control_plane.kubectl("get", "job/serve", "-n", namespace, "-o", "json").stdout)["status"][
-        "active"
-    ] == 1
+    assert "running" in pod["status"]["containerStatuses"][0]["state"]
+    assert condition(pod, "Ready")["status"] == "True"
 
     name = pod["metadata"]["name"]
     control_plane.kubectl("annotate", "pod", name, "-n", namespace, f"{RESULT_ANNOTATION}=done")
     control_plane.kubectl("wait", "-n", namespace, "job/serve", "--for=condition=Complete", "--timeout=60s")
-    assert job_pod(control_plane, namespace, "serve")["status"]["containerStatuses"][0]["state"]["terminated"][
-        "message"
-    ] == "done"
+    assert terminated(job_pod(control_plane, namespace, "serve"))["message"] == "done"
 
 
 def test_pod_asking_for_more_gpus_than_a_node_has_stays_unscheduled(control_plane, namespace):
@@ -110,7 +115,7 @@ def test_pod_asking_for_more_gpus_than_a_node_has_stays_unscheduled(control_plan
         "wait", "-n", namespace, f"pod/{pod['metadata']['name']}", "--for=condition=PodScheduled=False", "--timeout=30s"
     )
     pod = job_pod(control_plane, namespace, "greedy")
-    scheduled = next(c for c in pod["status"]["conditions"] if c["type"] == "PodScheduled")
+    scheduled = condition(pod, "PodScheduled")
     assert scheduled["reason"] == "Unschedulable" and "nvidia.com/gpu" in scheduled["message"]
 
 
@@ -146,20 +151,30 @@ def test_deleting_an_owner_removes_its_dependents(control_plane, namespace):
     control_plane.kubectl("wait", "-n", namespace, "configmap/dependent", "--for=delete", "--timeout=60s")
 
 
+SETTINGS_MANIFEST = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  labels:
+    app.kubernetes.io/managed-by: gptops
+data:
+  learningRate: "3e-4"
+  prompt: |
+    Hello,
+    world
+"""
+
+
 def test_apply_then_get_round_trips_a_manifest(control_plane, namespace, tmp_path: Path):
-    manifest = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "settings", "labels": {"app.kubernetes.io/managed-by": "gptops"}},
-        "data": {"learningRate": "3e-4", "prompt": "Hello,\nworld"},
-    }
     path = tmp_path / "settings.yaml"
-    path.write_text(yaml.safe_dump(manifest))
+    path.write_text(SETTINGS_MANIFEST)
 
     control_plane.kubectl("apply", "-n", namespace, "-f", str(path))
     got = json.loads(control_plane.kubectl("get", "configmap/settings", "-n", namespace, "-o", "json").stdout)
 
-    assert got["data"] == manifest["data"]
+    manifest = yaml.safe_load(SETTINGS_MANIFEST)
+    assert got["data"] == {"learningRate": "3e-4", "prompt": "Hello,\nworld\n"} == manifest["data"]
     assert got["metadata"]["labels"] == manifest["metadata"]["labels"]
     assert got["metadata"]["namespace"] == namespace
 
@@ -170,17 +185,15 @@ def test_user_without_rbac_rights_is_refused_until_bound(control_plane, namespac
     server = yaml.safe_load(control_plane.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
     alice = write_kubeconfig(tmp_path / "alice.kubeconfig", server, pki.ca_cert, cert, key, "alice")
 
-    refused = control_plane.kubectl("--kubeconfig", str(alice), "get", "pods", "-n", namespace, check=False)
+    def alice_lists_pods():
+        return control_plane.kubectl("--kubeconfig", str(alice), "get", "pods", "-n", namespace, check=False)
+
+    refused = alice_lists_pods()
     assert refused.returncode != 0
     assert 'User "alice" cannot list resource "pods"' in refused.stderr
 
     control_plane.kubectl("create", "rolebinding", "alice-view", "-n", namespace, "--clusterrole=view", "--user=alice")
-    allowed = wait_for(
-        lambda: (r := control_plane.kubectl("--kubeconfig", str(alice), "get", "pods", "-n", namespace, check=False))
-        .returncode == 0 and r,
-        "the RoleBinding to take effect",
-    )
-    assert "Forbidden" not in allowed.stderr
+    wait_for(lambda: alice_lists_pods().returncode == 0, "alice's RoleBinding to take effect")
 
 
 def test_api_client_and_helm_work_against_the_cluster(control_plane):
