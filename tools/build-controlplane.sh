@@ -12,17 +12,17 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${GPTOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gptops}
 bin=${GPTOPS_CONTROLPLANE_BIN:-$cache/controlplane/$K8S_VERSION-etcd$ETCD_VERSION-kwok$KWOK_VERSION-helm$HELM_VERSION}
 
-if ! command -v go >/dev/null 2>&1; then
-  echo "error: the Go toolchain (go >= 1.26) is needed to build the local control plane; install it from https://go.dev/dl/ or set GPTOPS_SKIP_CLUSTER=1 to skip the cluster tests" >&2
-  exit 2
-fi
-
 want=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm)
 missing=0
 for b in "${want[@]}"; do [ -x "$bin/$b" ] || missing=1; done
 if [ "$missing" = 0 ]; then
   echo "$bin"
   exit 0
+fi
+
+if ! command -v go >/dev/null 2>&1; then
+  echo "error: the Go toolchain (go >= 1.26) is needed to build the local control plane; install it from https://go.dev/dl/ or set GPTOPS_SKIP_CLUSTER=1 to skip the cluster tests" >&2
+  exit 2
 fi
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
