@@ -242,3 +242,15 @@ def test_unreadable_file(tmp_path):
         assert str(data) in message and "cannot read" in message
     finally:
         data.chmod(0o600)
+
+
+def test_hugging_face_source_through_load_dataset(tmp_path):
+    # load_dataset on a local directory runs the same code path as a hub name, offline.
+    repo = tmp_path / "hub-dataset"
+    repo.mkdir()
+    (repo / "train.jsonl").write_text("".join(json.dumps({"body": t, "n": i}) + "\n" for i, t in enumerate(documents(50))))
+    report = prepare(tmp_path, "unused", dataset={"source": {"huggingface": {"name": str(repo)}},
+                                                  "fields": {"text": "body"}})
+    assert report.manifest["documents"]["read"] == 50
+    message = _error(tmp_path / "b", "unused", dataset={"source": {"huggingface": {"name": str(repo)}}})
+    assert str(repo) in message and "'text'" in message and "body" in message

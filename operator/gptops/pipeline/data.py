@@ -273,7 +273,23 @@ def _load_hub(config: PrepareConfig):
     if missing:
         raise PipelineError(f"{s.location}: no column {missing[0]!r} (dataset.fields); found columns: {', '.join(ds.column_names)}")
     ds = ds.select_columns(list(wanted.values()))
-    return ds.rename_columns({v: k for k, v in wanted.items() if k != v})
+    ds = ds.rename_columns({v: k for k, v in wanted.items() if k != v})
+    return ds.map(_HubRowCheck(s.location, wanted), batched=True, with_indices=True, desc="check")
+
+
+class _HubRowCheck:
+    """Batched: the same field checks as for files (strings; chat messages as role/content lists), in hub rows."""
+
+    def __init__(self, name: str, wanted: dict[str, str]):
+        self.name, self.wanted = name, wanted
+
+    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        out: dict[str, list] = {column: [] for column in batch}
+        for column, values in batch.items():
+            for i, value in zip(indices, values, strict=True):
+                row = {self.wanted[column]: value}
+                out[column].append(_normalize(row, {column: self.wanted[column]}, self.name, f"row {i}")[column])
+        return out
 
 
 def _wanted_fields(config: PrepareConfig) -> dict[str, str]:
@@ -306,7 +322,7 @@ def _parse_file(path: Path, shown: str, config: PrepareConfig):
         except Exception as e:
             raise PipelineError(f"{shown}: not a readable Parquet file ({e}); expected Parquet") from e
         for i, row in enumerate(rows, 1):
-            yield _normalize(row, wanted, shown, f"row {i}", config)
+            yield _normalize(row, wanted, shown, f"row {i}")
         return
     text = _decode(raw, shown)
     if fmt == "text":
@@ -324,7 +340,7 @@ def _parse_file(path: Path, shown: str, config: PrepareConfig):
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise PipelineError(f"{shown}: line {n}: not valid JSON ({e.msg}); expected one JSON object per line") from e
-            yield _normalize(row, wanted, shown, f"line {n}", config)
+            yield _normalize(row, wanted, shown, f"line {n}")
     elif fmt == "json":
         try:
             doc = json.loads(text)
@@ -336,11 +352,11 @@ def _parse_file(path: Path, shown: str, config: PrepareConfig):
             raise PipelineError(f"{shown}: the top level is a {type(doc).__name__}; expected a JSON array of objects "
                                 f"(or an object with a 'data' array)")
         for i, row in enumerate(doc, 1):
-            yield _normalize(row, wanted, shown, f"item {i}", config)
+            yield _normalize(row, wanted, shown, f"item {i}")
     elif fmt == "csv":
         reader = csv.DictReader(io.StringIO(text))
         for n, row in enumerate(reader, 2):  # line 1 is the header
-            yield _normalize(row, wanted, shown, f"line {n}", config)
+            yield _normalize(row, wanted, shown, f"line {n}")
     else:
         raise PipelineError(f"{shown}: unknown file format {fmt!r} (dataset.fileFormat)")
 
@@ -354,7 +370,7 @@ def _decode(raw: bytes, shown: str) -> str:
                             f"expected UTF-8 text") from e
 
 
-def _normalize(row: Any, wanted: dict[str, str], shown: str, where: str, config: PrepareConfig) -> dict[str, Any]:
+def _normalize(row: Any, wanted: dict[str, str], shown: str, where: str) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise PipelineError(f"{shown}: {where}: a {type(row).__name__}, expected an object with the field "
                             f"{next(iter(wanted.values()))!r}")
