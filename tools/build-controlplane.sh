@@ -7,6 +7,7 @@ K8S_VERSION=v1.36.3
 ETCD_VERSION=v3.6.8
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
+HELM_K8S_MINOR=37  # the k8s.io/client-go v0.37 that helm v3.22.0 requires
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${GPTOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gptops}
@@ -31,7 +32,7 @@ start=$(date +%s)
 ver="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=36 -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=36 -s -w"
 (
   cd "$here/controlplane"
-  echo "building kube-apiserver, kube-controller-manager, kube-scheduler $K8S_VERSION into $bin (cold: 15-30 minutes on 2 cores)" >&2
+  echo "building kube-apiserver, kube-controller-manager, kube-scheduler $K8S_VERSION into $bin (cold: about 22 minutes on 2 cores)" >&2
   go build -trimpath -ldflags "$ver" -o "$bin.tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
   echo "building etcd $ETCD_VERSION" >&2
@@ -39,7 +40,13 @@ ver="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/componen
 )
 echo "building kwok $KWOK_VERSION and helm $HELM_VERSION" >&2
 GOBIN="$bin.tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-GOBIN="$bin.tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+# Like helm's Makefile: stamp its version and the Kubernetes version `helm template` assumes (else v1.20, which
+# fails charts that declare a kubeVersion).
+helm_pkg=helm.sh/helm/v3
+GOBIN="$bin.tmp" GOFLAGS= go install -trimpath -ldflags "-s -w -X $helm_pkg/internal/version.version=$HELM_VERSION \
+  -X $helm_pkg/pkg/chartutil.k8sVersionMajor=1 -X $helm_pkg/pkg/chartutil.k8sVersionMinor=$HELM_K8S_MINOR \
+  -X $helm_pkg/pkg/lint/rules.k8sVersionMajor=1 -X $helm_pkg/pkg/lint/rules.k8sVersionMinor=$HELM_K8S_MINOR" \
+  "$helm_pkg/cmd/helm@$HELM_VERSION"
 rm -rf "$bin" && mv "$bin.tmp" "$bin"
 echo "built in $(( $(date +%s) - start ))s" >&2
 echo "$bin"
