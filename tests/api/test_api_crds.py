@@ -161,3 +161,15 @@ def test_the_comparison_notices_a_drift():
     compare(GPTModelSpec, node, "spec", True, problems)
     assert any("spec.serving.replicas: default 3" in p for p in problems)
     assert any("spec.serving.extra: in the CRD" in p for p in problems)
+
+
+@pytest.mark.parametrize("kind", CRDS)
+def test_schema_defaults_pass_their_own_rules(kind):
+    """The API server checks each `default` against the rules at its node, without defaulting inside it."""
+    from gptops.validate import check_cel, check_schema
+
+    problems = []
+    for path, node in walk(schema(kind)["properties"]["spec"]):
+        if "default" in node:
+            problems += check_schema(node["default"], node, path) + check_cel(node["default"], node, path)
+    assert problems == []
