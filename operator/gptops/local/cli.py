@@ -7,6 +7,7 @@ Exit codes: 0 passed (and served, unless --no-serve), 1 a stage or the server fa
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +44,8 @@ def run(
                                              "transformers or gptops (a minimal built-in server).")] = "auto",
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 picks a free one.")] = 0,
     max_tokens: Annotated[int, typer.Option(help="Tokens per --ask answer.")] = 64,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training and evaluation (torch); "
+                                                "default: one per core. 1 is faster on a busy machine.")] = None,
     stop_after: Annotated[str | None, typer.Option(hidden=True, help="Stop after this stage (prepare, train, "
                                                    "evaluate).")] = None,
 ) -> None:
@@ -52,8 +55,9 @@ def run(
 
     if output not in ("table", "json"):
         raise typer.BadParameter("expected table or json", param_hint="--output")
-    console = Console(stderr=output == "json")
-    options = runner.Options(runs_dir=runs_dir.resolve(), fresh=fresh, stop_after=stop_after)
+    # The console holds on to the real stream: stages' own output is redirected to their log files.
+    console = Console(file=sys.stderr if output == "json" else sys.stdout)
+    options = runner.Options(runs_dir=runs_dir.resolve(), fresh=fresh, stop_after=stop_after, threads=threads)
 
     def finish(code: int, serving_doc: dict[str, Any] | None, answers: list[dict[str, str]], note: str) -> None:
         if output == "json":
@@ -64,12 +68,12 @@ def run(
     try:
         with report.StageProgress(console) as progress:
             outcomes = runner.run_file(file, options, progress)
-    except specs.SpecError as e:
-        console.print(f"[red]error:[/] {e}")
+    except (specs.SpecError, runner.InvalidSpec) as e:
+        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         finish(EXIT_INVALID, None, [], str(e))
     except runner.RunFailed as e:
-        console.print(f"[red]error:[/] {e}")
-        finish(EXIT_INVALID if "invalid" in str(e) else EXIT_FAILED, None, [], str(e))
+        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        finish(EXIT_FAILED, None, [], str(e))
 
     for out in outcomes:
         console.print(report.render_outcome(out))

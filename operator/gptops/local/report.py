@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from gptops.local.gate import GateDecision, perplexity_improvement
 from gptops.local.runner import Outcome
@@ -27,8 +27,9 @@ class StageProgress:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]:<9}"),
-                                 BarColumn(bar_width=30), TextColumn("{task.description}"), TimeElapsedColumn(),
+        self.progress = Progress(SpinnerColumn(),
+                                 TextColumn("[bold]{task.fields[stage]}", table_column=Column(width=8, no_wrap=True)),
+                                 BarColumn(bar_width=24), TimeElapsedColumn(), TextColumn("{task.description}"),
                                  console=console, transient=False)
         self.tasks: dict[str, Any] = {}
 

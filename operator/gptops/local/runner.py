@@ -10,7 +10,6 @@ import contextlib
 import copy
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,10 @@ class RunFailed(Exception):
     """A stage failed or the spec cannot run; the message says which and why."""
 
 
+class InvalidSpec(RunFailed):
+    """The spec breaks the CRDs' rules."""
+
+
 @dataclass
 class Options:
     runs_dir: Path = Path("runs")
@@ -37,6 +40,8 @@ class Options:
     """Start every FineTuneJob of the file over, even when its state matches."""
     stop_after: str | None = None
     """Stop after this stage (prepare, train, evaluate): for tests and for looking at intermediate artifacts."""
+    threads: int | None = None
+    """torch CPU threads for the stages; None keeps torch's default (one per core)."""
 
 
 @dataclass
@@ -97,10 +102,21 @@ def _stage_result(report: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Stages print (their result line, library progress) to stdout; keep stdout for our table or JSON."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
+def _capture(log_path: Path) -> Iterator[None]:
+    """A stage's prints and library logs go to its log file; the terminal keeps our progress, table or JSON."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    pipeline_log = logging.getLogger("gptops")
+    with log_path.open("a", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        handler = logging.StreamHandler(f)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        level = pipeline_log.level
+        pipeline_log.addHandler(handler)
+        pipeline_log.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            pipeline_log.removeHandler(handler)
+            pipeline_log.setLevel(level)
 
 
 def materialize_dataset(ftj_spec: dict[str, Any], runs_dir: Path) -> dict[str, Any]:
@@ -129,20 +145,13 @@ def _start_model(item: specs.RunItem, model_state: ModelState) -> tuple[str | No
 
 
 def validate(item: specs.RunItem) -> None:
-    """Check both objects with the cluster's rules (gptops.validate), when that module is installed."""
-    try:
-        from gptops import validate as validation
-    except ImportError:
-        return
-    problems: list[str] = []
-    for obj, path in ((item.model, item.model_file), (item.finetunejob, item.spec_file)):
-        check = getattr(validation, "validate_object", None)
-        if check is None:
-            return
-        for p in check(obj) or []:
-            problems.append(f"{path}: {obj.get('kind')} {obj['metadata']['name']}: {p}")
+    """Check both objects with the cluster's rules (gptops.validate: the CRDs' schemas and CEL) before running."""
+    from gptops.validate import validate_object
+
+    problems = [f"{path}: {p}" for obj, path in ((item.model, item.model_file), (item.finetunejob, item.spec_file))
+                for p in validate_object(obj, file=str(path))]
     if problems:
-        raise RunFailed("the spec is invalid:\n  " + "\n  ".join(problems))
+        raise InvalidSpec("the spec is invalid (the cluster would refuse it too):\n  " + "\n  ".join(problems))
 
 
 def run_one(item: specs.RunItem, options: Options, progress: Progress) -> Outcome:
@@ -179,10 +188,12 @@ def run_one(item: specs.RunItem, options: Options, progress: Progress) -> Outcom
             progress(item.name, stage, "started", {})
             began = time.monotonic()
             try:
-                result = _run_stage(stage, getattr(configs, stage), lambda e, f, s=stage: progress(item.name, s, e, f))
+                result = _run_stage(stage, getattr(configs, stage), lambda e, f, s=stage: progress(item.name, s, e, f),
+                                    state.directory / "logs" / f"{stage}.log", options.threads)
             except Exception as e:  # a stage's error ends this FineTuneJob, with its message, not a traceback
                 log.debug("Stage failed", exc_info=True)
-                out.error = f"{stage}: {type(e).__name__}: {e}" if not _is_pipeline_error(e) else f"{stage}: {e}"
+                detail = str(e) if _is_pipeline_error(e) else f"{type(e).__name__}: {e}"
+                out.error = f"{stage}: {detail} (log: {state.directory / 'logs' / f'{stage}.log'})"
                 progress(item.name, stage, "failed", {"message": out.error})
                 return out
             seconds = time.monotonic() - began
@@ -241,12 +252,18 @@ def quiet_libraries() -> None:
         transformers.logging.disable_progress_bar()
 
 
-def _run_stage(stage: str, config: Any, progress: Callable[[str, dict[str, Any]], None]) -> dict[str, Any]:
+def _run_stage(stage: str, config: Any, progress: Callable[[str, dict[str, Any]], None], log_path: Path,
+               threads: int | None) -> dict[str, Any]:
     import gptops.pipeline as pipeline
 
     fn = {"prepare": pipeline.run_prepare, "train": pipeline.run_train, "evaluate": pipeline.run_evaluate}[stage]
     quiet_libraries()
-    with _stdout_to_stderr():
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    with _capture(log_path):
+        log.info("Running stage stage=%s", stage)
         return _stage_result(fn(config, progress))
 
 
