@@ -165,7 +165,7 @@ def create(manifest: dict[str, Any]) -> None:
     }
     try:
         _raw(calls[kind], ns, manifest, field_manager=FIELD_MANAGER)
-        log.info("Created %s", kind, extra={"namespace": ns, "name": name})
+        log.info("Created %s namespace=%s name=%s", kind, ns, name)
     except ApiException as err:
         if err.status != 409:
             raise
@@ -180,7 +180,7 @@ def server_side_apply(manifest: dict[str, Any]) -> None:
         "Service": k8s.CoreV1Api(api).patch_namespaced_service,
     }
     _raw(calls[kind], name, ns, manifest, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
-    log.info("Applied %s", kind, extra={"namespace": ns, "name": name})
+    log.info("Applied %s namespace=%s name=%s", kind, ns, name)
 
 
 def promote(namespace: str, action: PromoteRevision) -> None:
@@ -197,8 +197,7 @@ def promote(namespace: str, action: PromoteRevision) -> None:
             raise Conflict(f"GPTModel {namespace}/{action.model} changed while promoting {action.finetunejob}") \
                 from err
         raise
-    log.info("Promoted revision", extra={"namespace": namespace, "model": action.model,
-                                         "revision": action.finetunejob})
+    log.info("Promoted revision namespace=%s model=%s revision=%s", namespace, action.model, action.finetunejob)
 
 
 # --- the kinds themselves -----------------------------------------------------------------------------------

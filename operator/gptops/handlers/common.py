@@ -123,7 +123,7 @@ def wake_all(keys: list[Key]) -> None:
         try:
             wake(*key)
         except Exception:  # one object's failure must not stop the others
-            log.exception("Reconcile failed", extra={"kind": key[0], "namespace": key[1], "name": key[2]})
+            log.exception("Reconcile failed kind=%s namespace=%s name=%s", *key)
 
 
 class Resync:

@@ -33,6 +33,12 @@ HANDLER_BACKOFF = 5.0
 _resync: common.Resync | None = None
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a Pod its ServiceAccount, else $KUBECONFIG read now (the client library reads it once, at import)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Storage under gptops.io, finite timeouts, events from gptops; connect cluster.py."""
@@ -40,7 +46,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_STORAGE_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=KOPF_STORAGE_PREFIX, key="last-handled-configuration")
-    watch_timeout = _env_float(WATCH_TIMEOUT_ENV, WATCH_SERVER_TIMEOUT)
+    watch_timeout = int(_env_float(WATCH_TIMEOUT_ENV, WATCH_SERVER_TIMEOUT))  # the API server wants an integer
     settings.watching.server_timeout = watch_timeout
     settings.watching.client_timeout = watch_timeout + 30
     settings.watching.connect_timeout = 30
@@ -52,6 +58,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.reporting_component = "gptops"
     settings.posting.event_name_prefix = "gptops-"
     cluster.configure(os.environ.get("KUBECONFIG"))
+    common.KNOWN.clear()
     global _resync
     _resync = common.Resync(_env_float(RESYNC_ENV, RESYNC_SECONDS))
     _resync.start()
