@@ -38,7 +38,7 @@ from gptops.builders.common import (
 
 COMPONENT = "server"
 #: vLLM accepts these values for --max-lora-rank.
-LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 DEFAULT_LORA_RANK = 64
 PROBE_PERIOD = 10
 
