@@ -164,3 +164,18 @@ def test_cli_reports_unreadable_yaml(tmp_path):
     bad.write_text("spec: [unclosed\n")
     result = CliRunner().invoke(app, ["validate", str(bad)])
     assert result.exit_code == 1 and "broken.yaml" in result.output
+
+
+@pytest.mark.parametrize(("doc", "path", "value", "where", "message"),
+                         [b for b in BAD if b[4] is not None and not b[1].startswith("metadata.")],
+                         ids=[f"{b[1]}={json.dumps(b[2])[:30]}" for b in BAD
+                              if b[4] is not None and not b[1].startswith("metadata.")])
+def test_the_models_refuse_what_the_crd_refuses(doc, path, value, where, message):
+    """`gptops run` parses specs with the pydantic models: they must not accept a spec the cluster refuses."""
+    from pydantic import ValidationError
+
+    from gptops.api import FineTuneJob, GPTModel
+
+    cls = GPTModel if doc["kind"] == "GPTModel" else FineTuneJob
+    with pytest.raises(ValidationError):
+        cls.from_dict(edited(doc, path, value))

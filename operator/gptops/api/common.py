@@ -18,8 +18,11 @@ MAP_MAX = 64
 Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
 ShortString = Annotated[str, Field(max_length=STRING_MAX)]
 Path = Annotated[str, Field(min_length=1, max_length=PATH_MAX)]
+QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
+                    r"|(\.[0-9]+))))?$")
 #: A Kubernetes quantity ("4", "500m", "16Gi"), written as a string or an integer.
-Quantity = Annotated[str | int, Field(union_mode="left_to_right")]
+Quantity = Annotated[int | Annotated[str, Field(max_length=64, pattern=QUANTITY_PATTERN)],
+                     Field(union_mode="left_to_right")]
 
 
 class SpecModel(BaseModel):

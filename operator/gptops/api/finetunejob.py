@@ -227,6 +227,8 @@ class Evaluation(SpecModel):
 
     @model_validator(mode="after")
     def _thresholds_need_metrics(self) -> Evaluation:
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError("evaluation.metrics must not repeat a metric")
         t = self.thresholds
         if (t.min_bleu is not None or t.min_bleu_improvement is not None) and "bleu" not in self.metrics:
             raise ValueError("BLEU thresholds need bleu in evaluation.metrics")
