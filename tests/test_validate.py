@@ -179,3 +179,12 @@ def test_the_models_refuse_what_the_crd_refuses(doc, path, value, where, message
     cls = GPTModel if doc["kind"] == "GPTModel" else FineTuneJob
     with pytest.raises(ValidationError):
         cls.from_dict(edited(doc, path, value))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_examples_parse_with_the_models(path):
+    from gptops.api import FineTuneJob, GPTModel
+
+    for doc in yaml.safe_load_all(path.read_text()):
+        if isinstance(doc, dict) and doc.get("kind") in ("GPTModel", "FineTuneJob"):
+            (GPTModel if doc["kind"] == "GPTModel" else FineTuneJob).from_dict(doc)
