@@ -58,3 +58,24 @@ def test_last_result_wins_and_stage_filter():
     b = _result(stage="train", message="second").to_termination_message()
     assert parse_stage_result(a + "\n" + b).message == "second"
     assert parse_stage_result(a, stage="evaluate") is None
+
+
+def test_odd_metrics_and_artifacts_are_dropped_not_fatal():
+    text = json.dumps({"apiVersion": STAGE_RESULT_API_VERSION, "stage": "evaluate", "ok": True,
+                       "metrics": {"perplexity": 3, "bleu": None, "note": "x", "flag": True, "inf": float("inf")},
+                       "artifacts": {"eval": "/a/eval", "none": None}})
+    result = parse_stage_result(text)
+    assert result.metrics == {"perplexity": 3.0}
+    assert result.artifacts == {"eval": "/a/eval"}
+
+
+def test_the_pipeline_writes_what_the_operator_reads():
+    """Both sides of the contract: gptops.pipeline.result renders, gptops.api.stageresult parses."""
+    from gptops.pipeline.result import StageResult as PipelineResult
+    from gptops.pipeline.result import render
+
+    written = render(PipelineResult(stage="train", ok=False, message="dataset/manifest.json: field 'x' " + "y" * 9000,
+                                    metrics={"loss": 1.5}, artifacts={"checkpoint": "/artifacts/ns/j/checkpoints"}))
+    read = parse_stage_result("some log line\n" + written)
+    assert read is not None and read.stage == "train" and read.ok is False
+    assert read.message.startswith("dataset/manifest.json: field 'x'")

@@ -4,9 +4,10 @@ container's termination message (and prints last on stdout). Pure; the pipeline 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 STAGE_RESULT_API_VERSION = "gptops.io/stage-result/v1"
 #: Kubernetes keeps at most 4096 bytes of a termination message.
@@ -27,6 +28,22 @@ class StageResult(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     artifacts: dict[str, str] = Field(default_factory=dict)
     digest: str | None = None
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _finite_numbers_only(cls, value: Any) -> Any:
+        """A stage may report a null or a label among its metrics; keep the finite numbers (status is JSON)."""
+        if not isinstance(value, dict):
+            return value
+        return {str(k): float(v) for k, v in value.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+    @field_validator("artifacts", mode="before")
+    @classmethod
+    def _paths_only(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {str(k): str(v) for k, v in value.items() if v is not None and not isinstance(v, (dict, list))}
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
