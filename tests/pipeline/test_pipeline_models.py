@@ -1,10 +1,10 @@
-"""Other starting points: a llama-architecture scratch model, and full fine-tuning of a pretrained local model."""
+"""Other starting points and data shapes: llama from scratch, full fine-tuning of a pretrained model, unpacked data."""
 
 from __future__ import annotations
 
 import json
 
-from conftest import ftj_spec
+from conftest import TINY_MODEL, ftj_spec
 from transformers import AutoConfig
 
 from gptops.pipeline import configs_from_spec, run_evaluate, run_prepare, run_train
@@ -38,3 +38,14 @@ def test_full_fine_tune_of_a_pretrained_model(tmp_path, trained_run, corpus_file
     metrics = run_evaluate(configs.evaluate).metrics
     assert metrics["perplexity"] < metrics["baselinePerplexity"]
     assert metrics["bleu"] >= metrics["baselineBleu"]
+
+
+def test_training_without_packing_pads_per_batch(tmp_path, corpus_file):
+    spec = ftj_spec(corpus_file, dataset={"preprocessing": {"packing": False, "blockSize": 64}},
+                    training={"maxSteps": 10}, evaluation={"metrics": ["perplexity"]})
+    configs = configs_from_spec(spec, TINY_MODEL, tmp_path / "run")
+    run_prepare(configs.prepare)
+    report = run_train(configs.train)
+    assert report.steps == 10 and report.final_loss < report.first_loss
+    assert report.tokens < 10 * 8 * 64  # only real tokens are counted, not padding
+    assert run_evaluate(configs.evaluate).metrics["perplexity"] > 1

@@ -356,7 +356,7 @@ def configs_from_spec(
     ftj_spec = _unwrap(ftj_spec)
     model_obj = model_spec if isinstance(model_spec, dict) else {}
     model_spec = _unwrap(model_obj)
-    artifact_root = Path(artifact_root)
+    artifact_root = Path(artifact_root).absolute()
     base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
 
     model = _model_source(model_spec.get("source") or {}, base_dir, "source")
