@@ -72,3 +72,14 @@ def test_served_revision_from_status():
     assert served_revision_from_status(m) is None
     m.status.serving_revision, m.status.serving_artifact = "j", "/artifacts/ns/j/model"
     assert served_revision_from_status(m).revision == "j"
+
+
+def test_previous_revision_from_status():
+    from gptops.api import previous_revision_from_status
+
+    m = gm()
+    assert previous_revision_from_status(m) is None
+    m.status.previous_revision, m.status.previous_artifact = "old", "gpt2"
+    m.status.previous_adapter = "/artifacts/ns/old/adapter"
+    prev = previous_revision_from_status(m)
+    assert (prev.revision, prev.model, prev.adapter) == ("old", "gpt2", "/artifacts/ns/old/adapter")

@@ -59,6 +59,14 @@ def served_revision_from_status(model: GPTModel) -> ServedRevision | None:
     return ServedRevision(revision=st.serving_revision, model=st.serving_artifact, adapter=st.serving_adapter)
 
 
+def previous_revision_from_status(model: GPTModel) -> ServedRevision | None:
+    """The rollback target recorded in GPTModel.status (previousRevision/previousArtifact/previousAdapter), or None."""
+    st = model.status
+    if not st.previous_revision or not st.previous_artifact:
+        return None
+    return ServedRevision(revision=st.previous_revision, model=st.previous_artifact, adapter=st.previous_adapter)
+
+
 def base_served_revision(model: GPTModel) -> ServedRevision | None:
     """Serving the GPTModel's source as it is (before any FineTuneJob was promoted), where it can be loaded."""
     location = source_model_location(model)

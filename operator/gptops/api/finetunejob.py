@@ -141,7 +141,7 @@ class Dataset(SpecModel):
 class LoraSettings(SpecModel):
     """LoRA adapter settings (method: lora)."""
 
-    r: int = Field(default=8, ge=1, le=1024)
+    r: int = Field(default=8, ge=1, le=512)  # vLLM serves adapters up to rank 512
     alpha: int = Field(default=16, ge=1, le=4096)
     dropout: float = Field(default=0.05, ge=0, lt=1)
     target_modules: list[Name] = Field(default_factory=list, max_length=LIST_MAX)
