@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,19 +183,20 @@ class _Launcher:
         pki = write_pki(self.dir / "pki")
         etcd_port, peer_port = processes.free_port(), processes.free_port()
         etcd = f"http://127.0.0.1:{etcd_port}"
-        self._start("etcd", [
+        wait_etcd = self._spawn("etcd", [
             "--name=gptops", f"--data-dir={self.dir / 'etcd'}",
             f"--listen-client-urls={etcd}", f"--advertise-client-urls={etcd}",
             f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
             f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
             f"--initial-cluster=gptops=http://127.0.0.1:{peer_port}",
             "--unsafe-no-fsync=true", "--log-level=warn",
-        ], lambda: b'"health":"true"' in _http_get(f"{etcd}/health"), timeout=30)
+        ], lambda: b'"health":"true"' in _http_get(f"{etcd}/health"))
+        wait_etcd(30)
 
         api_port = processes.free_port()
         cluster = DevCluster(self.dir, f"https://127.0.0.1:{api_port}", self.bin)
         api = _Api(cluster)
-        self._start("kube-apiserver", [
+        wait_apiserver = self._spawn("kube-apiserver", [
             f"--etcd-servers={etcd}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
             f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
@@ -205,7 +207,8 @@ class _Launcher:
             "--authorization-mode=Node,RBAC", "--allow-privileged=true",
             # The default reconciler would publish 127.0.0.1 as the `kubernetes` Service's endpoint, which is invalid.
             "--endpoint-reconciler-type=none",
-        ], lambda: api.get("/readyz") == b"ok", timeout=90)
+        ], lambda: api.get("/readyz") == b"ok")
+        wait_apiserver(90)
 
         kubeconfig = write_kubeconfig(
             cluster.kubeconfig, cluster.server, pki.ca_cert, pki.admin_cert, pki.admin_key, "admin"
@@ -215,18 +218,23 @@ class _Launcher:
         kcm_port, scheduler_port, kwok_port = (processes.free_port() for _ in range(3))
         kwok_config = self.dir / "kwok.yaml"
         kwok_config.write_text(yaml.safe_dump_all(build_stages(), sort_keys=False))
-        self._start("kube-controller-manager", [
-            *kube_auth, f"--secure-port={kcm_port}", "--controllers=*", "--use-service-account-credentials=false",
-            f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_cert}",
-            f"--cluster-signing-cert-file={pki.ca_cert}", f"--cluster-signing-key-file={pki.ca_key}",
-        ], lambda: _https_healthz(kcm_port), timeout=60)
-        self._start("kube-scheduler", [*kube_auth, f"--secure-port={scheduler_port}"],
-                    lambda: _https_healthz(scheduler_port), timeout=60)
-        self._start("kwok", [
-            f"--kubeconfig={kubeconfig}", f"--config={kwok_config}", "--manage-all-nodes=true",
-            f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}", f"--cidr={POD_CIDR}",
-            f"--server-address=127.0.0.1:{kwok_port}",
-        ], lambda: _http_get(f"http://127.0.0.1:{kwok_port}/healthz") == b"ok", timeout=30)
+        # These three only need the API server, so they start together.
+        waits = [
+            self._spawn("kube-controller-manager", [
+                *kube_auth, f"--secure-port={kcm_port}", "--controllers=*", "--use-service-account-credentials=false",
+                f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_cert}",
+                f"--cluster-signing-cert-file={pki.ca_cert}", f"--cluster-signing-key-file={pki.ca_key}",
+            ], lambda: _https_healthz(kcm_port)),
+            self._spawn("kube-scheduler", [*kube_auth, f"--secure-port={scheduler_port}"],
+                        lambda: _https_healthz(scheduler_port)),
+            self._spawn("kwok", [
+                f"--kubeconfig={kubeconfig}", f"--config={kwok_config}", "--manage-all-nodes=true",
+                f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}", f"--cidr={POD_CIDR}",
+                f"--server-address=127.0.0.1:{kwok_port}",
+            ], lambda: _http_get(f"http://127.0.0.1:{kwok_port}/healthz") == b"ok"),
+        ]
+        for wait in waits:
+            wait(60)
 
         for i in range(nodes):
             api.post("/api/v1/nodes", build_fake_node(f"gpu-node-{i}"))
@@ -235,13 +243,14 @@ class _Launcher:
               "the `default` ServiceAccount (the controller-manager's serviceaccount controller)", self.dir)
         return cluster
 
-    def _start(self, name: str, args: list[str], ready, timeout: float) -> None:
+    def _spawn(self, name: str, args: list[str], ready: Callable[[], bool]) -> Callable[[float], None]:
+        """Start one program and record it; returns `wait(timeout)`, which polls `ready` until it holds."""
         program = str(self.bin / name)
         log = self.dir / "logs" / f"{name}.log"
         pid = processes.spawn([program, *args], log, self.die_with_parent)
         self.components.append({"name": name, "pid": pid, "program": program, "log": str(log)})
         (self.dir / "state.json").write_text(json.dumps({"components": self.components}, indent=2))
-        processes.wait_ready(name, pid, log, ready, timeout)
+        return lambda timeout: processes.wait_ready(name, pid, log, ready, timeout)
 
 
 def build_fake_node(name: str) -> dict:
