@@ -23,7 +23,7 @@ from gptops.reconcile.plan import Plan
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-O = TypeVar("O")
+Seen = TypeVar("Seen")
 Key = tuple[str, str, str]  # (kind, namespace, name)
 #: kind -> the function that runs one pass over a body, writing status with the given callable; it returns
 #: the objects to wake next.
@@ -66,8 +66,8 @@ def run_pass(
     write_status: Callable[[dict[str, Any]], None],
     *,
     parse: Callable[[dict[str, Any]], T],
-    observe: Callable[[T], O],
-    plan: Callable[[T, O], Plan],
+    observe: Callable[[T], Seen],
+    plan: Callable[[T, Seen], Plan],
 ) -> tuple[T, Plan]:
     """observe -> plan -> apply the actions -> write the status. Raises kopf's errors."""
     started = time.monotonic()

@@ -36,7 +36,6 @@ SERVING_FIELDS = ("servingRevision", "servingArtifact", "servingAdapter",
 
 def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     """The actions and the status of one level-based pass over a GPTModel."""
-    gen = model.metadata.generation
     now = observed.now
     dep = observed.deployment
     actions: list[Action] = []
