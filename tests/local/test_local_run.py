@@ -1,0 +1,188 @@
+"""`gptops run` end to end on CPU, through the real command line: the quickstart (shrunk so a test can afford it)
+trained, gated, served on 127.0.0.1 and queried with the openai client; resume after an interruption; a changed spec;
+--no-serve; a gate that rejects; a spec the cluster would refuse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "examples" / "quickstart" / "quickstart.yaml"
+GPTOPS = str(Path(sys.executable).parent / "gptops")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+       "COLUMNS": "120"}
+
+
+def shrink(docs: list[dict[str, Any]], steps: int = 6) -> list[dict[str, Any]]:
+    """The quickstart with a smaller model and a few steps: same shape, same corpora, same gates."""
+    for d in docs:
+        if d["kind"] == "GPTModel":
+            d["spec"]["source"]["scratch"].update(layers=1, heads=2, hidden=32, contextLength=64,
+                                                  tokenizer={"vocabSize": 400})
+        else:
+            d["spec"]["training"].update(maxSteps=steps, batchSize=8, learningRate=0.005)
+            d["spec"]["training"].pop("epochs", None)
+    return docs
+
+
+def write_spec(path: Path, docs: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def spec(tmp_path) -> Path:
+    return write_spec(tmp_path / "spec" / "quickstart.yaml", shrink(list(yaml.safe_load_all(QUICKSTART.read_text()))))
+
+
+def gptops_run(spec: Path, runs: Path, *args: str, timeout: int = 600) -> tuple[int, dict[str, Any], str]:
+    """Run `gptops run ... -o json` to its end; (exit code, the JSON document, stderr)."""
+    done = subprocess.run([GPTOPS, "run", str(spec), "--runs-dir", str(runs), "-o", "json", *args], env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+    try:
+        doc = json.loads(done.stdout)
+    except ValueError:
+        pytest.fail(f"no JSON on stdout (exit {done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
+    return done.returncode, doc, done.stderr
+
+
+def jobs(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {j["name"]: j for j in doc["finetunejobs"]}
+
+
+def read_json_document(stream) -> dict[str, Any]:
+    """Read lines until they parse as one JSON document (the server keeps running after it is printed)."""
+    text = ""
+    for line in stream:
+        text += line
+        try:
+            return json.loads(text)
+        except ValueError:
+            continue
+    raise AssertionError(f"stdout ended before a JSON document:\n{text}")
+
+
+def test_quickstart_trains_gates_serves_and_answers_the_openai_client(spec, tmp_path):
+    from openai import OpenAI
+
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([GPTOPS, "run", str(spec), "--runs-dir", str(runs), "-o", "json", "--threads", "1"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        doc = read_json_document(proc.stdout)
+        pretrain, qa = jobs(doc)["pydoc-pretrain"], jobs(doc)["pydoc-qa"]
+        # Both jobs ran every stage, lowered validation perplexity against their start, passed and were promoted.
+        for job in (pretrain, qa):
+            assert job["decision"] == "Promoted", job
+            assert list(job["stages"]) == ["prepare", "train", "evaluate"]
+            assert job["metrics"]["perplexity"] < job["metrics"]["baselinePerplexity"]
+            assert job["gate"]["passed"] and job["gate"]["reason"] == "ThresholdsMet"
+        # The fine-tune started from the pretrained revision, as startFrom: serving says.
+        assert qa["start"] == "revision pydoc-pretrain"
+        assert Path(qa["artifacts"]["model"], "config.json").exists()
+        assert Path(pretrain["directory"], "logs", "train.log").stat().st_size > 0
+
+        serving = doc["serving"]
+        assert serving["revision"] == "pydoc-qa" and serving["model"] == "pydoc-gpt"
+        assert serving["endpoint"].startswith("http://127.0.0.1:")
+        client = OpenAI(base_url=serving["endpoint"], api_key="unused", max_retries=0, timeout=120)
+        assert [m.id for m in client.models.list().data] == ["pydoc-gpt"]
+        reply = client.chat.completions.create(model="pydoc-gpt", max_tokens=8, temperature=0,
+                                               messages=[{"role": "user", "content": 'What is the "with" statement?'}])
+        assert reply.choices[0].message.role == "assistant"
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        state = json.loads((runs / "_models" / "pydoc-gpt.json").read_text())
+        assert (state["serving_revision"], state["previous_revision"]) == ("pydoc-qa", "pydoc-pretrain")
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the run stops its server and exits
+        try:
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(serving["pid"]):
+        time.sleep(0.5)
+    assert not _alive(serving["pid"]), "the server outlived gptops run"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purposes
+        return f.read().split(") ")[1].split()[0] != "Z"
+
+
+def test_an_interrupted_run_resumes_after_its_last_finished_stage(spec, tmp_path):
+    runs = tmp_path / "runs"
+    # 1. Interrupted after prepare (stop-after is how a test interrupts at a known point).
+    code, doc, _ = gptops_run(spec, runs, "--stop-after", "prepare", "--no-serve")
+    assert code == 0
+    assert jobs(doc)["pydoc-pretrain"]["decision"] == "Stopped"
+    dataset = runs / "pydoc-pretrain" / "dataset" / "manifest.json"
+    written = dataset.stat().st_mtime_ns
+
+    # 2. Rerun: prepare is not redone, the rest runs; --no-serve stops after the gate and says what it would serve.
+    code, doc, _ = gptops_run(spec, runs, "--no-serve")
+    assert code == 0
+    pretrain = jobs(doc)["pydoc-pretrain"]
+    assert pretrain["state"] == "resumed"
+    assert pretrain["stages"]["prepare"]["resumed"] is True
+    assert pretrain["stages"]["train"]["resumed"] is False
+    assert dataset.stat().st_mtime_ns == written
+    assert doc["serving"] is None and doc["servingNote"].startswith("--no-serve: would serve GPTModel pydoc-gpt")
+
+    # 3. A changed FineTuneJob starts that job over and leaves the other alone.
+    docs = list(yaml.safe_load_all(spec.read_text()))
+    docs[2]["spec"]["training"]["maxSteps"] += 1
+    write_spec(spec, docs)
+    code, doc, _ = gptops_run(spec, runs, "--no-serve")
+    assert code == 0
+    pretrain, qa = jobs(doc)["pydoc-pretrain"], jobs(doc)["pydoc-qa"]
+    assert all(s["resumed"] for s in pretrain["stages"].values())
+    assert qa["state"] == "changed" and not any(s["resumed"] for s in qa["stages"].values())
+
+
+def test_a_rejected_model_is_not_promoted_or_served(tmp_path):
+    docs = shrink(list(yaml.safe_load_all(QUICKSTART.read_text())))[:2]
+    docs[1]["spec"]["evaluation"]["thresholds"] = {"maxPerplexity": 1.5}  # no model gets there in a few steps
+    spec = write_spec(tmp_path / "spec" / "strict.yaml", docs)
+    code, doc, _ = gptops_run(spec, tmp_path / "runs")
+    assert code == 3
+    job = jobs(doc)["pydoc-pretrain"]
+    assert job["decision"] == "Rejected" and not job["promoted"]
+    assert "maxPerplexity: perplexity" in job["gate"]["message"] and "not met" in job["gate"]["message"]
+    assert doc["serving"] is None and "did not pass its gate" in doc["servingNote"]
+    assert not (tmp_path / "runs" / "_models" / "pydoc-gpt.json").exists()
+
+
+def test_a_spec_the_cluster_would_refuse_is_refused_before_anything_runs(tmp_path):
+    docs = list(yaml.safe_load_all(QUICKSTART.read_text()))
+    docs[0]["spec"]["source"]["scratch"]["heads"] = 3  # 128 is not divisible by 3
+    spec = write_spec(tmp_path / "bad.yaml", docs)
+    done = subprocess.run([GPTOPS, "run", str(spec), "--runs-dir", str(tmp_path / "runs")], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "GPTModel/pydoc-gpt: spec.source.scratch: hidden must be divisible by heads" in done.stdout
+    assert not (tmp_path / "runs" / "pydoc-pretrain").exists()
+
+    validated = subprocess.run([GPTOPS, "validate", str(spec)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert validated.returncode != 0
+    assert "GPTModel/pydoc-gpt: spec.source.scratch: hidden must be divisible by heads" in validated.stdout + \
+        validated.stderr
