@@ -58,7 +58,9 @@ class TrainReport:
     """model/ (full) or adapter/ (LoRA)."""
     method: str
     base_model: str
-    """The starting model's reference (hub id, path or scratch description)."""
+    """The starting model, loadable: a hub id (revision in base_revision) or a directory; scratch: a description."""
+    base_revision: str | None = None
+    """The hub revision of base_model, when it is a hub id."""
     checkpoint: str | None = None
     """The newest complete checkpoint after training."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -68,6 +70,8 @@ class TrainReport:
                                    "firstTrainLoss": _round(self.first_loss),
                                    "tokensPerSecond": round(self.tokens_per_second, 1)}
         artifacts = {"model" if self.method == "full" else "adapter": str(self.output_dir), "baseModel": self.base_model}
+        if self.base_revision:
+            artifacts["baseRevision"] = self.base_revision
         if self.checkpoint:
             artifacts["checkpoint"] = self.checkpoint
         resumed = f", resumed from {Path(self.resumed_from).name}" if self.resumed_from else ""
@@ -93,6 +97,7 @@ def run(config: TrainConfig, progress: ProgressFn | None = None, callbacks: list
     cuda = torch.cuda.is_available()
     dtype = models.pick_dtype(config.precision)
     model, base_ref = _build_model(config, tokenizer, dtype)
+    base_revision = config.model.revision if config.model.kind == "huggingface" else None
     say("model", {"parameters": sum(p.numel() for p in model.parameters()),
                   "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "dtype": str(dtype)})
 
@@ -150,7 +155,7 @@ def run(config: TrainConfig, progress: ProgressFn | None = None, callbacks: list
         unwrapped.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         if config.method == "lora":
-            (tmp / "gptops-base.json").write_text(json.dumps({"baseModel": base_ref}) + "\n")
+            (tmp / "gptops-base.json").write_text(json.dumps({"baseModel": base_ref, "baseRevision": base_revision}) + "\n")
         if output_dir.exists():
             shutil.rmtree(output_dir)
         tmp.rename(output_dir)
@@ -168,6 +173,7 @@ def run(config: TrainConfig, progress: ProgressFn | None = None, callbacks: list
         output_dir=output_dir,
         method=config.method,
         base_model=base_ref,
+        base_revision=base_revision,
         checkpoint=str(c) if (c := _newest_complete_checkpoint(checkpoints)) else None,
     )
     say("saved", {"output": str(output_dir), "steps": report.steps})
@@ -188,8 +194,10 @@ def _build_model(config: TrainConfig, tokenizer, dtype: torch.dtype):
         raise PipelineError(f"{source.describe()}: cannot load the model ({e})") from e
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
+    # The reference vLLM (and peft) load the base from: the hub id, or the local directory.
+    ref = source.location if source.kind == "huggingface" else path
     if config.method == "full":
-        return model, source.describe()
+        return model, ref
 
     from peft import LoraConfig, get_peft_model
 
@@ -204,8 +212,10 @@ def _build_model(config: TrainConfig, tokenizer, dtype: torch.dtype):
         model = get_peft_model(model, lora)
     except ValueError as e:
         raise PipelineError(f"training.lora.targetModules: {e}; name the modules to adapt") from e
-    model.peft_config["default"].base_model_name_or_path = path if source.kind != "huggingface" else source.location
-    return model, source.describe()
+    model.peft_config["default"].base_model_name_or_path = ref
+    if source.kind == "huggingface":
+        model.peft_config["default"].revision = source.revision
+    return model, ref
 
 
 class PackedCollator:
