@@ -66,3 +66,21 @@ def trained_run(tmp_path_factory, corpus_file):
     trained = run_train(configs.train)
     evaluated = run_evaluate(configs.evaluate)
     return {"root": root, "configs": configs, "prepare": prepared, "train": trained, "evaluate": evaluated}
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    """A local S3 (moto's server on 127.0.0.1) with fake credentials; yields (endpoint URL, boto3 client)."""
+    boto3 = pytest.importorskip("boto3")
+    moto_server = pytest.importorskip("moto.server")
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        yield endpoint, boto3.client("s3", endpoint_url=endpoint)
+    finally:
+        server.stop()

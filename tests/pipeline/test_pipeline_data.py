@@ -141,26 +141,16 @@ def test_http_url_source(tmp_path):
     assert report.manifest["documents"]["read"] == 50 and report.manifest["source"] == url
 
 
-def test_s3_source_against_a_local_s3_server(tmp_path, monkeypatch):
-    boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="data")
-        docs = documents(60)
-        s3.put_object(Bucket="data", Key="corpus/part-0.jsonl", Body="".join(json.dumps({"text": t}) + "\n" for t in docs[:30]))
-        s3.put_object(Bucket="data", Key="corpus/part-1.txt", Body="\n".join(docs[30:]))
-        report = prepare(tmp_path, "unused", dataset={"source": {"s3": {"uri": "s3://data/corpus/", "endpointUrl": endpoint}}})
-    finally:
-        server.stop()
+def test_s3_source_against_a_local_s3_server(tmp_path, s3_endpoint):
+    endpoint, s3 = s3_endpoint
+    s3.create_bucket(Bucket="data")
+    docs = documents(60)
+    s3.put_object(Bucket="data", Key="corpus/part-0.jsonl", Body="".join(json.dumps({"text": t}) + "\n" for t in docs[:30]))
+    s3.put_object(Bucket="data", Key="corpus/part-1.txt", Body="\n".join(docs[30:]))
+    report = prepare(tmp_path, "unused", dataset={"source": {"s3": {"uri": "s3://data/corpus/", "endpointUrl": endpoint}}})
     assert report.manifest["documents"]["read"] == 60
+    message = _error(tmp_path / "b", "unused", dataset={"source": {"s3": {"uri": "s3://data/nothing", "endpointUrl": endpoint}}})
+    assert "s3://data/nothing" in message
 
 
 # ---- bad input: the message names the file, the field and what was expected -------------------------------------

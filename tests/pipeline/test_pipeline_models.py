@@ -49,3 +49,18 @@ def test_training_without_packing_pads_per_batch(tmp_path, corpus_file):
     assert report.steps == 10 and report.final_loss < report.first_loss
     assert report.tokens < 10 * 8 * 64  # only real tokens are counted, not padding
     assert run_evaluate(configs.evaluate).metrics["perplexity"] > 1
+
+
+def test_a_model_from_s3(tmp_path, trained_run, corpus_file, s3_endpoint):
+    endpoint, s3 = s3_endpoint
+    s3.create_bucket(Bucket="models")
+    for f in (trained_run["root"] / "model").iterdir():
+        s3.upload_file(str(f), "models", f"tiny/{f.name}")
+    model = {"source": {"s3": {"uri": "s3://models/tiny", "endpointUrl": endpoint}}}
+    spec = ftj_spec(corpus_file, training={"maxSteps": 5}, evaluation={"metrics": ["perplexity"]})
+    configs = configs_from_spec(spec, model, tmp_path / "run")
+    run_prepare(configs.prepare)
+    report = run_train(configs.train)
+    assert report.steps == 5
+    assert (tmp_path / "run" / "cache" / "base-model" / "model.safetensors").exists()
+    assert report.base_model == str(tmp_path / "run" / "cache" / "base-model")
