@@ -1,8 +1,15 @@
-"""Training that survives a killed Pod, and LoRA adapters that reload to the same model."""
+"""Training that survives a killed Pod (a callback dying after a checkpoint, and a SIGKILLed process), and LoRA
+adapters that reload to the same model."""
 
 from __future__ import annotations
 
 import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -101,3 +108,29 @@ def test_lora_adapter_reloads_with_peft_and_gives_the_same_logits(tmp_path, trai
 
     evaluated = run_evaluate(configs.evaluate)
     assert evaluated.metrics["perplexity"] <= evaluated.metrics["baselinePerplexity"] * 1.05
+
+
+def test_a_process_killed_mid_training_resumes_to_the_planned_step(tmp_path, corpus_file):
+    ftj = {"kind": "FineTuneJob", "spec": ftj_spec(corpus_file, training={"maxSteps": 100, "checkpointEverySteps": 10})}
+    model = {"kind": "GPTModel", "spec": copy.deepcopy(TINY_MODEL)}
+    root = tmp_path / "run"
+    configs = configs_from_spec(ftj["spec"], model["spec"], root)
+    run_prepare(configs.prepare)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GPTOPS_TERMINATION_LOG": str(tmp_path / "log")}
+    proc = subprocess.Popen([sys.executable, "-m", "gptops.pipeline", "train", "--spec-json", json.dumps(ftj),
+                             "--model-spec-json", json.dumps(model), "--artifacts", str(root)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (root / "checkpoints" / "checkpoint-10" / "trainer_state.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the process ended"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # the node is gone: no cleanup, maybe a checkpoint half written
+        proc.wait()
+    assert not (root / "model").exists()
+
+    resumed = run_train(configs.train)
+
+    assert resumed.resumed_from is not None and resumed.steps == 100
+    assert json.loads((root / "checkpoints" / "checkpoint-100" / "trainer_state.json").read_text())["global_step"] == 100
