@@ -7,6 +7,7 @@ import csv
 import json
 import threading
 from functools import partial
+from pathlib import Path
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -220,18 +221,19 @@ def test_missing_path(tmp_path):
     assert "nope.txt" in message and "no such file" in message
 
 
-def test_unreadable_file(tmp_path):
+def test_unreadable_file(tmp_path, monkeypatch):
     data = tmp_path / "locked.txt"
     data.write_text("hello\n")
-    data.chmod(0)
-    try:
-        if data.open("rb"):  # root reads anything: then there is nothing to test
-            pytest.skip("running as root")
-    except PermissionError:
-        message = _error(tmp_path, data)
-        assert str(data) in message and "cannot read" in message
-    finally:
-        data.chmod(0o600)
+    real = Path.read_bytes
+
+    def denied(self):  # chmod 000 does not stop root, so deny the read itself
+        if self == data:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    message = _error(tmp_path, data)
+    assert str(data) in message and "cannot read" in message and "Permission denied" in message
 
 
 def test_hugging_face_source_through_load_dataset(tmp_path):
