@@ -17,11 +17,11 @@ from gptops.pipeline.errors import PipelineError
 log = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
-# A plain template for tokenizers trained on the spot (they have none). It renders one message per block and ends
-# each with EOS, so a generation stops where a turn ends.
+# A plain template for tokenizers that have none (those trained on the spot, base models). It renders one message
+# per block and ends each with the tokenizer's EOS, so a generation stops where a turn ends.
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}" + EOS + "\n"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
