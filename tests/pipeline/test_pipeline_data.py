@@ -41,7 +41,7 @@ def test_a_directory_of_every_file_format_is_read(tmp_path):
     (d / "a.txt").write_text("\n".join(docs[:20]) + "\n")
     (d / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[20:40]))
     (d / "c.json").write_text(json.dumps([{"text": t} for t in docs[40:60]]))
-    with open(d / "d.csv", "w", newline="") as f:
+    with open(d / "d.csv", "w", newline="", encoding="utf-8-sig") as f:  # with a byte-order mark, as Excel writes
         w = csv.writer(f)
         w.writerow(["id", "text"])
         w.writerows([i, t] for i, t in enumerate(docs[60:80]))

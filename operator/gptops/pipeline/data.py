@@ -363,7 +363,7 @@ def _parse_file(path: Path, shown: str, config: PrepareConfig):
 
 def _decode(raw: bytes, shown: str) -> str:
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # strict; a leading byte-order mark (Excel CSVs) is dropped
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise PipelineError(f"{shown}: line {line}, byte {e.start}: invalid UTF-8 ({raw[e.start:e.start + 1]!r}); "
