@@ -159,10 +159,11 @@ class Server:
 
 
 def start(spec: ServeSpec, engine: str = "auto", log: Path | None = None, workdir: Path | None = None,
-          ready_timeout: float = 300) -> Server:
+          ready_timeout: float = 300, threads: int = 0) -> Server:
     """Start the engine and return once /health answers 200; raises RuntimeError with the log's tail otherwise.
 
     `workdir` (default: beside the model) is the server's working directory; transformers serve finds its model there.
+    `threads` > 0 caps the CPU threads of a CPU engine (OMP_NUM_THREADS).
     """
     engine = choose_engine(engine, adapter=spec.adapter_dir is not None)
     port = spec.port or free_port(spec.host)
@@ -178,6 +179,8 @@ def start(spec: ServeSpec, engine: str = "auto", log: Path | None = None, workdi
     out = log.open("ab")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_DISABLE_TELEMETRY": "1"}
+    if threads > 0 and engine != "vllm":
+        env["OMP_NUM_THREADS"] = str(threads)
     process = subprocess.Popen(build_command(engine, spec, port), stdout=out, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, env=env, cwd=workdir, start_new_session=True)
     out.close()

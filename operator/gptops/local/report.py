@@ -28,8 +28,10 @@ class StageProgress:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.progress = Progress(SpinnerColumn(),
-                                 TextColumn("[bold]{task.fields[stage]}", table_column=Column(width=8, no_wrap=True)),
-                                 BarColumn(bar_width=24), TimeElapsedColumn(), TextColumn("{task.description}"),
+                                 TextColumn("[bold]{task.fields[stage]}", table_column=Column(min_width=8, no_wrap=True)),
+                                 BarColumn(bar_width=20), TimeElapsedColumn(),
+                                 TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis",
+                                                                                      ratio=1)),
                                  console=console, transient=False)
         self.tasks: dict[str, Any] = {}
 

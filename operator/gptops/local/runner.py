@@ -40,8 +40,8 @@ class Options:
     """Start every FineTuneJob of the file over, even when its state matches."""
     stop_after: str | None = None
     """Stop after this stage (prepare, train, evaluate): for tests and for looking at intermediate artifacts."""
-    threads: int | None = None
-    """torch CPU threads for the stages; None keeps torch's default (one per core)."""
+    threads: int = 1
+    """torch CPU threads for the stages when there is no GPU; 0 keeps torch's default (one per core)."""
 
 
 @dataclass
@@ -132,11 +132,17 @@ def materialize_dataset(ftj_spec: dict[str, Any], runs_dir: Path) -> dict[str, A
 def _start_model(item: specs.RunItem, model_state: ModelState) -> tuple[str | None, str]:
     """(model directory or None for the source, a description): startFrom against the local GPTModel status."""
     start_from = (item.finetunejob.get("spec") or {}).get("startFrom", "auto")
-    if start_from in ("auto", "serving") and model_state.serving_artifact:
-        if model_state.serving_method == "lora":
-            raise RunFailed(f"FineTuneJob {item.name}: starting from a LoRA revision ({model_state.serving_revision}) "
+    revision, artifact, method = (model_state.serving_revision, model_state.serving_artifact,
+                                  model_state.serving_method)
+    if revision == item.name:
+        # This job's own earlier output is served and is about to be replaced: start from what was served before it.
+        revision, artifact, method = (model_state.previous_revision, model_state.previous_artifact,
+                                      model_state.previous_method)
+    if start_from in ("auto", "serving") and artifact:
+        if method == "lora":
+            raise RunFailed(f"FineTuneJob {item.name}: starting from a LoRA revision ({revision}) "
                             f"is not supported by gptops run; set startFrom: source")
-        return model_state.serving_artifact, f"revision {model_state.serving_revision}"
+        return artifact, f"revision {revision}"
     if start_from == "serving":
         raise RunFailed(f"FineTuneJob {item.name}: startFrom is serving, but GPTModel {item.model_name} serves "
                         f"nothing yet on this machine (run the FineTuneJob that trains it first)")
@@ -253,7 +259,7 @@ def quiet_libraries() -> None:
 
 
 def _run_stage(stage: str, config: Any, progress: Callable[[str, dict[str, Any]], None], log_path: Path,
-               threads: int | None) -> dict[str, Any]:
+               threads: int) -> dict[str, Any]:
     import gptops.pipeline as pipeline
 
     fn = {"prepare": pipeline.run_prepare, "train": pipeline.run_train, "evaluate": pipeline.run_evaluate}[stage]
@@ -261,7 +267,8 @@ def _run_stage(stage: str, config: Any, progress: Callable[[str, dict[str, Any]]
     if threads:
         import torch
 
-        torch.set_num_threads(threads)
+        if not torch.cuda.is_available():
+            torch.set_num_threads(threads)
     with _capture(log_path):
         log.info("Running stage stage=%s", stage)
         return _stage_result(fn(config, progress))

@@ -127,6 +127,9 @@ class ModelState:
     """full (serving_artifact is a model directory) or lora (an adapter directory over serving_base)."""
     serving_base: str | None = None
     """lora: the base model directory the adapter applies to."""
+    previous_artifact: str | None = None
+    previous_method: str = "full"
+    previous_base: str | None = None
     promoted_at: str | None = None
 
     @classmethod
@@ -144,7 +147,8 @@ class ModelState:
     def promote(self, revision: str, artifact: str, method: str = "full", base: str | None = None) -> None:
         """Serve `revision` from now on; the one served before becomes previous (unless it is the same)."""
         if self.serving_revision != revision:
-            self.previous_revision = self.serving_revision
+            self.previous_revision, self.previous_artifact = self.serving_revision, self.serving_artifact
+            self.previous_method, self.previous_base = self.serving_method, self.serving_base
         self.serving_revision, self.serving_artifact = revision, artifact
         self.serving_method, self.serving_base = method, base
         self.promoted_at = now()
