@@ -167,13 +167,10 @@ def run_one(item: specs.RunItem, options: Options, progress: Progress) -> Outcom
     model_spec = item.model.get("spec") or {}
     model_state = ModelState.load(runs_dir, item.model_name)
     state, how = open_run(runs_dir / item.name, spec_digest(spec, model_spec), options.fresh)
-    if not state.stages:
-        start, start_desc = _start_model(item, model_state)
-        state.start_model = start
+    if not state.stages:  # where a run starts is decided once, when it begins
+        state.start_model, state.start_description = _start_model(item, model_state)
         state.save()
-    else:
-        start = state.start_model
-        start_desc = f"{start} (as when the run began)" if start else "the GPTModel's source"
+    start, start_desc = state.start_model, state.start_description or str(state.start_model or "source")
     out = Outcome(item.name, item.model_name, state.directory, how, start_desc,
                   promote=bool((spec.get("evaluation") or {}).get("promote", False)))
     try:

@@ -49,6 +49,8 @@ class RunState:
     """spec_digest of the spec these results belong to; another digest means start over."""
     start_model: str | None = None
     """The model directory the run started from (a served revision), or None for the GPTModel's source."""
+    start_description: str = ""
+    """The same for people: "revision <ftj>" or "source scratch"."""
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     """stage -> {"finishedAt", "seconds", "result": the stage-result document}; only stages that succeeded."""
     gate: dict[str, Any] | None = None
@@ -70,6 +72,7 @@ class RunState:
             directory=directory,
             digest=doc.get("specDigest", ""),
             start_model=doc.get("startModel"),
+            start_description=doc.get("startDescription", ""),
             stages=doc.get("stages") or {},
             gate=doc.get("gate"),
             created=doc.get("created", now()),
@@ -79,6 +82,7 @@ class RunState:
         _write_json(self.path, {
             "specDigest": self.digest,
             "startModel": self.start_model,
+            "startDescription": self.start_description,
             "stages": self.stages,
             "gate": self.gate,
             "created": self.created,
