@@ -26,14 +26,14 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_
        "COLUMNS": "120"}
 
 
-def shrink(docs: list[dict[str, Any]], steps: int = 6) -> list[dict[str, Any]]:
+def shrink(docs: list[dict[str, Any]], steps: int = 25) -> list[dict[str, Any]]:
     """The quickstart with a smaller model and a few steps: same shape, same corpora, same gates."""
     for d in docs:
         if d["kind"] == "GPTModel":
             d["spec"]["source"]["scratch"].update(layers=1, heads=2, hidden=32, contextLength=64,
                                                   tokenizer={"vocabSize": 400})
         else:
-            d["spec"]["training"].update(maxSteps=steps, batchSize=8, learningRate=0.005)
+            d["spec"]["training"].update(maxSteps=steps, batchSize=8, learningRate=0.01)
             d["spec"]["training"].pop("epochs", None)
     return docs
 
@@ -80,8 +80,9 @@ def test_quickstart_trains_gates_serves_and_answers_the_openai_client(spec, tmp_
     from openai import OpenAI
 
     runs = tmp_path / "runs"
+    stderr = (tmp_path / "stderr.txt").open("w")  # a file, not a pipe nobody drains while the server runs
     proc = subprocess.Popen([GPTOPS, "run", str(spec), "--runs-dir", str(runs), "-o", "json", "--threads", "1"],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=ENV, stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         doc = read_json_document(proc.stdout)
         pretrain, qa = jobs(doc)["pydoc-pretrain"], jobs(doc)["pydoc-qa"]
@@ -113,7 +114,7 @@ def test_quickstart_trains_gates_serves_and_answers_the_openai_client(spec, tmp_
             proc.wait(timeout=60)
         finally:
             proc.kill()
-    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and _alive(serving["pid"]):
         time.sleep(0.5)
@@ -186,3 +187,33 @@ def test_a_spec_the_cluster_would_refuse_is_refused_before_anything_runs(tmp_pat
     assert validated.returncode != 0
     assert "GPTModel/pydoc-gpt: spec.source.scratch: hidden must be divisible by heads" in validated.stdout + \
         validated.stderr
+
+
+def test_training_killed_midway_resumes_from_its_checkpoint(tmp_path):
+    docs = shrink(list(yaml.safe_load_all(QUICKSTART.read_text())), steps=400)[:2]
+    docs[1]["spec"]["training"]["checkpointEverySteps"] = 5
+    spec = write_spec(tmp_path / "spec" / "pretrain.yaml", docs)
+    runs = tmp_path / "runs"
+    checkpoints = runs / "pydoc-pretrain" / "checkpoints"
+    proc = subprocess.Popen([GPTOPS, "run", str(spec), "--runs-dir", str(runs), "--no-serve"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Kill it (like a lost machine) once a second complete checkpoint exists, so an older one is whole for sure.
+        deadline = time.monotonic() + 400
+        while not (checkpoints / "checkpoint-10" / "trainer_state.json").exists():
+            assert proc.poll() is None, "gptops run ended before it wrote a checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 400s"
+            time.sleep(0.2)
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.wait()
+    state = json.loads((runs / "pydoc-pretrain" / "state.json").read_text())
+    assert list(state["stages"]) == ["prepare"]
+
+    code, doc, _ = gptops_run(spec, runs, "--no-serve")
+    assert code == 0
+    job = jobs(doc)["pydoc-pretrain"]
+    assert job["stages"]["prepare"]["resumed"] is True
+    assert "resumed from checkpoint-" in job["stages"]["train"]["result"]["message"]
+    assert job["stages"]["train"]["result"]["metrics"]["steps"] == 400
