@@ -69,7 +69,7 @@ def question(title: str) -> str:
 
 
 def pydoc_qa() -> Iterator[dict]:
-    """Chat pairs: the user asks 'What is <section title>?', the assistant answers with the section's first paragraph."""
+    """Chat pairs: the user asks 'What is <section title>?', the assistant answers with its first paragraph."""
     seen: set[str] = set()
     for key, text in sorted(_topics().items()):
         for title, body in split_sections(text):

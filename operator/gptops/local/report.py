@@ -27,11 +27,11 @@ class StageProgress:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.progress = Progress(SpinnerColumn(),
-                                 TextColumn("[bold]{task.fields[stage]}", table_column=Column(min_width=8, no_wrap=True)),
+        stage = Column(min_width=8, no_wrap=True)
+        description = Column(no_wrap=True, overflow="ellipsis", ratio=1)
+        self.progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]}", table_column=stage),
                                  BarColumn(bar_width=20), TimeElapsedColumn(),
-                                 TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis",
-                                                                                      ratio=1)),
+                                 TextColumn("{task.description}", table_column=description),
                                  console=console, transient=False)
         self.tasks: dict[str, Any] = {}
 
