@@ -12,7 +12,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from gptops.local.gate import GateDecision, perplexity_improvement
+from gptops.local.gate import perplexity_improvement
 from gptops.local.runner import Outcome
 
 # The metrics the table knows how to compare with the base: (metric, baseline key, lower is better).
@@ -146,7 +146,7 @@ def render_outcome(out: Outcome) -> Panel:
     if out.error:
         lines.append(f"Decision: {decision}: {out.error}")
     elif out.gate is not None:
-        why = _gate_text(out.gate)
+        why = out.gate.message
         promo = ("promoted: GPTModel serves it now" if out.promoted else
                  "not promoted (evaluation.promote is false)" if out.gate.passed else "serving untouched")
         lines.append(f"Decision: {decision} ({out.gate.reason}): {why}; {promo}")
@@ -159,10 +159,6 @@ def render_outcome(out: Outcome) -> Panel:
     lines.append(arts)
     return Panel(Group(*lines), title=f"[bold]{out.name}[/] — started from {out.start}", title_align="left",
                  border_style=style.replace("bold ", "") or "white")
-
-
-def _gate_text(g: GateDecision) -> str:
-    return g.message
 
 
 def to_json(outcomes: list[Outcome], serving: dict[str, Any] | None, answers: list[dict[str, str]],

@@ -97,13 +97,6 @@ class RunState:
         self.stages[stage] = {"finishedAt": now(), "seconds": round(seconds, 1), "result": result}
         self.save()
 
-    def forget_from(self, stage: str) -> None:
-        """Drop a stage and every stage after it (their inputs are about to change)."""
-        for later in STAGES[STAGES.index(stage):]:
-            self.stages.pop(later, None)
-        self.gate = None
-        self.save()
-
 
 def open_run(directory: Path, digest: str, fresh: bool) -> tuple[RunState, str]:
     """The state to continue, or a new one over an emptied directory; also says which: new, resumed or changed."""

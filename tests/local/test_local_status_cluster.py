@@ -1,0 +1,45 @@
+"""`gptops status` against the local control plane: the quickstart applied as it is, a status as the operator
+would write it, and the tables and JSON a person or a script reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+GPTOPS = str(Path(sys.executable).parent / "gptops")
+
+
+def test_status_lists_the_quickstart_resources(control_plane, namespace):
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    for crd in ("gptmodels.gptops.io", "finetunejobs.gptops.io"):
+        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    control_plane.kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "quickstart" / "quickstart.yaml"))
+    control_plane.kubectl("patch", "finetunejob", "pydoc-qa", "-n", namespace, "--subresource=status",
+                          "--type=merge", "-p", json.dumps({"status": {
+                              "phase": "Promoted", "metrics": {"perplexity": 75.15, "baselinePerplexity": 527.56}}}))
+
+    def status(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([GPTOPS, "status", *args], env={**control_plane.env, "COLUMNS": "200"},
+                              capture_output=True, text=True, timeout=120)
+
+    done = status("-n", namespace, "-o", "json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    ftjs = {r["NAME"]: r for r in doc["finetunejobs"]}
+    assert set(ftjs) == {"pydoc-pretrain", "pydoc-qa"}
+    assert (ftjs["pydoc-qa"]["PHASE"], ftjs["pydoc-qa"]["PERPLEXITY"], ftjs["pydoc-qa"]["BASELINE"]) == \
+        ("Promoted", "75.15", "527.56")
+    assert ftjs["pydoc-pretrain"]["MODEL"] == "pydoc-gpt"
+    assert [r["NAME"] for r in doc["gptmodels"]] == ["pydoc-gpt"]
+
+    table = status("-A")
+    assert table.returncode == 0, table.stderr
+    assert "FineTuneJobs" in table.stdout and "GPTModels" in table.stdout
+    assert namespace in table.stdout and "pydoc-qa" in table.stdout and "75.15" in table.stdout
