@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-THRESHOLDS_MET = "ThresholdsMet"
-THRESHOLDS_NOT_MET = "ThresholdsNotMet"
-NO_THRESHOLDS = "NoThresholds"
+from gptops.api.conditions import Reason
 
 
 @dataclass
@@ -75,8 +73,8 @@ def decide(thresholds: dict[str, Any] | None, metrics: dict[str, Any]) -> GateDe
         checks.append(_check("minBleuImprovement", t["minBleuImprovement"], v,
                              v is not None and v >= t["minBleuImprovement"], "BLEU improvement", ".2f"))
     if not checks:
-        return GateDecision(True, NO_THRESHOLDS, "no thresholds set: passed", [])
+        return GateDecision(True, Reason.NO_THRESHOLDS, "no thresholds set: passed", [])
     failed = [c for c in checks if not c.passed]
     if failed:
-        return GateDecision(False, THRESHOLDS_NOT_MET, "; ".join(c.message for c in failed), checks)
-    return GateDecision(True, THRESHOLDS_MET, "; ".join(c.message for c in checks), checks)
+        return GateDecision(False, Reason.THRESHOLDS_NOT_MET, "; ".join(c.message for c in failed), checks)
+    return GateDecision(True, Reason.THRESHOLDS_MET, "; ".join(c.message for c in checks), checks)
