@@ -7,7 +7,8 @@ import pytest
 from gptops.api.conditions import Reason
 from gptops.local.gate import decide
 
-NO_THRESHOLDS, THRESHOLDS_MET, THRESHOLDS_NOT_MET = Reason.NO_THRESHOLDS, Reason.THRESHOLDS_MET, Reason.THRESHOLDS_NOT_MET
+NO_THRESHOLDS, THRESHOLDS_MET, THRESHOLDS_NOT_MET = (Reason.NO_THRESHOLDS, Reason.THRESHOLDS_MET,
+                                                     Reason.THRESHOLDS_NOT_MET)
 
 METRICS = {"perplexity": 40.0, "baselinePerplexity": 100.0, "bleu": 12.0, "baselineBleu": 10.0}
 
