@@ -67,7 +67,7 @@ def test_args_are_a_list_and_contain_no_shell(stage, finetunejob, gptmodel):
     argv = c["command"] + c["args"]
     assert all(isinstance(a, str) for a in argv)
     assert argv[0] not in ("sh", "bash", "/bin/sh", "/bin/bash") and "-c" not in argv
-    assert argv[:4] == ["python", "-m", "gptops.pipeline", stage]
+    assert argv[argv.index("-m") + 1: argv.index("-m") + 3] == ["gptops.pipeline", stage]
     assert argv[-2:] == ["--artifacts", "/artifacts/ml/tiny-ft"]
     ftj = json.loads(argv[argv.index("--spec-json") + 1])
     assert ftj["kind"] == "FineTuneJob" and ftj["spec"]["training"]["backoffLimit"] == 5
@@ -111,6 +111,23 @@ def test_single_node_train_is_a_plain_job(finetunejob, gptmodel):
     children = build_stage_children(finetunejob, gptmodel, "train")
     assert [c["kind"] for c in children] == ["Job"]
     assert "completionMode" not in children[0]["spec"]
+
+
+@pytest.mark.parametrize(("stage", "nodes", "gpus", "launcher"), [
+    ("train", 1, 0, ["python"]),
+    ("train", 1, 1, ["python"]),
+    ("train", 1, 4, ["torchrun", "--standalone", "--nproc-per-node", "4"]),  # DDP, not DataParallel
+    ("train", 2, 4, ["torchrun", "--nnodes", "2", "--nproc-per-node", "4"]),
+    ("evaluate", 1, 4, ["python"]),
+    ("prepare", 1, 4, ["python"]),
+    ("evaluate", 2, 4, ["python"]),
+])
+def test_launcher_by_nodes_and_gpus(stage, nodes, gpus, launcher, finetunejob, gptmodel):
+    finetunejob["spec"]["training"]["resources"].update(nodes=nodes, gpus=gpus)
+    c = container(build_stage_job(finetunejob, gptmodel, stage))
+    argv = c["command"] + c["args"]
+    assert argv[:len(launcher)] == launcher
+    assert argv[argv.index("-m"): argv.index("-m") + 3] == ["-m", "gptops.pipeline", stage]
 
 
 def test_multi_node_train_is_an_indexed_job_with_torchrun(finetunejob, gptmodel):

@@ -1,5 +1,6 @@
 """Stage Jobs of a FineTuneJob (prepare, train, evaluate), including multi-node training as an Indexed Job whose
-Pods run torchrun with a c10d rendezvous on index 0. Pure: returns dicts; imports gptops.api only."""
+Pods run torchrun with a c10d rendezvous on index 0, and single-node multi-GPU training under torchrun --standalone.
+Pure: returns dicts; imports gptops.api only."""
 
 from __future__ import annotations
 
@@ -147,6 +148,9 @@ def build_stage_job(
             "--rdzv-id", name,
             *stage_args,
         ]
+    elif stage == STAGE_TRAIN and gpus > 1:
+        # One Pod, several GPUs: one process per GPU (DDP). Plain python would leave the Trainer on DataParallel.
+        command = ["torchrun", "--standalone", "--nproc-per-node", str(gpus), *stage_args]
     else:
         command = ["python", *stage_args]
 
