@@ -217,3 +217,53 @@ def test_training_killed_midway_resumes_from_its_checkpoint(tmp_path):
     assert job["stages"]["prepare"]["resumed"] is True
     assert "resumed from checkpoint-" in job["stages"]["train"]["result"]["message"]
     assert job["stages"]["train"]["result"]["metrics"]["steps"] == 400
+
+
+def test_a_lora_adapter_over_a_local_model_is_served_merged(tmp_path):
+    """A GPTModel from a model directory on this machine, fine-tuned with LoRA; the adapter is served over its base."""
+    from openai import OpenAI
+
+    base = _tiny_pretrained_model(tmp_path / "base-model")
+    docs = shrink(list(yaml.safe_load_all(QUICKSTART.read_text())), steps=4)
+    model, qa = docs[0], docs[2]
+    model["spec"]["source"] = {"local": {"path": str(base)}}
+    qa["spec"].update(startFrom="source")
+    qa["spec"]["training"].update(method="lora", lora={"r": 4, "alpha": 8})
+    qa["spec"]["evaluation"]["thresholds"] = {}
+    spec = write_spec(tmp_path / "spec" / "lora.yaml", [model, qa])
+
+    stderr = (tmp_path / "stderr.txt").open("w")
+    proc = subprocess.Popen([GPTOPS, "run", str(spec), "--runs-dir", str(tmp_path / "runs"), "-o", "json"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        doc = read_json_document(proc.stdout)
+        job = jobs(doc)["pydoc-qa"]
+        assert job["decision"] == "Promoted" and job["gate"]["reason"] == "NoThresholds"
+        assert Path(job["artifacts"]["adapter"], "adapter_config.json").exists()
+        assert doc["serving"]["engine"] == "gptops"  # transformers serve takes no adapter; ours merges it
+        client = OpenAI(base_url=doc["serving"]["endpoint"], api_key="unused", max_retries=0, timeout=120)
+        reply = client.chat.completions.create(model="pydoc-gpt", max_tokens=4, temperature=0,
+                                               messages=[{"role": "user", "content": "What is a lambda?"}])
+        assert reply.choices[0].message.role == "assistant"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+
+
+def _tiny_pretrained_model(out: Path) -> Path:
+    """A 1-layer GPT-2 with a tokenizer trained on the spot, saved in the from_pretrained layout."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gptops.local.corpora import pydoc_topics
+    from gptops.pipeline.models import train_tokenizer
+
+    tok = train_tokenizer((d["text"] for d in pydoc_topics()), vocab_size=400, context_length=64)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

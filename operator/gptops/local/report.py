@@ -148,7 +148,9 @@ def render_outcome(out: Outcome) -> Panel:
     elif out.gate is not None:
         why = out.gate.message
         promo = ("promoted: GPTModel serves it now" if out.promoted else
-                 "not promoted (evaluation.promote is false)" if out.gate.passed else "serving untouched")
+                 "serving untouched" if not out.gate.passed else
+                 f"not promoted (GPTModel pins revision {out.pinned})" if out.pinned else
+                 "not promoted (evaluation.promote is false)")
         lines.append(f"Decision: {decision} ({out.gate.reason}): {why}; {promo}")
     else:
         lines.append(f"Decision: {decision} before the gate")

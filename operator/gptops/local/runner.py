@@ -69,6 +69,8 @@ class Outcome:
     promote: bool = False
     """spec.evaluation.promote."""
     promoted: bool = False
+    pinned: str | None = None
+    """GPTModel.spec.serving.revision, when set."""
     error: str | None = None
 
     @property
@@ -214,8 +216,9 @@ def run_one(item: specs.RunItem, options: Options, progress: Progress) -> Outcom
     out.gate = gate.decide(thresholds, out.metrics)
     state.gate = out.gate.to_dict()
     state.save()
-    pinned = ((model_spec.get("serving") or {}).get("revision"))
-    if out.gate.passed and (out.promote or pinned == item.name):
+    # A pin (GPTModel.spec.serving.revision) wins over automatic promotion, as in the cluster.
+    out.pinned = (model_spec.get("serving") or {}).get("revision")
+    if out.gate.passed and (out.pinned == item.name or (out.promote and not out.pinned)):
         _promote(item, out, model_state, configs.train.method, start)
         model_state.save(runs_dir)
         out.promoted = True
@@ -297,7 +300,8 @@ def serving_target(outcomes: list[Outcome], runs_dir: Path) -> tuple[ModelState 
     if last.decision == "Rejected":
         return None, f"not serving: FineTuneJob {last.name} did not pass its gate ({last.gate.message})"
     if not last.promoted:
-        return None, (f"not serving: FineTuneJob {last.name} passed, but evaluation.promote is false, "
-                      f"so GPTModel {last.model} was not changed")
+        why = (f"GPTModel {last.model} pins revision {last.pinned}" if last.pinned
+               else "evaluation.promote is false")
+        return None, f"not serving: FineTuneJob {last.name} passed, but {why}, so GPTModel {last.model} was not changed"
     model_state = ModelState.load(runs_dir, last.model)
     return model_state, f"serving GPTModel {last.model} revision {model_state.serving_revision}"
