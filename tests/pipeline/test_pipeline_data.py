@@ -246,3 +246,34 @@ def test_hugging_face_source_through_load_dataset(tmp_path):
     assert report.manifest["documents"]["read"] == 50
     message = _error(tmp_path / "b", "unused", dataset={"source": {"huggingface": {"name": str(repo)}}})
     assert str(repo) in message and "'text'" in message and "body" in message
+
+
+def test_tokens_are_what_the_tokenizer_gives_one_document_at_a_time(tmp_path):
+    """Prepare's batched tokenization gives the tokenizer's own ids, EOS after each document: nothing cut or padded
+    by a tokenizer saved with truncation and padding on (as some hub tokenizers are), special-token text kept."""
+    from transformers import AutoTokenizer, GPT2Config
+
+    from gptops.pipeline import models
+
+    docs = documents(200) + ["before <|endoftext|> after, and more words than the truncation keeps", "naïve café, 日本語 text"]
+    tokenizer = models.train_tokenizer(docs, 400, 64)
+    tokenizer.backend_tokenizer.enable_truncation(max_length=4)
+    tokenizer.backend_tokenizer.enable_padding(length=48, pad_id=tokenizer.eos_token_id, pad_token=tokenizer.eos_token)
+    model_dir = tmp_path / "model"
+    tokenizer.save_pretrained(str(model_dir))
+    GPT2Config(n_positions=64, n_layer=2, n_head=2, n_embd=64, vocab_size=len(tokenizer)).save_pretrained(str(model_dir))
+    data = tmp_path / "docs.txt"
+    data.write_text("\n".join(docs) + "\n")
+
+    configs = configs_from_spec(ftj_spec(data, dataset={"preprocessing": {"packing": False, "blockSize": 64}}),
+                                {"source": {"local": {"path": str(model_dir)}}}, tmp_path / "run")
+    report = run_prepare(configs.prepare)
+
+    saved = AutoTokenizer.from_pretrained(str(tmp_path / "run" / "tokenizer"))
+    assert saved.backend_tokenizer.truncation is not None  # the hazard is really there
+    per_document = [saved(d, add_special_tokens=False)["input_ids"] + [saved.eos_token_id] for d in docs]
+    dataset = load_from_disk(str(tmp_path / "run" / "dataset"))
+    rows = sorted(list(r) for split in ("train", "validation") for r in dataset[split]["input_ids"])
+    assert rows == sorted(ids[:64] for ids in per_document)
+    assert sum(report.manifest["tokens"].values()) == sum(len(ids) for ids in per_document)
+    assert max(len(r) for r in rows) > 8
