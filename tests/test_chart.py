@@ -87,7 +87,8 @@ def test_watching_some_namespaces_grants_roles_there_only(control_plane) -> None
     roles = sorted(d["metadata"]["namespace"] for (k, _), d in docs.items() if k == "Role")
     assert roles == ["ml", "research"]
     [cluster_role] = [d for (k, _), d in docs.items() if k == "ClusterRole"]
-    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"]]
+    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"], ["namespaces"]]
+    assert all(set(r["verbs"]) == {"get", "list", "watch"} for r in cluster_role["rules"])
     args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:5] == ["operator", "--namespace", "ml", "--namespace", "research"]
     assert one(docs, "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "metrics"

@@ -4,8 +4,10 @@ the real Job, Deployment and garbage-collector controllers do the rest."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -120,12 +122,12 @@ def k(control_plane, crds, namespace) -> Cluster:
     return cluster
 
 
-@pytest.fixture
-def operator(control_plane, k: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The operator, watching only this test's namespace, in a thread of this process."""
+@contextlib.contextmanager
+def running_operator(k: Cluster, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The operator as `kubeconfig`'s user, watching only this test's namespace, in a thread of this process."""
     from kopf.testing import KopfRunner
 
-    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("GPTOPS_RESYNC_SECONDS", "2")
     monkeypatch.setenv("GPTOPS_WATCH_SERVER_TIMEOUT", "10")
     with KopfRunner(["run", "--standalone", "-n", k.ns, "-m", "gptops.handlers"], timeout=60) as runner:
@@ -133,7 +135,27 @@ def operator(control_plane, k: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iter
         # Delete before the runner exits, and wait: nothing of ours may hang on a finalizer.
         k.kubectl("delete", "finetunejobs,gptmodels", "--all", "--timeout=30s")
     assert runner.exception is None, runner.output[-4000:]
-    control_plane.kubectl("delete", "pv", f"{k.ns}-artifacts", "--wait=false", check=False)
+    k.cp.kubectl("delete", "pv", f"{k.ns}-artifacts", "--wait=false", check=False)
+
+
+@pytest.fixture
+def operator(control_plane, k: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The operator as cluster admin."""
+    with running_operator(k, control_plane.kubeconfig, monkeypatch) as runner:
+        yield runner
+
+
+def run_examples_to_promotion(k: Cluster) -> None:
+    """Apply the examples, complete the three stages, wait for the promoted revision to be rolled out."""
+    k.kubectl("apply", "-f", str(EXAMPLES / "gptmodel.yaml"), "-f", str(EXAMPLES / "finetunejob.yaml"))
+    k.wait_condition("gptmodel", MODEL, "Ready", "True")
+    for stage in ("prepare", "train"):
+        k.complete_stage(RUN, stage)
+    k.complete_stage(RUN, "evaluate", metrics=GOOD)
+    k.wait_condition("ftj", RUN, "Promoted", "True")
+    wait_for(lambda: "--enable-lora" in k.deployment_args(MODEL), "the LoRA revision in the Deployment")
+    wait_for(lambda: k.condition("gptmodel", MODEL, "Progressing").get("reason") == "RolloutComplete",
+             "the rollout of the promoted revision", timeout=90)
 
 
 def test_examples_go_all_the_way_to_a_ready_gptmodel(k: Cluster, operator) -> None:
@@ -288,3 +310,30 @@ def test_the_dataset_of_a_run_is_immutable(k: Cluster) -> None:
     run["spec"]["dataset"]["validationSplit"] = 0.2
     result = k.kubectl("apply", "-f", "-", input=yaml.safe_dump(run), check=False)
     assert result.returncode != 0 and "spec.dataset is immutable" in result.stderr
+
+
+def test_the_charts_rbac_is_enough_to_run_the_operator(control_plane, k: Cluster, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart's Role (watching one namespace) and CRD ClusterRole, and nothing else, carry the whole lifecycle."""
+    release = f"r{k.ns[-5:]}"
+    rendered = subprocess.run(
+        [str(control_plane.bin_dir / "helm"), "template", release, str(ROOT / "charts" / "gptops"), "-n", k.ns,
+         "--set", f"watchNamespaces={{{k.ns}}}"], capture_output=True, text=True, timeout=60, check=True).stdout
+    rbac = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in
+            ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+    control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
+    account = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
+    token = k.kubectl("create", "token", account, "--duration=1h").stdout.strip()
+    config = yaml.safe_load(Path(control_plane.kubeconfig).read_text())
+    for user in config["users"]:
+        user["user"] = {"token": token}
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    try:
+        with running_operator(k, kubeconfig, monkeypatch) as runner:
+            run_examples_to_promotion(k)
+        assert "Forbidden" not in runner.output and " 403" not in runner.output, runner.output[-4000:]
+    finally:
+        cluster_scoped = [f"{d['kind'].lower()}/{d['metadata']['name']}" for d in rbac
+                          if d["kind"].startswith("Cluster")]
+        control_plane.kubectl("delete", *cluster_scoped, "--wait=false", check=False)
