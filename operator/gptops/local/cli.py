@@ -1,7 +1,7 @@
 """`gptops run FILE`: the command around gptops.local.runner: progress, the final tables, serving, asking, exit codes.
 
 Exit codes: 0 passed (and served, unless --no-serve), 1 a stage or the server failed, 2 the spec file is unusable,
-3 the gate rejected the model.
+3 the gate rejected the model, 130 interrupted (Ctrl-C) before the gate.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-EXIT_FAILED, EXIT_INVALID, EXIT_REJECTED = 1, 2, 3
+EXIT_FAILED, EXIT_INVALID, EXIT_REJECTED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def ask(base_url: str, model: str, question: str, max_tokens: int = 64) -> str:
@@ -74,6 +74,10 @@ def run(
     except runner.RunFailed as e:
         console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         finish(EXIT_FAILED, None, [], str(e))
+    except KeyboardInterrupt:
+        console.print(f"interrupted: finished stages are kept in {options.runs_dir}; "
+                      "the same command resumes after them", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
     for out in outcomes:
         console.print(report.render_outcome(out))

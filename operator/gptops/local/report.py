@@ -64,6 +64,9 @@ class StageProgress:
 
 
 def _describe(event: str, fields: dict[str, Any]) -> str:
+    if event == "step" and fields.get("step") is not None:
+        loss = fields.get("loss")
+        return f"step {fields['step']}/{fields.get('maxSteps', '?')}" + (f", loss {loss:.3f}" if loss else "")
     shown = []
     for k, v in fields.items():
         if isinstance(v, float):
