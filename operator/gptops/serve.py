@@ -115,7 +115,7 @@ def build_command(engine: str, spec: ServeSpec, port: int) -> list[str]:
         # The model id clients send is the path it was loaded from; start() runs this in a directory where
         # `<served_name>` is a link to the model, so the id is the GPTModel's name, as with vLLM.
         return [_transformers_cli() or "transformers", "serve", spec.served_name, "--host", spec.host,
-                "--port", str(port), "--device", "cpu" if not vllm_available() else "auto"]
+                "--port", str(port), "--device", "auto"]
     cmd = [sys.executable, "-m", "gptops.serve", "--model", str(spec.model_dir), "--host", spec.host,
            "--port", str(port), "--served-model-name", spec.served_name]
     if spec.adapter_dir:
