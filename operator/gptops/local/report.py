@@ -140,7 +140,8 @@ def render_outcome(out: Outcome) -> Panel:
     for stage, st in out.stages.items():
         how = "[dim]earlier run[/]" if st.resumed else f"{st.seconds:.0f}s"
         stages.add_row(f"[bold]{stage}[/]", how, st.result.get("message", ""))
-    lines.append(stages)
+    if out.stages:
+        lines.append(stages)
     if out.metrics:
         lines.append(metrics_table(out))
         if (s := summary_line(out)):
@@ -162,7 +163,8 @@ def render_outcome(out: Outcome) -> Panel:
         arts.add_row(f"[dim]{k}[/]", str(v))
     arts.add_row("[dim]state[/]", str(out.directory / "state.json"))
     lines.append(arts)
-    return Panel(Group(*lines), title=f"[bold]{out.name}[/] — started from {out.start}", title_align="left",
+    title = f"[bold]{out.name}[/]" + (f" — started from {out.start}" if out.start else "")
+    return Panel(Group(*lines), title=title, title_align="left",
                  border_style=style.replace("bold ", "") or "white")
 
 

@@ -142,11 +142,11 @@ def _start_model(item: specs.RunItem, model_state: ModelState) -> tuple[str | No
                                       model_state.previous_method)
     if start_from in ("auto", "serving") and artifact:
         if method == "lora":
-            raise RunFailed(f"FineTuneJob {item.name}: starting from a LoRA revision ({revision}) "
+            raise RunFailed(f"starting from a LoRA revision ({revision}) "
                             f"is not supported by gptops run; set startFrom: source")
         return artifact, f"revision {revision}"
     if start_from == "serving":
-        raise RunFailed(f"FineTuneJob {item.name}: startFrom is serving, but GPTModel {item.model_name} serves "
+        raise RunFailed(f"startFrom is serving, but GPTModel {item.model_name} serves "
                         f"nothing yet on this machine (run the FineTuneJob that trains it first)")
     source = (item.model.get("spec") or {}).get("source") or {}
     return None, "source " + ", ".join(sorted(k for k, v in source.items() if v is not None))
@@ -169,13 +169,14 @@ def run_one(item: specs.RunItem, options: Options, progress: Progress) -> Outcom
     model_spec = item.model.get("spec") or {}
     model_state = ModelState.load(runs_dir, item.model_name)
     state, how = open_run(runs_dir / item.name, spec_digest(spec, model_spec), options.fresh)
-    if not state.stages:  # where a run starts is decided once, when it begins
-        state.start_model, state.start_description = _start_model(item, model_state)
-        state.save()
-    start, start_desc = state.start_model, state.start_description or str(state.start_model or "source")
-    out = Outcome(item.name, item.model_name, state.directory, how, start_desc,
+    out = Outcome(item.name, item.model_name, state.directory, how, "",
                   promote=bool((spec.get("evaluation") or {}).get("promote", False)))
     try:
+        if not state.stages:  # where a run starts is decided once, when it begins
+            state.start_model, state.start_description = _start_model(item, model_state)
+            state.save()
+        start = state.start_model
+        out.start = state.start_description or str(start or "source")
         from gptops.pipeline import configs_from_spec
 
         configs = configs_from_spec(materialize_dataset(spec, runs_dir), {"spec": model_spec}, state.directory,
