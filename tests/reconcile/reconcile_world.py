@@ -132,6 +132,11 @@ class World:
             self.services.add(name)
         elif kind == "Deployment":
             dep = self.deployment
+            if dep and self.deployment_manifest and self.deployment_manifest["spec"] == manifest["spec"]:
+                # Only metadata changed: the API server keeps the generation, the controller has nothing to do.
+                self.deployment_manifest = copy.deepcopy(manifest)
+                self.deployment = replace(dep, annotations=dict(manifest["metadata"].get("annotations") or {}))
+                return
             generation = (dep.generation + 1) if dep else 1
             self.deployment_manifest = copy.deepcopy(manifest)
             self.deployment = DeploymentState(

@@ -103,18 +103,23 @@ def test_a_pin_wins_over_promotion(world: World) -> None:
     assert settle(world, "model").changes == ()
 
 
-def test_a_pin_on_a_missing_or_unfinished_run_changes_nothing(world: World) -> None:
+def test_a_pin_on_a_missing_or_unfinished_run_keeps_serving_and_says_why(world: World) -> None:
     serve_source(world)
     world.model["spec"]["serving"]["revision"] = "ft-9"
     plan = world.plan_model()
     assert plan.changes == ()
-    ready = conditions(plan.status)["Ready"]
-    assert ready["reason"] == "NoRevision" and "ft-9" in ready["message"]
+    cond = conditions(plan.status)
+    assert cond["Ready"]["status"] == "True"  # the source still serves
+    assert cond["Degraded"]["status"] == "True" and cond["Degraded"]["reason"] == "NoRevision"
+    assert "no FineTuneJob ft-9" in cond["Degraded"]["message"]
     world.finetunejobs["ft-9"] = {"metadata": {"name": "ft-9", "namespace": "ml"},
                                   "spec": {"model": {"name": "tiny"},
                                            "dataset": {"source": {"pvc": {"claimName": "d", "path": "x"}}}}}
     plan = world.plan_model()
-    assert plan.changes == () and "not finished training" in conditions(plan.status)["Ready"]["message"]
+    cond = conditions(plan.status)
+    assert plan.changes == () and cond["Degraded"]["status"] == "False"
+    assert cond["Progressing"]["status"] == "True" and cond["Progressing"]["reason"] == "Waiting"
+    assert "finish training" in cond["Progressing"]["message"]
     assert revision(world) == "source"
 
 

@@ -49,17 +49,17 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
         "previousAdapter": st.previous_adapter,
     }
     rolled_back_from = dep.annotations.get(ANNOTATION_ROLLED_BACK_FROM) if dep else None
-    ready_note: Want | None = None
+    pin_note: Want | None = None  # a pin that cannot be served (yet): said, while the current revision serves on
 
     pin = model.spec.serving.revision
     if pin and pin != st.serving_revision and pin != rolled_back_from:
         ftj = observed.pinned
         if ftj is None:
-            ready_note = Want(READY, FALSE, Reason.NO_REVISION,
-                              f"spec.serving.revision {pin}: there is no FineTuneJob {pin} in {model.namespace}")
+            pin_note = Want(DEGRADED, TRUE, Reason.NO_REVISION,
+                            f"spec.serving.revision {pin}: there is no FineTuneJob {pin} in {model.namespace}")
         elif not is_true(ftj.status.conditions, FTJ_TRAINED):
-            ready_note = Want(READY, FALSE, Reason.NO_REVISION,
-                              f"spec.serving.revision {pin}: FineTuneJob {pin} has not finished training")
+            pin_note = Want(PROGRESSING, TRUE, Reason.WAITING,
+                            f"spec.serving.revision {pin}: waiting for FineTuneJob {pin} to finish training")
         else:
             new, current = served_revision_for(ftj, model), _current(model)
             serving.update(servingRevision=pin, servingArtifact=new.model, servingAdapter=new.adapter,
@@ -70,13 +70,13 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     served = _served(model, serving)
     if served is None:
         wants = [
-            ready_note or Want(READY, FALSE, Reason.NO_REVISION,
-                               "nothing to serve yet: promote a FineTuneJob (spec.evaluation.promote) or pin "
-                               "spec.serving.revision"),
+            Want(READY, FALSE, Reason.NO_REVISION,
+                 "nothing to serve yet: promote a FineTuneJob (spec.evaluation.promote) or pin "
+                 "spec.serving.revision"),
             Want(PROGRESSING, FALSE, Reason.NO_REVISION, "no revision to roll out"),
             Want(DEGRADED, FALSE, Reason.AS_EXPECTED, ""),
         ]
-        return _finish(model, observed, actions, serving, wants, endpoint=None, ready_replicas=0)
+        return _finish(model, observed, actions, serving, pin_note, wants, endpoint=None, ready_replicas=0)
 
     revision = served.revision or SOURCE_REVISION
     same = dep is not None and _revision(dep) == revision
@@ -94,11 +94,11 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
             actions.append(CreateChild(build_service(model)))
         actions.append(ApplyChild(rollback))  # the Degraded=True transition is its (Warning) event
         wants = [
-            ready_note or _ready(dep),
+            _ready(dep),
             Want(PROGRESSING, TRUE, Reason.ROLLOUT_IN_PROGRESS, f"rolling back to revision {back}"),
             _degraded(rollback["metadata"]["annotations"]),
         ]
-        return _finish(model, observed, actions, serving, wants, endpoint=model.endpoint(),
+        return _finish(model, observed, actions, serving, pin_note, wants, endpoint=model.endpoint(),
                        ready_replicas=dep.ready_replicas if dep else 0)
 
     # A new revision is watched from now until it is rolled out; the same revision keeps its watch (or none).
@@ -137,7 +137,7 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
                            f"rolling out revision {revision}: {dep.updated_replicas}/{dep.replicas} updated, "
                            f"{dep.available_replicas} available")
         degraded = _degraded(desired["metadata"]["annotations"])
-    return _finish(model, observed, actions, serving, [ready_note or _ready(dep), progressing, degraded],
+    return _finish(model, observed, actions, serving, pin_note, [_ready(dep), progressing, degraded],
                    endpoint=model.endpoint(), ready_replicas=dep.ready_replicas if dep else 0)
 
 
@@ -239,7 +239,9 @@ def _degraded(annotations: dict[str, str] | Any) -> Want:
 
 
 def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], serving: dict[str, Any],
-            wants: list[Want], *, endpoint: str | None, ready_replicas: int) -> Plan:
+            pin_note: Want | None, wants: list[Want], *, endpoint: str | None, ready_replicas: int) -> Plan:
+    if pin_note is not None:  # it takes the place of a False Progressing or Degraded, never of a rollout's own
+        wants = [pin_note if w.type == pin_note.type and w.status == FALSE else w for w in wants]
     conditions = rebuild(model.status.conditions, wants, generation=model.metadata.generation, now=observed.now)
     actions += transition_events(model.status.conditions, conditions, warn_when_true=(DEGRADED,))
     status: dict[str, Any] = {
