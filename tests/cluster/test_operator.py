@@ -7,8 +7,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -337,3 +340,49 @@ def test_the_charts_rbac_is_enough_to_run_the_operator(control_plane, k: Cluster
         cluster_scoped = [f"{d['kind'].lower()}/{d['metadata']['name']}" for d in rbac
                           if d["kind"].startswith("Cluster")]
         control_plane.kubectl("delete", *cluster_scoped, "--wait=false", check=False)
+
+
+def test_a_finetunejob_waits_for_its_gptmodel(k: Cluster, operator) -> None:
+    k.kubectl("apply", "-f", str(EXAMPLES / "finetunejob.yaml"))
+    prepared = k.wait_condition("ftj", RUN, "Prepared", "False")
+    wait_for(lambda: k.condition("ftj", RUN, "Prepared").get("reason") == "ModelNotFound", "ModelNotFound")
+    assert k.get("job", f"{RUN}-prepare-1") is None and MODEL in prepared["message"]
+    k.kubectl("apply", "-f", str(EXAMPLES / "gptmodel.yaml"))
+    wait_for(lambda: k.get("job", f"{RUN}-prepare-1"), "the prepare Job once the GPTModel exists")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gptops_operator_serves_metrics_and_health(control_plane, k: Cluster) -> None:
+    """`gptops operator` as a process: it reconciles, and answers on its metrics and liveness ports."""
+    metrics_port, health_port = free_port(), free_port()
+    gptops = str(Path(sys.executable).parent / "gptops")
+    env = {**control_plane.env, "GPTOPS_WATCH_SERVER_TIMEOUT": "10"}
+    proc = subprocess.Popen([gptops, "operator", "--namespace", k.ns, "--metrics-port", str(metrics_port),
+                             "--health-port", str(health_port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        k.kubectl("apply", "-f", str(EXAMPLES / "gptmodel.yaml"))
+        k.wait_condition("gptmodel", MODEL, "Ready", "True")
+
+        def scrape(port: int, path: str) -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                    return response.read().decode()
+            except OSError:
+                return ""
+
+        wait_for(lambda: scrape(health_port, "/healthz"), "kopf's /healthz")
+        text = wait_for(lambda: (t := scrape(metrics_port, "/metrics")) and
+                        'gptops_serving_revision_info{model="tiny-gpt2"' in t and t, "the metrics")
+        assert f'namespace="{k.ns}",revision="source"' in text
+        assert 'gptops_reconcile_total{kind="GPTModel",result="ok"}' in text
+        k.kubectl("delete", "gptmodel", MODEL, "--timeout=30s")
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, output[-4000:]
