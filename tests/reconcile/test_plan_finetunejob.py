@@ -278,3 +278,34 @@ def test_the_whole_lifecycle_settles_at_every_step(world: World) -> None:
         assert third.actions == () and world.ftj["status"] == before
     assert seen_events.count("Promoted") == 1
     assert world.ftj["status"]["phase"] == "Promoted"
+
+
+def test_a_finished_run_keeps_its_status_when_its_gptmodel_is_deleted(world: World) -> None:
+    run_to_evaluation(world, GOOD)
+    settle(world, "ftj")
+    world.model = None
+    plan = world.plan_ftj()
+    assert plan.changes == ()
+    cond = conditions(plan.status)
+    assert all(cond[t]["status"] == "True" for t in ("Prepared", "Trained", "Evaluated", "Passed", "Promoted"))
+    assert cond["Promoted"]["reason"] == "Superseded"
+
+
+def test_a_running_stage_is_still_read_while_the_gptmodel_is_gone(world: World) -> None:
+    settle(world, "ftj")
+    world.model = None
+    world.finish_job(PREPARE, stage_result("prepare"))
+    plan = world.plan_ftj()
+    assert plan.changes == ()  # no train Job without its GPTModel
+    cond = conditions(plan.status)
+    assert cond["Prepared"]["status"] == "True"
+    assert cond["Trained"]["reason"] == "ModelNotFound"
+
+
+def test_later_stages_start_from_where_the_run_started(world: World) -> None:
+    settle(world, "ftj")  # started from the source: nothing was served
+    world.model["status"] = {"servingRevision": "other", "servingArtifact": "/artifacts/ml/other/model"}
+    world.finish_job(PREPARE, stage_result("prepare"))
+    [train] = [a for a in world.plan_ftj().actions if isinstance(a, CreateChild)]
+    assert "/artifacts/ml/other/model" not in " ".join(train.manifest["spec"]["template"]["spec"]["containers"][0]
+                                                       ["args"])

@@ -65,9 +65,11 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
     if model is None:
         blocked = Want(PREPARED, FALSE, Reason.MODEL_NOT_FOUND,
                        f"GPTModel {ftj.spec.model.name} not found in namespace {ftj.namespace}")
+    elif base_model and stage_job_name(ftj, STAGES[0], gen) in observed.jobs:
+        # The run started from base_model; later stages keep it even if the GPTModel serves something else now.
+        start_model = None if base_model == source_model_location(model) else base_model
     else:
-        start_model, base, waiting = _start_model(ftj, model)
-        base_model = base_model or base
+        start_model, base_model, waiting = _start_model(ftj, model)
         if waiting:
             blocked = Want(PREPARED, FALSE, Reason.WAITING, waiting)
 
@@ -79,16 +81,14 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
             wants.append(Want(cond_type, FALSE, Reason.WAITING, f"waiting for the {prev} stage"))
             previous_done = False
             continue
-        if blocked is not None:
-            wants.append(blocked if stage == STAGES[0] else
-                         Want(cond_type, FALSE, Reason.WAITING, f"waiting for the {STAGES[0]} stage"))
-            previous_done = False
-            continue
-        assert model is not None
         name = stage_job_name(ftj, stage, gen)
         job = observed.jobs.get(name)
+        if job is None and blocked is not None:  # what exists is still read; nothing new is started
+            wants.append(Want(cond_type, FALSE, blocked.reason, blocked.message))
+            previous_done = False
+            continue
         outcome = _stage_outcome(stage, name, job)
-        if job is None or (is_multinode(ftj, stage) and not (outcome.done or outcome.failed)):
+        if model is not None and (job is None or (is_multinode(ftj, stage) and not (outcome.done or outcome.failed))):
             try:
                 children = build_stage_children(ftj, model, stage, generation=gen, start_model=start_model)
             except BuildError as err:
@@ -211,14 +211,17 @@ def _gate_and_promotion(
         return passed, Want(PROMOTED, FALSE, decision.reason, "not promoted: the gate did not pass"), None
     if not promote:
         return passed, Want(PROMOTED, FALSE, Reason.PROMOTION_NOT_REQUESTED, "spec.evaluation.promote is false"), None
+    before = next((c for c in ftj.status.conditions if c.type == PROMOTED), None)
+    already = before is not None and before.status == TRUE
     if model is None:
+        if already:
+            return passed, Want(PROMOTED, TRUE, Reason.SUPERSEDED, f"GPTModel {ftj.spec.model.name} is gone"), None
         return passed, Want(PROMOTED, FALSE, Reason.MODEL_NOT_FOUND, f"GPTModel {ftj.spec.model.name} not found"), None
     serving = model.status.serving_revision
     promoted = Want(PROMOTED, TRUE, Reason.PROMOTED, f"promoted into GPTModel {model.name}")
     if serving == ftj.name:
         return passed, promoted, None
-    before = next((c for c in ftj.status.conditions if c.type == PROMOTED), None)
-    if before is not None and before.status == TRUE:
+    if already:
         # Promotion happens once; a later promotion or rollback replaced it.
         return passed, Want(PROMOTED, TRUE, Reason.SUPERSEDED,
                             f"GPTModel {model.name} now serves {serving or 'its source'}"), None
