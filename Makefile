@@ -32,7 +32,7 @@ test-fast: venv
 	GPTOPS_SKIP_CLUSTER=1 $(PY) -m pytest -m "not cluster and not slow" $(PYTEST_ARGS)
 
 demo: venv
-	$(VENV)/bin/gptops run examples/quickstart/quickstart.yaml
+	$(VENV)/bin/gptops run examples/quickstart/quickstart.yaml --ask 'What is the "with" statement?'
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs
