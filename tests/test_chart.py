@@ -92,3 +92,17 @@ def test_watching_some_namespaces_grants_roles_there_only(control_plane) -> None
     args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:5] == ["operator", "--namespace", "ml", "--namespace", "research"]
     assert one(docs, "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+@pytest.mark.cluster
+def test_the_chart_installs_under_the_restricted_pod_security_standard(control_plane, namespace) -> None:
+    """The API server accepts every rendered object; the operator Pod passes the "restricted" admission check."""
+    control_plane.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    helm = control_plane.bin_dir / "helm"
+    rendered = subprocess.run([str(helm), "template", f"g{namespace[-5:]}", str(CHART), "--namespace", namespace,
+                               "--set", f"watchNamespaces={{{namespace}}}"],
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+    result = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=rendered,
+                                   check=False)
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr  # PodSecurity admission warns about Deployments
