@@ -12,7 +12,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from gptops.local.gate import perplexity_improvement
+from gptops.reconcile.gate import perplexity_improvement
 from gptops.local.runner import Outcome
 
 # The metrics the table knows how to compare with the base: (metric, baseline key, lower is better).

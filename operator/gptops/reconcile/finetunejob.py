@@ -27,7 +27,7 @@ from gptops.api.gptmodel import GPTModel
 from gptops.api.stageresult import StageResult, parse_stage_result
 from gptops.builders import BuildError, build_stage_children, stage_job_name
 from gptops.builders.job import is_multinode
-from gptops.local.gate import decide
+from gptops.reconcile.gate import decide
 from gptops.reconcile.conditions import Want, rebuild, transition_events
 from gptops.reconcile.observed import JobState, ObservedFineTuneJob
 from gptops.reconcile.plan import Action, CreateChild, EmitEvent, Plan, PromoteRevision, merge_patch_from

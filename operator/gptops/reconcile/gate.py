@@ -1,4 +1,5 @@
 """The evaluation gate as a pure function: a FineTuneJob's thresholds against its measured metrics. No I/O.
+Shared by the operator's planner and `gptops run`.
 
 The same rules as the cluster's gate: every threshold that is set must hold; a metric that was not measured fails
 its threshold; no thresholds at all passes (reason NoThresholds).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gptops.api.conditions import Reason
-from gptops.local.gate import decide
+from gptops.reconcile.gate import decide
 
 NO_THRESHOLDS, THRESHOLDS_MET, THRESHOLDS_NOT_MET = (Reason.NO_THRESHOLDS, Reason.THRESHOLDS_MET,
                                                      Reason.THRESHOLDS_NOT_MET)
