@@ -163,7 +163,7 @@ class PrepareConfig:
     block_size: int | None = None
     """Tokens per block; None means the model's context length, capped at 1024."""
     num_proc: int = 1
-    """Processes for batched preprocessing and tokenization."""
+    """Workers for batched preprocessing: processes for cleaning and rendering, threads for tokenization."""
     validation_split: float = 0.1
     """Fraction of documents held out for evaluation, in (0, 0.5]."""
     seed: int = 42
