@@ -2,7 +2,14 @@
 
 import pytest
 
-from gptops.api import FineTuneJob, GPTModel, ServedRevision, served_revision_for
+from gptops.api import (
+    FineTuneJob,
+    GPTModel,
+    ServedRevision,
+    previous_revision_from_status,
+    served_revision_for,
+    served_revision_from_status,
+)
 from gptops.builders import build_deployment, build_service
 
 FULL = ServedRevision(revision="tiny-ft", model="/artifacts/ml/tiny-ft/model")
@@ -81,6 +88,26 @@ def test_lora_from_finetunejob(gptmodel, finetunejob):
     args = argv(build_deployment(gptmodel, served))
     assert opt(args, "--lora-modules") == "tiny=/artifacts/ml/tiny-ft/adapter"
     assert opt(args, "--max-lora-rank") == "32"
+
+
+@pytest.mark.parametrize(("rank", "max_lora_rank"),
+                         [(1, "1"), (2, "8"), (8, "8"), (17, "32"), (64, "64"), (65, "128"), (129, "256"),
+                          (257, "320"), (320, "320"), (321, "512"), (512, "512"), (None, "64")])
+def test_max_lora_rank_from_status_is_the_smallest_vllm_accepts(gptmodel, rank, max_lora_rank):
+    """A Deployment rebuilt from the GPTModel's status alone (the served revision or the rollback target) still
+    lets vLLM load the adapter; 64 is the guess for a status written before the rank was recorded."""
+    gptmodel["status"] = {
+        "servingRevision": "big", "servingArtifact": "sshleifer/tiny-gpt2",
+        "servingAdapter": "/artifacts/ml/big/adapter",
+        "previousRevision": "old", "previousArtifact": "sshleifer/tiny-gpt2",
+        "previousAdapter": "/artifacts/ml/old/adapter",
+    }
+    if rank is not None:
+        gptmodel["status"] |= {"servingLoraRank": rank, "previousLoraRank": rank}
+    model = GPTModel.from_dict(gptmodel)
+    for served in (served_revision_from_status(model), previous_revision_from_status(model)):
+        assert served is not None and served.lora_rank == rank
+        assert opt(argv(build_deployment(model, served)), "--max-lora-rank") == max_lora_rank
 
 
 def test_labels_are_the_fixed_set_and_record_the_revision(gptmodel):

@@ -110,6 +110,33 @@ def test_promotion_keeps_the_previous_revision(world: World) -> None:
     assert promotion.status["previousArtifact"] == "/artifacts/ml/older/model"
 
 
+@pytest.mark.parametrize(("rank", "max_lora_rank"), [(8, "8"), (96, "128"), (300, "320"), (512, "512")])
+def test_a_promoted_lora_run_records_its_rank_for_the_deployment(world: World, rank, max_lora_rank) -> None:
+    world.ftj["spec"]["training"] = {"method": "lora", "lora": {"r": rank}}
+    world.model["status"] = {"servingRevision": "older", "servingArtifact": "sshleifer/tiny-gpt2",
+                             "servingAdapter": "/artifacts/ml/older/adapter", "servingLoraRank": 16}
+    run_to_evaluation(world, GOOD)
+    plan = world.plan_ftj()
+    [promotion] = [a for a in plan.actions if isinstance(a, PromoteRevision)]
+    assert promotion.status["servingLoraRank"] == rank
+    assert promotion.status["servingAdapter"] == "/artifacts/ml/tiny-ft/adapter"
+    assert promotion.status["previousLoraRank"] == 16
+    world.apply_ftj(plan)
+    # The GPTModel's next pass knows the run only from its status.
+    world.apply_model(world.plan_model())
+    args = world.deployment_manifest["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--max-lora-rank") + 1] == max_lora_rank
+
+
+def test_promoting_a_full_run_over_a_lora_run_clears_the_rank(world: World) -> None:
+    world.model["status"] = {"servingRevision": "older", "servingArtifact": "sshleifer/tiny-gpt2",
+                             "servingAdapter": "/artifacts/ml/older/adapter", "servingLoraRank": 16}
+    run_to_evaluation(world, GOOD)
+    [promotion] = [a for a in world.plan_ftj().actions if isinstance(a, PromoteRevision)]
+    assert promotion.status["servingAdapter"] is None and promotion.status["servingLoraRank"] is None
+    assert promotion.status["previousAdapter"] == "/artifacts/ml/older/adapter"
+
+
 def test_a_failing_gate_rejects_with_the_numbers_and_leaves_serving_alone(world: World) -> None:
     world.model["status"] = {"servingRevision": "older", "servingArtifact": "/artifacts/ml/older/model"}
     run_to_evaluation(world, BAD)

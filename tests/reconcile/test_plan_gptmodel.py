@@ -3,6 +3,7 @@ and that planning again after applying a plan changes nothing."""
 
 from __future__ import annotations
 
+import pytest
 from reconcile_world import World, conditions, settle
 
 from gptops.reconcile import ApplyChild, CreateChild
@@ -230,3 +231,59 @@ def test_the_service_is_recreated_when_missing(world: World) -> None:
     world.services.clear()
     plan = world.plan_model()
     assert [(type(a), a.kind) for a in plan.changes] == [(CreateChild, "Service")]
+
+
+LORA_BASE = "sshleifer/tiny-gpt2"
+
+
+def lora_status(prefix: str, revision: str, rank: int | None) -> dict:
+    """The status fields promotion writes for a LoRA revision (no rank: a status written before it was recorded)."""
+    fields = {f"{prefix}Revision": revision, f"{prefix}Artifact": LORA_BASE,
+              f"{prefix}Adapter": f"/artifacts/ml/{revision}/adapter"}
+    return fields | ({f"{prefix}LoraRank": rank} if rank is not None else {})
+
+
+def opt(world: World, flag: str) -> str:
+    return args(world)[args(world).index(flag) + 1]
+
+
+@pytest.mark.parametrize(("rank", "max_lora_rank"),
+                         [(None, "64"), (1, "1"), (8, "8"), (9, "16"), (64, "64"), (65, "128"), (300, "320"),
+                          (321, "512"), (512, "512")])
+def test_a_lora_revision_is_served_with_a_max_lora_rank_that_fits_its_rank(world: World, rank, max_lora_rank) -> None:
+    world.model["status"] = lora_status("serving", "ft-lora", rank)
+    settle(world, "model")
+    assert opt(world, "--lora-modules") == "tiny=/artifacts/ml/ft-lora/adapter"
+    assert opt(world, "--max-lora-rank") == max_lora_rank
+
+
+def test_a_rollback_to_a_lora_revision_keeps_its_rank(world: World) -> None:
+    world.model["status"] = lora_status("serving", "ft-1", 8) | lora_status("previous", "ft-0", 200)
+    settle(world, "model")
+    assert opt(world, "--max-lora-rank") == "8"
+    world.stall()
+    plan = world.plan_model()
+    assert plan.status["servingRevision"] == "ft-0" and plan.status["servingLoraRank"] == 200
+    assert plan.status["previousRevision"] is None and plan.status["previousLoraRank"] is None
+    world.apply_model(plan)
+    assert revision(world) == "ft-0" and opt(world, "--max-lora-rank") == "256"
+    world.roll_out()
+    assert settle(world, "model").actions == ()
+    assert opt(world, "--max-lora-rank") == "256"
+
+
+def test_a_pin_on_a_lora_run_records_its_rank_and_the_one_it_replaces(world: World) -> None:
+    world.model["status"] = lora_status("serving", "ft-1", 16)
+    world.model["spec"]["serving"]["revision"] = "ft-2"
+    world.finetunejobs["ft-2"] = {
+        "metadata": {"name": "ft-2", "namespace": "ml"},
+        "spec": {"model": {"name": "tiny"}, "dataset": {"source": {"pvc": {"claimName": "d", "path": "x"}}},
+                 "training": {"method": "lora", "lora": {"r": 100}}},
+        "status": {"conditions": [{"type": "Trained", "status": "True", "reason": "JobSucceeded"}],
+                   "artifacts": {"adapter": "/artifacts/ml/ft-2/adapter", "baseModel": LORA_BASE}},
+    }
+    plan = world.plan_model()
+    assert plan.status["servingLoraRank"] == 100 and plan.status["previousLoraRank"] == 16
+    world.apply_model(plan)
+    assert revision(world) == "ft-2" and opt(world, "--max-lora-rank") == "128"
+    assert settle(world, "model").changes == ()

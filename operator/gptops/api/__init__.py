@@ -6,8 +6,10 @@ from gptops.api.artifacts import (
     artifact_root,
     base_served_revision,
     previous_revision_from_status,
+    recorded_revision,
     served_revision_for,
     served_revision_from_status,
+    serving_status,
     source_model_location,
 )
 from gptops.api.conditions import (
@@ -54,8 +56,10 @@ __all__ = [
     "now_rfc3339",
     "previous_revision_from_status",
     "parse_stage_result",
+    "recorded_revision",
     "served_revision_for",
     "served_revision_from_status",
+    "serving_status",
     "set_condition",
     "source_model_location",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -51,20 +53,48 @@ def served_revision_for(ftj: FineTuneJob, model: GPTModel) -> ServedRevision:
     return ServedRevision(revision=ftj.name, model=arts.model or posixpath.join(root, "model"))
 
 
-def served_revision_from_status(model: GPTModel) -> ServedRevision | None:
-    """The revision recorded in GPTModel.status (servingRevision/servingArtifact/servingAdapter), or None."""
-    st = model.status
-    if not st.serving_revision or not st.serving_artifact:
+def _record(prefix: str, served: ServedRevision | None) -> dict[str, Any]:
+    return {
+        f"{prefix}Revision": served.revision if served else None,
+        f"{prefix}Artifact": served.model if served else None,
+        f"{prefix}Adapter": served.adapter if served else None,
+        f"{prefix}LoraRank": served.lora_rank if served else None,
+    }
+
+
+def serving_status(served: ServedRevision | None, previous: ServedRevision | None) -> dict[str, Any]:
+    """The GPTModel.status fields that record the served revision and the rollback target, camelCase; a None
+    clears its field in a merge patch. Promotion, a pin and a rollback all write exactly these."""
+    return {**_record("serving", served), **_record("previous", previous)}
+
+
+#: Every GPTModel.status field that serving_status writes.
+SERVING_STATUS_FIELDS = tuple(serving_status(None, None))
+
+
+def recorded_revision(fields: Mapping[str, Any], prefix: str) -> ServedRevision | None:
+    """The revision that status fields (as serving_status writes them) record under `prefix` (serving or
+    previous), or None when they record no artifact. The revision is None when it is the GPTModel's source."""
+    if not fields.get(f"{prefix}Artifact"):
         return None
-    return ServedRevision(revision=st.serving_revision, model=st.serving_artifact, adapter=st.serving_adapter)
+    return ServedRevision(revision=fields.get(f"{prefix}Revision"), model=fields[f"{prefix}Artifact"],
+                          adapter=fields.get(f"{prefix}Adapter"), lora_rank=fields.get(f"{prefix}LoraRank"))
+
+
+def served_revision_from_status(model: GPTModel) -> ServedRevision | None:
+    """The fine-tuned revision recorded in GPTModel.status (servingRevision, servingArtifact, servingAdapter,
+    servingLoraRank), or None."""
+    if not model.status.serving_revision:
+        return None
+    return recorded_revision(model.status.to_dict(), "serving")
 
 
 def previous_revision_from_status(model: GPTModel) -> ServedRevision | None:
-    """The rollback target recorded in GPTModel.status (previousRevision/previousArtifact/previousAdapter), or None."""
-    st = model.status
-    if not st.previous_revision or not st.previous_artifact:
+    """The fine-tuned rollback target recorded in GPTModel.status (previousRevision, previousArtifact,
+    previousAdapter, previousLoraRank), or None."""
+    if not model.status.previous_revision:
         return None
-    return ServedRevision(revision=st.previous_revision, model=st.previous_artifact, adapter=st.previous_adapter)
+    return recorded_revision(model.status.to_dict(), "previous")
 
 
 def base_served_revision(model: GPTModel) -> ServedRevision | None:

@@ -59,6 +59,8 @@ CONFIGMAP_MOUNT_ROOT = "/etc/gptops/configmaps"
 CACHE_MOUNT = "/cache"
 TERMINATION_LOG = "/dev/termination-log"
 VLLM_PORT = 8000
+#: The largest LoRA rank vLLM serves (its --max-lora-rank); FineTuneJob's lora.r is bounded by it.
+LORA_RANK_MAX = 512
 RDZV_PORT = 29500
 GPU_RESOURCE = "nvidia.com/gpu"
 

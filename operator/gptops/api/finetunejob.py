@@ -22,7 +22,7 @@ from gptops.api.common import (
     Toleration,
 )
 from gptops.api.conditions import Condition
-from gptops.api.constants import API_VERSION, DEFAULT_TRAINER_IMAGE, KIND_FINETUNEJOB
+from gptops.api.constants import API_VERSION, DEFAULT_TRAINER_IMAGE, KIND_FINETUNEJOB, LORA_RANK_MAX
 from gptops.api.gptmodel import LocalSource, S3Source
 from gptops.api.stageresult import StageResult
 
@@ -141,7 +141,7 @@ class Dataset(SpecModel):
 class LoraSettings(SpecModel):
     """LoRA adapter settings (method: lora)."""
 
-    r: int = Field(default=8, ge=1, le=512)  # vLLM serves adapters up to rank 512
+    r: int = Field(default=8, ge=1, le=LORA_RANK_MAX)  # vLLM serves adapters up to this rank
     alpha: int = Field(default=16, ge=1, le=4096)
     dropout: float = Field(default=0.05, ge=0, lt=1)
     target_modules: list[Name] = Field(default_factory=list, max_length=LIST_MAX)

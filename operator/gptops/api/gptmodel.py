@@ -24,7 +24,7 @@ from gptops.api.common import (
     URI_MAX,
 )
 from gptops.api.conditions import Condition
-from gptops.api.constants import API_VERSION, DEFAULT_VLLM_IMAGE, KIND_GPTMODEL, VLLM_PORT
+from gptops.api.constants import API_VERSION, DEFAULT_VLLM_IMAGE, KIND_GPTMODEL, LORA_RANK_MAX, VLLM_PORT
 
 
 class HuggingFaceModelSource(SpecModel):
@@ -170,8 +170,10 @@ class GPTModelStatus(StatusModel):
     previous_revision: str | None = Field(default=None, max_length=NAME_MAX)
     serving_artifact: str | None = None
     serving_adapter: str | None = None
+    serving_lora_rank: int | None = Field(default=None, ge=1, le=LORA_RANK_MAX)
     previous_artifact: str | None = None
     previous_adapter: str | None = None
+    previous_lora_rank: int | None = Field(default=None, ge=1, le=LORA_RANK_MAX)
     endpoint: str | None = None
     ready_replicas: int | None = None
     observed_generation: int | None = None

@@ -6,8 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gptops.api.artifacts import base_served_revision, served_revision_for, served_revision_from_status, \
-    source_model_location
+from gptops.api.artifacts import (
+    base_served_revision,
+    served_revision_for,
+    served_revision_from_status,
+    serving_status,
+    source_model_location,
+)
 from gptops.api.conditions import (
     EVALUATED,
     FAILED,
@@ -228,14 +233,7 @@ def _gate_and_promotion(
     done = ftj.model_copy(update={"status": ftj.status.model_copy(update={"artifacts": artifacts})})
     new = served_revision_for(done, model)
     current = served_revision_from_status(model) or base_served_revision(model)
-    patch = {
-        "servingRevision": ftj.name,
-        "servingArtifact": new.model,
-        "servingAdapter": new.adapter,
-        "previousRevision": current.revision if current else None,
-        "previousArtifact": current.model if current else None,
-        "previousAdapter": current.adapter if current else None,
-    }
+    patch = serving_status(new, current)
     return passed, promoted, PromoteRevision(model=model.name, finetunejob=ftj.name, status=patch,
                                              resource_version=observed.model_resource_version)
 

@@ -14,7 +14,14 @@ import hashlib
 import json
 from typing import Any
 
-from gptops.api.artifacts import ServedRevision, base_served_revision, served_revision_for
+from gptops.api.artifacts import (
+    SERVING_STATUS_FIELDS,
+    ServedRevision,
+    base_served_revision,
+    recorded_revision,
+    served_revision_for,
+    serving_status,
+)
 from gptops.api.conditions import DEGRADED, FALSE, PROGRESSING, READY, TRUE, Reason, is_true
 from gptops.api.conditions import TRAINED as FTJ_TRAINED
 from gptops.api.constants import ANNOTATION_REVISION, ANNOTATION_SPEC_HASH, GROUP
@@ -30,8 +37,6 @@ ANNOTATION_ROLLOUT_STARTED = f"{GROUP}/rollout-started"
 ANNOTATION_ROLLED_BACK_FROM = f"{GROUP}/rolled-back-from"
 ANNOTATION_ROLLBACK_REASON = f"{GROUP}/rollback-reason"
 SOURCE_REVISION = "source"
-SERVING_FIELDS = ("servingRevision", "servingArtifact", "servingAdapter",
-                  "previousRevision", "previousArtifact", "previousAdapter")
 
 
 def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
@@ -40,14 +45,8 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     dep = observed.deployment
     actions: list[Action] = []
     st = model.status
-    serving = {
-        "servingRevision": st.serving_revision,
-        "servingArtifact": st.serving_artifact,
-        "servingAdapter": st.serving_adapter,
-        "previousRevision": st.previous_revision,
-        "previousArtifact": st.previous_artifact,
-        "previousAdapter": st.previous_adapter,
-    }
+    before = st.to_dict()
+    serving = {k: before.get(k) for k in SERVING_STATUS_FIELDS}  # what this pass decides to serve
     rolled_back_from = dep.annotations.get(ANNOTATION_ROLLED_BACK_FROM) if dep else None
     pin_note: Want | None = None  # a pin that cannot be served (yet): said, while the current revision serves on
 
@@ -61,11 +60,7 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
             pin_note = Want(PROGRESSING, TRUE, Reason.WAITING,
                             f"spec.serving.revision {pin}: waiting for FineTuneJob {pin} to finish training")
         else:
-            new, current = served_revision_for(ftj, model), _current(model)
-            serving.update(servingRevision=pin, servingArtifact=new.model, servingAdapter=new.adapter,
-                           previousRevision=current.revision if current else None,
-                           previousArtifact=current.model if current else None,
-                           previousAdapter=current.adapter if current else None)
+            serving.update(serving_status(served_revision_for(ftj, model), _served(model, serving)))
 
     served = _served(model, serving)
     if served is None:
@@ -85,9 +80,7 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     previous = _previous(serving)
     if failure is not None and previous is not None and (previous.revision or SOURCE_REVISION) != revision:
         back = previous.revision or SOURCE_REVISION
-        serving.update(servingRevision=previous.revision, servingArtifact=previous.model,
-                       servingAdapter=previous.adapter, previousRevision=None, previousArtifact=None,
-                       previousAdapter=None)
+        serving.update(serving_status(previous, None))
         # The way back is not watched: there is nothing further to roll back to.
         rollback = _deployment(model, previous, started=None, rolled_back_from=revision, rollback_reason=failure)
         if not observed.service:
@@ -141,26 +134,13 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
                    endpoint=model.endpoint(), ready_replicas=dep.ready_replicas if dep else 0)
 
 
-def _current(model: GPTModel) -> ServedRevision | None:
-    """What the status says is served now (the source, before any promotion)."""
-    st = model.status
-    if st.serving_artifact:
-        return ServedRevision(revision=st.serving_revision, model=st.serving_artifact, adapter=st.serving_adapter)
-    return base_served_revision(model)
-
-
 def _served(model: GPTModel, serving: dict[str, Any]) -> ServedRevision | None:
-    if serving["servingArtifact"]:
-        return ServedRevision(revision=serving["servingRevision"], model=serving["servingArtifact"],
-                              adapter=serving["servingAdapter"])
-    return base_served_revision(model)
+    """What the serving fields say is served (the source, before any promotion)."""
+    return recorded_revision(serving, "serving") or base_served_revision(model)
 
 
 def _previous(serving: dict[str, Any]) -> ServedRevision | None:
-    if not serving["previousArtifact"]:
-        return None
-    return ServedRevision(revision=serving["previousRevision"], model=serving["previousArtifact"],
-                          adapter=serving["previousAdapter"])
+    return recorded_revision(serving, "previous")
 
 
 def _revision(dep: DeploymentState) -> str:
@@ -252,7 +232,7 @@ def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], 
     }
     # The serving fields are also written by promotion: only write them when this pass changes them.
     before = model.status.to_dict()
-    if any(before.get(k) != serving[k] for k in SERVING_FIELDS):
+    if any(before.get(k) != serving[k] for k in SERVING_STATUS_FIELDS):
         status.update(serving)
     return Plan(actions=tuple(actions), status=status)
 
