@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from gptops.api.constants import API_VERSION
 
 #: Bounds that the CRDs also enforce, so CEL cost stays within the API server's budget.
 NAME_MAX = 253
@@ -85,3 +88,27 @@ class ObjectMeta(BaseModel):
     generation: int = 1
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ObjectModel(BaseModel):
+    """Base of the two kinds' whole objects (apiVersion, kind, metadata; each kind adds spec and status), as read
+    from the API or a file: camelCase aliases, unknown fields ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    api_version: Literal["gptops.io/v1alpha1"] = API_VERSION  # type: ignore[assignment]
+    kind: str
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> Self:
+        """Parse the object from a dict (kopf body, API object or YAML document)."""
+        return cls.model_validate(dict(obj))
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace

@@ -3,16 +3,15 @@ Mirrors crds/gptops.io_finetunejobs.yaml (tested against it)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
 
 from gptops.api.common import (
     LIST_MAX,
     URI_MAX,
     Name,
-    ObjectMeta,
+    ObjectModel,
     Path,
     Quantity,
     ShortString,
@@ -22,7 +21,7 @@ from gptops.api.common import (
     Toleration,
 )
 from gptops.api.conditions import Condition
-from gptops.api.constants import API_VERSION, DEFAULT_TRAINER_IMAGE, KIND_FINETUNEJOB, LORA_RANK_MAX
+from gptops.api.constants import DEFAULT_TRAINER_IMAGE, KIND_FINETUNEJOB, LORA_RANK_MAX
 from gptops.api.gptmodel import LocalSource, S3Source
 from gptops.api.stageresult import StageResult
 
@@ -303,26 +302,9 @@ class FineTuneJobStatus(StatusModel):
     conditions: list[Condition] = Field(default_factory=list)
 
 
-class FineTuneJob(BaseModel):
+class FineTuneJob(ObjectModel):
     """A whole FineTuneJob object as read from the API or a file."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-    api_version: Literal["gptops.io/v1alpha1"] = API_VERSION  # type: ignore[assignment]
     kind: Literal["FineTuneJob"] = KIND_FINETUNEJOB  # type: ignore[assignment]
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: FineTuneJobSpec
     status: FineTuneJobStatus = Field(default_factory=FineTuneJobStatus)
-
-    @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> FineTuneJob:
-        """Parse a FineTuneJob from a dict (kopf body, API object or YAML document)."""
-        return cls.model_validate(dict(obj))
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    @property
-    def namespace(self) -> str:
-        return self.metadata.namespace

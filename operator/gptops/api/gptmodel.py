@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
 
 from gptops.api.common import (
     LIST_MAX,
     NAME_MAX,
     ApiKeySecretRef,
     Name,
-    ObjectMeta,
+    ObjectModel,
     Path,
     Quantity,
     SecretRef,
@@ -24,7 +23,7 @@ from gptops.api.common import (
     URI_MAX,
 )
 from gptops.api.conditions import Condition
-from gptops.api.constants import API_VERSION, DEFAULT_VLLM_IMAGE, KIND_GPTMODEL, LORA_RANK_MAX, VLLM_PORT
+from gptops.api.constants import DEFAULT_VLLM_IMAGE, KIND_GPTMODEL, LORA_RANK_MAX, VLLM_PORT
 
 
 class HuggingFaceModelSource(SpecModel):
@@ -180,29 +179,12 @@ class GPTModelStatus(StatusModel):
     conditions: list[Condition] = Field(default_factory=list)
 
 
-class GPTModel(BaseModel):
+class GPTModel(ObjectModel):
     """A whole GPTModel object as read from the API or a file."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-    api_version: Literal["gptops.io/v1alpha1"] = API_VERSION  # type: ignore[assignment]
     kind: Literal["GPTModel"] = KIND_GPTMODEL  # type: ignore[assignment]
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: GPTModelSpec
     status: GPTModelStatus = Field(default_factory=GPTModelStatus)
-
-    @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> GPTModel:
-        """Parse a GPTModel from a dict (kopf body, API object or YAML document)."""
-        return cls.model_validate(dict(obj))
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    @property
-    def namespace(self) -> str:
-        return self.metadata.namespace
 
     def endpoint(self) -> str:
         """The OpenAI-compatible base URL of the Service."""

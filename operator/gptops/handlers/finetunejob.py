@@ -23,17 +23,16 @@ from gptops.api.constants import (
 )
 from gptops.api.finetunejob import FineTuneJob
 from gptops.handlers import common
-from gptops.handlers.settings import HANDLER_BACKOFF, HANDLER_RETRIES, HANDLER_TIMEOUT
+from gptops.handlers.settings import HANDLER_LIMITS
 from gptops.reconcile import PromoteRevision, plan_finetunejob
 
 RESOURCE = (GROUP, VERSION, PLURAL_FINETUNEJOB)
-LIMITS: dict[str, Any] = {"retries": HANDLER_RETRIES, "timeout": HANDLER_TIMEOUT, "backoff": HANDLER_BACKOFF}
 CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_FINETUNEJOB: kopf.PRESENT}
 
 
-@kopf.on.resume(*RESOURCE, id="resume", **LIMITS)
-@kopf.on.create(*RESOURCE, id="create", **LIMITS)
-@kopf.on.update(*RESOURCE, id="update", **LIMITS)
+@kopf.on.resume(*RESOURCE, id="resume", **HANDLER_LIMITS)
+@kopf.on.create(*RESOURCE, id="create", **HANDLER_LIMITS)
+@kopf.on.update(*RESOURCE, id="update", **HANDLER_LIMITS)
 def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     """Observe the stage Jobs, plan, create what is missing, promote, write status."""
     common.wake_all(one_pass(body, patch.status.update))

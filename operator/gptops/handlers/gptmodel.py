@@ -22,17 +22,16 @@ from gptops.api.constants import (
 )
 from gptops.api.gptmodel import GPTModel
 from gptops.handlers import common
-from gptops.handlers.settings import HANDLER_BACKOFF, HANDLER_RETRIES, HANDLER_TIMEOUT
+from gptops.handlers.settings import HANDLER_LIMITS
 from gptops.reconcile import plan_gptmodel
 
 RESOURCE = (GROUP, VERSION, PLURAL_GPTMODEL)
-LIMITS: dict[str, Any] = {"retries": HANDLER_RETRIES, "timeout": HANDLER_TIMEOUT, "backoff": HANDLER_BACKOFF}
 CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL: kopf.PRESENT}
 
 
-@kopf.on.resume(*RESOURCE, id="resume", **LIMITS)
-@kopf.on.create(*RESOURCE, id="create", **LIMITS)
-@kopf.on.update(*RESOURCE, id="update", **LIMITS)
+@kopf.on.resume(*RESOURCE, id="resume", **HANDLER_LIMITS)
+@kopf.on.create(*RESOURCE, id="create", **HANDLER_LIMITS)
+@kopf.on.update(*RESOURCE, id="update", **HANDLER_LIMITS)
 def reconcile(body: kopf.Body, patch: kopf.Patch, reason: str, **_: Any) -> None:
     """Observe the Deployment, plan, roll out or roll back, write status."""
     follow = one_pass(body, patch.status.update)

@@ -29,6 +29,8 @@ WATCH_TIMEOUT_ENV, WATCH_SERVER_TIMEOUT = "GPTOPS_WATCH_SERVER_TIMEOUT", 300.0
 HANDLER_RETRIES = 10
 HANDLER_TIMEOUT = 600.0
 HANDLER_BACKOFF = 5.0
+#: The keyword arguments of every create/update/resume handler.
+HANDLER_LIMITS: dict[str, Any] = {"retries": HANDLER_RETRIES, "timeout": HANDLER_TIMEOUT, "backoff": HANDLER_BACKOFF}
 
 _resync: common.Resync | None = None
 
