@@ -184,6 +184,7 @@ def test_examples_go_all_the_way_to_a_ready_gptmodel(k: Cluster, operator) -> No
     args = k.deployment_args(MODEL)
     assert args[args.index("--lora-modules") + 1] == f"{MODEL}=/artifacts/{k.ns}/{RUN}/adapter"
     assert args[args.index("--model") + 1] == "sshleifer/tiny-gpt2"
+    assert model["status"]["servingLoraRank"] == 8 and args[args.index("--max-lora-rank") + 1] == "8"
     wait_for(lambda: k.condition("gptmodel", MODEL, "Progressing").get("reason") == "RolloutComplete",
              "the rollout of the promoted revision", timeout=90)
     model = k.get("gptmodel", MODEL) or {}
@@ -202,6 +203,11 @@ def test_examples_go_all_the_way_to_a_ready_gptmodel(k: Cluster, operator) -> No
     assert "argocd.argoproj.io/instance" not in job["metadata"]["labels"]
     wanted = {"JobCreated", "ThresholdsMet", "Promoted", "DeploymentCreated"}
     wait_for(lambda: wanted <= {e["reason"] for e in k.events(RUN) + k.events(MODEL)}, f"the events {wanted}")
+    # Passes woken together (kopf, a stage Job's watch event, the GPTModel after the promotion) post each of the
+    # run's transitions once.
+    ours = [(e["reason"], e["message"]) for e in k.events(RUN) if e["reason"] != "Logging"
+            for _ in range(e.get("count") or 1)]
+    assert len(ours) == len(set(ours)), sorted(ours)
     # kopf's bookkeeping lives under gptops.io; no finalizer holds deletes while the operator is away.
     assert not ftj["metadata"].get("finalizers") and not model["metadata"].get("finalizers")
     assert not [a for a in ftj["metadata"].get("annotations", {}) if a.startswith("kopf.zalando.org")]

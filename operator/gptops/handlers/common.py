@@ -1,8 +1,11 @@
 """One reconcile pass, shared by the per-kind handlers, and waking a parent when something it depends on changed.
 
-A pass is: parse, observe, plan, apply the actions, write the status (through kopf's patch in kopf's handlers,
-through the API when woken by a child's event or the resync loop). Passes over one object are serialized here;
-follow-up wakes run after the lock is released, so two objects never wait on each other.
+A pass is: read the object, observe, plan, apply the actions (events included), write the status. Passes over one
+object are serialized here, whatever started them (a kopf handler, a child's watch event, the resync loop), and each
+reads the object and writes its status inside the lock: a pass always plans from the status the one before it wrote,
+so a transition, and its event, is seen once. (kopf's own `patch.status` would be written after the handler returns,
+outside the lock, and kopf's body can be older than a status another pass wrote: either would let two passes see the
+same transition.) Follow-up wakes run after the lock is released, so two objects never wait on each other.
 """
 
 from __future__ import annotations
@@ -25,9 +28,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Seen = TypeVar("Seen")
 Key = tuple[str, str, str]  # (kind, namespace, name)
-#: kind -> the function that runs one pass over a body, writing status with the given callable; it returns
-#: the objects to wake next.
-Pass = Callable[[Mapping[str, Any], Callable[[dict[str, Any]], None]], list[Key]]
+#: kind -> the function that runs one pass over the object (namespace, name); it returns the objects to wake next.
+Pass = Callable[[str, str], list[Key]]
 
 PASSES: dict[str, Pass] = {}
 PLURALS: dict[str, str] = {}
@@ -62,26 +64,31 @@ def track(kind: str, event_type: str, namespace: str, name: str) -> None:
 
 def run_pass(
     kind: str,
-    body: Mapping[str, Any],
-    write_status: Callable[[dict[str, Any]], None],
+    namespace: str,
+    name: str,
     *,
     parse: Callable[[dict[str, Any]], T],
     observe: Callable[[T], Seen],
     plan: Callable[[T, Seen], Plan],
-) -> tuple[T, Plan]:
-    """observe -> plan -> apply the actions -> write the status. Raises kopf's errors."""
+) -> tuple[T, Plan] | None:
+    """Under the object's lock: read it, observe -> plan -> apply the actions -> write the status. None when the
+    object is gone or going. Raises kopf's errors."""
     started = time.monotonic()
     result = "error"
-    meta = body.get("metadata") or {}
+    plural = PLURALS[kind]
     try:
-        try:
-            obj = parse(dict(body))
-        except pydantic.ValidationError as err:
-            raise kopf.PermanentError(f"invalid {kind}: {err}") from err
-        with lock_for((kind, meta.get("namespace", ""), meta.get("name", ""))):
+        with lock_for((kind, namespace, name)):
+            body = cluster.get_object(plural, namespace, name)
+            if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+                result = "ok"
+                return None
+            try:
+                obj = parse(body)
+            except pydantic.ValidationError as err:
+                raise kopf.PermanentError(f"invalid {kind}: {err}") from err
             decided = plan(obj, observe(obj))
             cluster.apply(decided.actions, body)
-            write_status(decided.status)
+            cluster.patch_status(plural, namespace, name, decided.status)
         result = "ok"
         return obj, decided
     except cluster.Conflict as err:
@@ -95,13 +102,9 @@ def run_pass(
 
 
 def wake(kind: str, namespace: str, name: str, *, depth: int = 0) -> None:
-    """Run a pass over an object now (read fresh), then whatever it wakes in turn."""
-    body = cluster.get_object(PLURALS[kind], namespace, name)
-    if body is None or body.get("metadata", {}).get("deletionTimestamp"):
-        return
-    plural = PLURALS[kind]
+    """Run a pass over an object now, then whatever it wakes in turn."""
     try:
-        follow = PASSES[kind](body, lambda status: cluster.patch_status(plural, namespace, name, status))
+        follow = PASSES[kind](namespace, name)
     except kopf.TemporaryError:
         return  # a concurrent change; the event it caused wakes this object again
     if depth < 2:  # a promotion wakes the GPTModel, which may wake FineTuneJobs; nothing goes deeper

@@ -4,7 +4,6 @@ object's own create/update/resume, and the watch events of its stage Jobs."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -33,9 +32,9 @@ CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_FINETUNEJOB: kopf.PRESENT}
 @kopf.on.resume(*RESOURCE, id="resume", **HANDLER_LIMITS)
 @kopf.on.create(*RESOURCE, id="create", **HANDLER_LIMITS)
 @kopf.on.update(*RESOURCE, id="update", **HANDLER_LIMITS)
-def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+def reconcile(name: str, namespace: str, **_: Any) -> None:
     """Observe the stage Jobs, plan, create what is missing, promote, write status."""
-    common.wake_all(one_pass(body, patch.status.update))
+    common.wake_all(one_pass(namespace, name))
 
 
 @kopf.on.event(*RESOURCE)
@@ -53,14 +52,16 @@ def stage_job_changed(body: kopf.Body, type: str, **_: Any) -> None:
         common.wake_owner(KIND_FINETUNEJOB, body)
 
 
-def one_pass(body: Mapping[str, Any], write_status: Callable[[dict[str, Any]], None]) -> list[common.Key]:
+def one_pass(namespace: str, name: str) -> list[common.Key]:
     """One pass; returns what to wake next: the GPTModel after a promotion (and its other FineTuneJobs, whose
     Promoted condition may now say Superseded), or a GPTModel that pins this run."""
-    before = FineTuneJob.from_dict(dict(body)).status.to_dict() if body.get("status") else {}
-    ftj, plan = common.run_pass(KIND_FINETUNEJOB, body, write_status, parse=FineTuneJob.from_dict,
-                                observe=cluster.observe_finetunejob, plan=plan_finetunejob)
+    done = common.run_pass(KIND_FINETUNEJOB, namespace, name, parse=FineTuneJob.from_dict,
+                           observe=cluster.observe_finetunejob, plan=plan_finetunejob)
+    if done is None:
+        return []
+    ftj, plan = done
     promoted = any(isinstance(a, PromoteRevision) for a in plan.actions)
-    _record(ftj, before, plan.status, promoted=promoted)
+    _record(ftj, ftj.status.to_dict(), plan.status, promoted=promoted)
     ns, model = ftj.namespace, ftj.spec.model.name
     wake: list[common.Key] = []
     if promoted or (plan.events and cluster.pins(ns, model, ftj.name)):

@@ -3,7 +3,6 @@ own create/update/resume, the watch events of its Deployment, and promotions (wo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -32,12 +31,11 @@ CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL: kopf.PRESENT}
 @kopf.on.resume(*RESOURCE, id="resume", **HANDLER_LIMITS)
 @kopf.on.create(*RESOURCE, id="create", **HANDLER_LIMITS)
 @kopf.on.update(*RESOURCE, id="update", **HANDLER_LIMITS)
-def reconcile(body: kopf.Body, patch: kopf.Patch, reason: str, **_: Any) -> None:
+def reconcile(name: str, namespace: str, reason: str, **_: Any) -> None:
     """Observe the Deployment, plan, roll out or roll back, write status."""
-    follow = one_pass(body, patch.status.update)
+    follow = one_pass(namespace, name)
     if reason in ("create", "resume"):  # FineTuneJobs may be waiting for this GPTModel to exist
-        follow += [(KIND_FINETUNEJOB, body.metadata.namespace or "", n)
-                   for n in cluster.finetunejobs_of(body.metadata.namespace or "", body.metadata.name or "")]
+        follow += [(KIND_FINETUNEJOB, namespace, n) for n in cluster.finetunejobs_of(namespace, name)]
     common.wake_all(follow)
 
 
@@ -56,10 +54,13 @@ def deployment_changed(body: kopf.Body, type: str, **_: Any) -> None:
         common.wake_owner(KIND_GPTMODEL, body)
 
 
-def one_pass(body: Mapping[str, Any], write_status: Callable[[dict[str, Any]], None]) -> list[common.Key]:
+def one_pass(namespace: str, name: str) -> list[common.Key]:
     """One pass; after a rollback, wakes the GPTModel's FineTuneJobs (their Promoted condition changes)."""
-    model, plan = common.run_pass(KIND_GPTMODEL, body, write_status, parse=GPTModel.from_dict,
-                                  observe=cluster.observe_gptmodel, plan=plan_gptmodel)
+    done = common.run_pass(KIND_GPTMODEL, namespace, name, parse=GPTModel.from_dict,
+                           observe=cluster.observe_gptmodel, plan=plan_gptmodel)
+    if done is None:
+        return []
+    model, plan = done
     rolled_back = any(e.reason == Reason.ROLLED_BACK for e in plan.events)
     if rolled_back:
         metrics.ROLLBACKS_TOTAL.inc()
