@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptops.local import corpora, gate, specs
+from gptops.local import corpora, specs
+from gptops.reconcile import gate
 from gptops.local.state import DATA_DIR, STAGES, ModelState, open_run, spec_digest
 
 log = logging.getLogger(__name__)
