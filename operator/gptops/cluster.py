@@ -151,7 +151,38 @@ def apply(actions: tuple[Action, ...], body: Mapping[str, Any]) -> None:
         elif isinstance(action, PromoteRevision):
             promote(body["metadata"]["namespace"], action)
         elif isinstance(action, EmitEvent):
-            kopf.event(body, type=action.type, reason=action.reason, message=action.message)
+            post_event(body, action)
+
+
+def post_event(body: Mapping[str, Any], event: EmitEvent) -> None:
+    """Record an event on `body` through the API (any thread: no kopf handler context is needed)."""
+    meta = body["metadata"]
+    stamp = now_rfc3339()
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"),
+            "kind": body.get("kind", ""),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid", ""),
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:1024],
+        "source": {"component": "gptops"},
+        "reportingComponent": "gptops.io/operator",
+        "reportingInstance": "gptops",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+    try:
+        _raw(k8s.CoreV1Api(api_client()).create_namespaced_event, meta["namespace"], manifest)
+    except ApiException as err:  # an event is best effort: never fail a pass over it
+        log.warning("Could not post event reason=%s name=%s status=%s", event.reason, meta["name"], err.status)
 
 
 def create(manifest: dict[str, Any]) -> None:

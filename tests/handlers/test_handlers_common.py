@@ -76,18 +76,17 @@ class FakeAPI:
         return ObservedFineTuneJob(now="2026-01-01T00:00:00Z", jobs=jobs, services=frozenset(),
                                    model=GPTModel.from_dict(self.objects[PLURAL_GPTMODEL]), model_resource_version="1")
 
-    def event(self, body: Any, *, type: str, reason: str, message: str) -> None:
+    def post_event(self, body: Any, event: Any) -> None:
         with self.guard:
-            self.events.append((reason, message))
+            self.events.append((event.reason, event.message))
 
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAPI]:
     fake = FakeAPI()
-    for name in ("get_object", "patch_status", "create", "observe_finetunejob"):
+    for name in ("get_object", "patch_status", "create", "observe_finetunejob", "post_event"):
         monkeypatch.setattr(cluster, name, getattr(fake, name))
     monkeypatch.setattr(cluster, "pins", lambda *_: False)
-    monkeypatch.setattr(cluster.kopf, "event", fake.event)
     yield fake
     metrics.forget_finetunejob(NS, "tiny-ft")  # the passes counted it by phase
 

@@ -10,7 +10,6 @@ same transition.) Follow-up wakes run after the lock is released, so two objects
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
 import time
@@ -136,9 +135,7 @@ class Resync:
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._stop = threading.Event()
-        # Made inside a kopf handler: the copied context lets the thread post events through kopf.
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(target=context.run, args=(self._run,), name="gptops-resync", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="gptops-resync", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
