@@ -113,6 +113,7 @@ class Preprocessing(SpecModel):
     max_chars: int | None = Field(default=None, ge=1, le=100_000_000)
     packing: bool = True
     block_size: int | None = Field(default=None, ge=8, le=1_048_576)
+    completion_only_loss: bool = True
     num_proc: int = Field(default=1, ge=1, le=256)
 
     @model_validator(mode="after")

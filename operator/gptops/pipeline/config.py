@@ -162,6 +162,10 @@ class PrepareConfig:
     """Concatenate documents (EOS-separated) into fixed blocks of `block_size`: no padding, no waste."""
     block_size: int | None = None
     """Tokens per block; None means the model's context length, capped at 1024."""
+    completion_only_loss: bool = True
+    """chat and prompt-completion: take the loss (and validation perplexity) only on completion tokens, the
+    assistant turns with their end-of-turn marker, and the EOS after them; prompt and user tokens get label -100.
+    Ignored for text."""
     num_proc: int = 1
     """Workers for batched preprocessing: processes for cleaning and rendering, threads for tokenization."""
     validation_split: float = 0.1
@@ -394,6 +398,7 @@ def configs_from_spec(
         max_chars=pre.get("maxChars"),
         packing=bool(pre.get("packing", True)),
         block_size=block_size,
+        completion_only_loss=bool(pre.get("completionOnlyLoss", True)),
         num_proc=int(pre.get("numProc", 1)),
         validation_split=float(dataset.get("validationSplit", 0.1)),
         seed=int(dataset.get("seed", 42)),

@@ -1,6 +1,7 @@
 """The prepare stage: load raw records, clean them, dedupe, filter, split, tokenize and pack into fixed blocks.
 
-Writes `<root>/dataset/` (a DatasetDict with train and validation, an `input_ids` column), `eval_pairs.jsonl`
+Writes `<root>/dataset/` (a DatasetDict with train and validation, an `input_ids` column, and for chat and
+prompt-completion with completion-only loss a `labels` column: the ids, -100 where no loss is taken), `eval_pairs.jsonl`
 (prompt/reference pairs for BLEU), `manifest.json` (counts and a content digest), and `<root>/tokenizer/`.
 """
 
@@ -122,17 +123,34 @@ def run(config: PrepareConfig, progress: ProgressFn | None = None) -> PrepareRep
                   for name, ds in splits.items()}
     pairs = _eval_pairs(splits["validation"], config)
 
-    # 6. Tokenize (the Rust tokenizer, ids only, numProc calls at a time), EOS after each document, then pack.
-    encode = _ids_encoder(tokenizer)
-    token_counts, packed = {}, {}
+    # 6. Tokenize (the Rust tokenizer, numProc calls at a time), EOS after each document, then pack. With
+    # completion-only loss each token also gets a label: its id where it overlaps a completion (assistant) span of
+    # the rendered text, -100 elsewhere; the labels are packed the same way, so a block carries its own mask.
+    masked = config.completion_only_loss and config.format != "text"
+    token_counts, label_counts, packed, labels = {}, {}, {}, {}
     for name, ds in splits.items():
-        flat, lengths = _token_ids(encode, _column(ds, "text"), tokenizer.eos_token_id, config.num_proc)
+        if masked:
+            flat, mask, lengths = _token_ids_and_mask(_offsets_encoder(tokenizer), _column(ds, "text"),
+                                                      _column(ds, "_spans"), tokenizer.eos_token_id, config.num_proc)
+            flat_labels = np.where(mask, flat, np.int32(IGNORE_INDEX)).astype(np.int32)
+            label_counts[name] = int(mask.sum())
+        else:
+            flat, lengths = _token_ids(_ids_encoder(tokenizer), _column(ds, "text"), tokenizer.eos_token_id,
+                                       config.num_proc)
         token_counts[name] = int(flat.size)
         packed[name] = _pack(flat, lengths, block_size, config.packing, keep_remainder=(name == "validation"))
+        if masked:
+            labels[name] = _pack(flat_labels, lengths, block_size, config.packing,
+                                 keep_remainder=(name == "validation"))
+            if name == "train":  # a block without one completion token adds nothing to the loss: leave it out
+                keep = [i for i, block in enumerate(labels[name]) if (block[1:] != IGNORE_INDEX).any()]
+                packed[name] = [packed[name][i] for i in keep]
+                labels[name] = [labels[name][i] for i in keep]
     if len(packed["train"]) == 0:
+        what = " with a completion token" if masked else ""
         raise PipelineError(
-            f"{origin}: the training split has {token_counts['train']} tokens, fewer than one block of {block_size} "
-            f"(dataset.preprocessing.blockSize); expected more data or a smaller blockSize"
+            f"{origin}: the training split has {token_counts['train']} tokens, fewer than one block{what} of "
+            f"{block_size} (dataset.preprocessing.blockSize); expected more data or a smaller blockSize"
         )
     if len(packed["validation"]) == 0:
         raise PipelineError(f"{origin}: the validation split has no tokens; expected a larger dataset.validationSplit")
@@ -140,8 +158,8 @@ def run(config: PrepareConfig, progress: ProgressFn | None = None) -> PrepareRep
     # 7. Save: the DatasetDict, BLEU pairs, and the manifest with its digest.
     from datasets import Dataset, DatasetDict
 
-    digest = _digest(packed)
-    out = DatasetDict({name: Dataset(_table(blocks)) for name, blocks in packed.items()})
+    digest = _digest(packed, labels)
+    out = DatasetDict({name: Dataset(_table(blocks, labels.get(name))) for name, blocks in packed.items()})
     tmp = dataset_dir.with_name("dataset.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -154,11 +172,13 @@ def run(config: PrepareConfig, progress: ProgressFn | None = None) -> PrepareRep
         "format": config.format,
         "blockSize": block_size,
         "packing": config.packing,
+        "completionOnlyLoss": masked,
         "tokenizer": str(tokenizer_dir),
         "vocabSize": len(tokenizer),
         "documents": {"read": n_read, "kept": len(records), "train": len(splits["train"]),
                       "validation": len(splits["validation"])},
         "tokens": token_counts,
+        "lossTokens": label_counts if masked else token_counts,
         "blocks": {name: len(blocks) for name, blocks in packed.items()},
         "dropped": dict(dropped),
         "evalPairs": len(pairs),
@@ -528,7 +548,9 @@ def _tokenizer(config: PrepareConfig, train_keys: list[str]):
 
 
 class _Renderer:
-    """Batched: the `text` a document trains on (format-specific), plus what BLEU prompts with and expects."""
+    """Batched: the `text` a document trains on (format-specific), what BLEU prompts with and expects, and `_spans`:
+    the [start, end) character ranges of `text` that completion-only loss learns (all after the prompt; each assistant
+    turn with the template's end-of-turn marker)."""
 
     def __init__(self, config: PrepareConfig, tokenizer):
         self.format = config.format
@@ -537,20 +559,51 @@ class _Renderer:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         if self.format == "text":
             texts = batch["text"]
-            return {"text": texts, "_prompt": [None] * len(texts), "_reference": [None] * len(texts)}
+            return {"text": texts, "_prompt": [None] * len(texts), "_reference": [None] * len(texts),
+                    "_spans": [[] for _ in texts]}
         if self.format == "prompt-completion":
             texts = [_join(p, c) for p, c in zip(batch["prompt"], batch["completion"], strict=True)]
-            return {"text": texts, "_prompt": batch["prompt"], "_reference": batch["completion"]}
-        texts, prompts, refs = [], [], []
+            # The completion with the space _join put before it: generation from the bare prompt must write it too.
+            spans = [[[len(p), len(t)]] for t, p in zip(texts, batch["prompt"], strict=True)]
+            return {"text": texts, "_prompt": batch["prompt"], "_reference": batch["completion"], "_spans": spans}
+        texts, prompts, refs, spans = [], [], [], []
         for messages in batch["messages"]:
-            texts.append(self.tokenizer.apply_chat_template(messages, tokenize=False))
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+            texts.append(text)
+            spans.append(self._assistant_spans(messages, text))
             if messages[-1]["role"] == "assistant" and len(messages) > 1:
                 prompts.append(self.tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True))
                 refs.append(messages[-1]["content"])
             else:
                 prompts.append(None)
                 refs.append(None)
-        return {"text": texts, "_prompt": prompts, "_reference": refs}
+        return {"text": texts, "_prompt": prompts, "_reference": refs, "_spans": spans}
+
+    def _assistant_spans(self, messages: list[dict[str, str]], text: str) -> list[list[int]]:
+        """Each assistant turn as what the template adds after the generation prompt: the content and its end-of-turn
+        marker (so the model learns to stop). A template whose renderings are not prefixes of each other (one that
+        rewrites earlier turns) falls back to the content alone, found in order."""
+        render = self.tokenizer.apply_chat_template
+        spans: list[list[int]] = []
+        search_from = 0
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            try:
+                before = render(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+                through = render(messages[: i + 1], tokenize=False)
+            except Exception:  # a template that refuses a partial conversation (e.g. one that must end with a user)
+                before, through = "", None
+            if through is not None and text.startswith(through) and through.startswith(before) \
+                    and before != through and len(before) >= search_from:
+                spans.append([len(before), len(through)])
+                search_from = len(through)
+                continue
+            start = text.find(message["content"], search_from)
+            if start >= 0 and message["content"]:
+                spans.append([start, start + len(message["content"])])
+                search_from = start + len(message["content"])
+        return spans
 
 
 def _join(prompt: str, completion: str) -> str:
@@ -616,6 +669,46 @@ def _token_ids(encode: Callable[[list[str]], list[list[int]]], texts: list[str],
     return np.concatenate(flats), np.concatenate(lengths)
 
 
+IGNORE_INDEX = -100
+"""The label of a token the loss skips (what Hugging Face models and torch's cross_entropy ignore)."""
+
+
+def _offsets_encoder(tokenizer) -> Callable[[list[str]], list[tuple[list[int], list[tuple[int, int]]]]]:
+    """texts -> (ids, character offsets) per text; the same ids as `_ids_encoder`. Offsets need a fast tokenizer."""
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise PipelineError("dataset.preprocessing.completionOnlyLoss: the model's tokenizer has no fast (Rust) "
+                            "version, which the completion mask needs for token offsets; set completionOnlyLoss: false")
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
+    return lambda texts: [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+
+
+def _token_ids_and_mask(encode, texts: list[str], spans: list[list[list[int]]], eos: int,
+                        workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like `_token_ids`, plus a flat bool mask: a token is learned when its characters overlap one of its document's
+    spans (a token straddling the prompt/completion boundary belongs to the completion); the EOS after a document is
+    learned when a span reaches the document's end."""
+    batches = [range(start, min(start + TOKENIZE_BATCH, len(texts))) for start in range(0, len(texts), TOKENIZE_BATCH)]
+    flats, masks, lengths = [np.zeros(0, dtype=np.int32)], [np.zeros(0, dtype=bool)], [np.zeros(0, dtype=np.int64)]
+    with ThreadPoolExecutor(workers) as pool:
+        for rows, encoded in zip(batches, pool.map(lambda r: encode([texts[i] for i in r]), batches), strict=True):
+            for i, (ids, offsets) in zip(rows, encoded, strict=True):
+                offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+                starts, ends = offs[:, 0], np.maximum(offs[:, 1], offs[:, 0] + 1)  # an empty offset covers its char
+                mask = np.zeros(len(ids) + 1, dtype=bool)
+                for a, b in spans[i]:
+                    mask[:-1] |= (starts < b) & (ends > a)
+                mask[-1] = any(b >= len(texts[i]) for _, b in spans[i])
+                flats.append(np.append(np.asarray(ids, dtype=np.int32), np.int32(eos)))
+                masks.append(mask)
+                lengths.append(np.array([len(ids) + 1], dtype=np.int64))
+    return np.concatenate(flats), np.concatenate(masks), np.concatenate(lengths)
+
+
 def _pack(flat: np.ndarray, lengths: np.ndarray, block_size: int, packing: bool, keep_remainder: bool) -> list[np.ndarray]:
     """Packing: concatenated ids cut into full blocks [n, block] (validation keeps the short tail so no token is lost).
     Without packing: one row per document, truncated to the block size (the trainer pads per batch)."""
@@ -629,21 +722,34 @@ def _pack(flat: np.ndarray, lengths: np.ndarray, block_size: int, packing: bool,
     return [flat[s: s + min(n, block_size)] for s, n in zip(starts, lengths, strict=True) if n >= 2]
 
 
-def _table(blocks: list[np.ndarray]) -> pa.Table:
+def _table(blocks: list[np.ndarray], labels: list[np.ndarray] | None = None) -> pa.Table:
+    """input_ids (and labels, cut the same way) as Arrow list<int32> columns."""
     lengths = np.array([len(b) for b in blocks], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    values = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int32)
-    return pa.table({"input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))})
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+
+    def column(rows: list[np.ndarray]) -> pa.ListArray:
+        values = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int32)
+        return pa.ListArray.from_arrays(offsets, pa.array(values, type=pa.int32()))
+
+    columns = {"input_ids": column(blocks)}
+    if labels is not None:
+        columns["labels"] = column(labels)
+    return pa.table(columns)
 
 
-def _digest(packed: dict[str, list[np.ndarray]]) -> str:
-    """sha256 over the tokenized blocks of each split (names, lengths, ids): equal digests mean equal training data."""
+def _digest(packed: dict[str, list[np.ndarray]], labels: dict[str, list[np.ndarray]] | None = None) -> str:
+    """sha256 over the tokenized blocks of each split (names, lengths, ids, and the labels when there are any):
+    equal digests mean equal training data, loss mask included."""
     h = hashlib.sha256()
     for name in sorted(packed):
         h.update(name.encode() + b"\0")
         for block in packed[name]:
             h.update(np.int64(len(block)).tobytes())
             h.update(np.ascontiguousarray(block, dtype="<i4").tobytes())
+        if labels and name in labels:
+            h.update(b"labels\0")
+            for block in labels[name]:
+                h.update(np.ascontiguousarray(block, dtype="<i4").tobytes())
     return "sha256:" + h.hexdigest()
 
 

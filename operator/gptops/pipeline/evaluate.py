@@ -52,22 +52,25 @@ def run(config: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
     dataset_dir = root / "dataset"
     if not (dataset_dir / "dataset_dict.json").exists():
         raise PipelineError(f"{dataset_dir}: no prepared dataset; expected the output of the prepare stage")
-    blocks = load_from_disk(str(dataset_dir))["validation"]["input_ids"]
+    validation = load_from_disk(str(dataset_dir))["validation"]
+    blocks = validation["input_ids"][:]
+    # Completion-only loss: perplexity on the tokens training learned (the completions), not the prompts.
+    labels = validation["labels"][:] if "labels" in validation.column_names else None
     pairs = _read_pairs(dataset_dir / "eval_pairs.jsonl", config.max_samples) if "bleu" in config.metrics else []
     tokenizer = models.load_tokenizer(root / "tokenizer")
     device, dtype = models.device(), models.pick_dtype(config.precision)
 
     # The trained model; for LoRA the base with the adapter on top (the base is then the adapter switched off).
     model = _load_trained(config, tokenizer, dtype).to(device).eval()
-    results = {"model": _score(model, "model", blocks, pairs, tokenizer, config, device, say)}
+    results = {"model": _score(model, "model", blocks, labels, pairs, tokenizer, config, device, say)}
     if config.compare_with_base:
         if config.method == "lora":
             with model.disable_adapter():
-                results["base"] = _score(model, "base", blocks, pairs, tokenizer, config, device, say)
+                results["base"] = _score(model, "base", blocks, labels, pairs, tokenizer, config, device, say)
         else:
             del model
             base = _load_base(config, tokenizer, dtype).to(device).eval()
-            results["base"] = _score(base, "base", blocks, pairs, tokenizer, config, device, say)
+            results["base"] = _score(base, "base", blocks, labels, pairs, tokenizer, config, device, say)
 
     metrics = _headline(results)
     report = {
@@ -77,6 +80,7 @@ def run(config: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
         "baseModel": config.model.describe(),
         "method": config.method,
         "validationBlocks": len(blocks),
+        "perplexityTokens": "completion" if labels is not None else "all",
         "bleuPairs": len(pairs),
         "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -88,10 +92,11 @@ def run(config: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
     return EvalReport(metrics, report, report_path, time.monotonic() - started)
 
 
-def _score(model, name: str, blocks, pairs, tokenizer, config: EvalConfig, device, say: ProgressFn) -> dict[str, Any]:
+def _score(model, name: str, blocks, labels, pairs, tokenizer, config: EvalConfig, device,
+           say: ProgressFn) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "perplexity" in config.metrics:
-        ppl, nll, tokens = perplexity(model, blocks, config.batch_size, device)
+        ppl, nll, tokens = perplexity(model, blocks, config.batch_size, device, labels)
         out.update(perplexity=ppl, loss=nll, tokens=tokens)
         say("perplexity", {"model": name, "perplexity": ppl})
     if "bleu" in config.metrics:
@@ -110,30 +115,36 @@ def _score(model, name: str, blocks, pairs, tokenizer, config: EvalConfig, devic
 
 
 @torch.no_grad()
-def perplexity(model, blocks: list[list[int]], batch_size: int, device) -> tuple[float, float, int]:
-    """exp(mean NLL) over every predicted token of every block (token-weighted, not a mean of block means).
+def perplexity(model, blocks: list[list[int]], batch_size: int, device,
+               labels: list[list[int]] | None = None) -> tuple[float, float, int]:
+    """exp(mean NLL) over every predicted token of every block (token-weighted, not a mean of block means); with
+    `labels` (prepare's completion mask) only over the tokens whose label is not -100.
     Returns (perplexity, mean NLL, number of predicted tokens)."""
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        batch = [b for b in blocks[start: start + batch_size] if len(b) >= 2]
-        if not batch:
+        rows = [i for i in range(start, min(start + batch_size, len(blocks))) if len(blocks[i]) >= 2]
+        if not rows:
             continue
-        longest = max(len(b) for b in batch)
-        ids = torch.zeros((len(batch), longest), dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for i, b in enumerate(batch):
-            ids[i, : len(b)] = torch.as_tensor(b)
-            mask[i, : len(b)] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        longest = max(len(blocks[i]) for i in rows)
+        ids = torch.zeros((len(rows), longest), dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        learned = torch.zeros((len(rows), longest), dtype=torch.bool)
+        for row, i in enumerate(rows):
+            n = len(blocks[i])
+            ids[row, :n] = torch.as_tensor(blocks[i])
+            mask[row, :n] = 1
+            learned[row, :n] = torch.as_tensor(labels[i]) != -100 if labels is not None else True
+        ids, mask, learned = ids.to(device), mask.to(device), learned.to(device)
         uniform = bool(mask.all())
         logits = model(input_ids=ids, attention_mask=None if uniform else mask).logits  # [b, t, vocab]
         # Position t predicts token t+1: drop the last logit and the first target.
-        logits, targets, weights = logits[:, :-1].float(), ids[:, 1:], mask[:, 1:].float()
+        logits, targets, weights = logits[:, :-1].float(), ids[:, 1:], learned[:, 1:].float()
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
         total_nll += float((nll * weights.reshape(-1)).sum())
         total_tokens += int(weights.sum())
     if total_tokens == 0:
-        raise PipelineError("dataset/validation: no blocks of at least 2 tokens; expected a non-empty validation split")
+        what = "completion tokens" if labels is not None else "blocks of at least 2 tokens"
+        raise PipelineError(f"dataset/validation: no {what}; expected a non-empty validation split")
     mean = total_nll / total_tokens
     return math.exp(min(mean, 700.0)), mean, total_tokens
 

@@ -221,7 +221,8 @@ def _build_model(config: TrainConfig, tokenizer, dtype: torch.dtype):
 class PackedCollator:
     """Stacks packed blocks into [batch, block] without padding or attention mask (full blocks, causal SDPA fast path).
     Rows of unequal length (packing off, or a short tail) are right-padded, masked, and their padding ignored by the loss.
-    Counts the non-padding tokens it hands out, for throughput figures."""
+    Labels are the rows' own `labels` column when prepare wrote one (completion-only loss: -100 on prompt tokens),
+    else the ids. Counts the non-padding tokens it hands out, for throughput figures."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -229,18 +230,21 @@ class PackedCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows]
+        targets = [torch.as_tensor(r["labels"], dtype=torch.long) if "labels" in r else s
+                   for r, s in zip(rows, seqs, strict=True)]
         lengths = [len(s) for s in seqs]
         self.tokens += sum(lengths)
         if len(set(lengths)) == 1:
             input_ids = torch.stack(seqs)  # [batch, block]
-            return {"input_ids": input_ids, "labels": input_ids.clone()}
+            return {"input_ids": input_ids, "labels": torch.stack(targets).clone()}
         longest = max(lengths)
         input_ids = torch.full((len(seqs), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(seqs), longest), -100, dtype=torch.long)
         mask = torch.zeros((len(seqs), longest), dtype=torch.long)
-        for i, s in enumerate(seqs):
+        for i, (s, t) in enumerate(zip(seqs, targets, strict=True)):
             input_ids[i, : len(s)] = s
+            labels[i, : len(t)] = t
             mask[i, : len(s)] = 1
-        labels = input_ids.masked_fill(mask == 0, -100)
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
