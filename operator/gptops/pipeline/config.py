@@ -354,7 +354,7 @@ def configs_from_spec(
     """Map the camelCase FineTuneJob and GPTModel specs (docs/api.md) to the three stage configs, applying defaults.
 
     Either argument may also be the whole object (with `spec`). `base_dir` resolves relative `local.path`s;
-    `start_model` (a directory, e.g. the served revision's model/) overrides the GPTModel's source
+    `start_model` (a directory, e.g. the served revision's model/ or LoRA adapter/) overrides the GPTModel's source
     (startFrom: serving). Raises ValueError naming the bad field.
     """
     ftj_spec = _unwrap(ftj_spec)
@@ -365,7 +365,9 @@ def configs_from_spec(
 
     model = _model_source(model_spec.get("source") or {}, base_dir, "source")
     if start_model is None and ftj_spec.get("startFrom", "auto") in ("auto", "serving"):
-        served = ((model_obj.get("status") or {}) if "spec" in model_obj else {}).get("servingArtifact")
+        # A LoRA revision serves its base plus an adapter: start from the adapter (merged into its base).
+        status = (model_obj.get("status") or {}) if "spec" in model_obj else {}
+        served = status.get("servingAdapter") or status.get("servingArtifact")
         if served:
             start_model = served
         elif ftj_spec.get("startFrom") == "serving":

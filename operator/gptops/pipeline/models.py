@@ -27,11 +27,19 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
+MERGED_START_DIR = "merged-start-model"
+"""Under the cache dir: a LoRA start model (base + adapter) merged into full weights, shared by the three stages."""
+
+
 def resolve_model_dir(source: ModelSource, cache_dir: Path) -> str:
-    """What from_pretrained takes for `source`: a hub id, or a local directory (an S3 prefix is downloaded once)."""
+    """What from_pretrained takes for `source`: a hub id, or a local directory (an S3 prefix is downloaded once; a
+    LoRA adapter directory, e.g. a served LoRA revision with startFrom: serving, is merged into its base once)."""
     if source.kind == "huggingface":
         return source.location
     if source.kind == "path":
+        location = Path(source.location)
+        if (location / "adapter_config.json").exists() and not (location / "config.json").exists():
+            return merge_adapter(location, cache_dir / MERGED_START_DIR)
         if not Path(source.location, "config.json").exists():
             raise PipelineError(f"{source.location}: no config.json there; expected a model directory (from_pretrained layout)")
         return source.location
@@ -48,6 +56,48 @@ def resolve_model_dir(source: ModelSource, cache_dir: Path) -> str:
                 raise PipelineError(f"{source.location}: no config.json under this prefix; expected a model directory")
         return str(target)
     raise PipelineError(f"model.source: a {source.kind} model has no weights to load")
+
+
+def merge_adapter(adapter_dir: Path, target: Path) -> str:
+    """Base + LoRA adapter as one full model in `target` (weights, config, the adapter's tokenizer), written once:
+    training and evaluation then start from what the adapter served, not from the bare base."""
+    if (target / "config.json").exists():
+        return str(target)
+    import json
+    import shutil
+
+    from peft import PeftModel
+
+    # The base as train wrote it down (gptops-base.json), else as peft recorded it.
+    recorded = json.loads((adapter_dir / "adapter_config.json").read_text())
+    gptops_base = adapter_dir / "gptops-base.json"
+    ours = json.loads(gptops_base.read_text()) if gptops_base.exists() else {}
+    base = ours.get("baseModel") or recorded.get("base_model_name_or_path")
+    revision = ours.get("baseRevision") or recorded.get("revision")
+    if not base:
+        raise PipelineError(f"{adapter_dir}: a LoRA adapter that names no base model (adapter_config.json "
+                            f"base_model_name_or_path); expected the adapter/ of a gptops LoRA run")
+    hub = {} if Path(base).is_dir() else {"revision": revision, "token": os.environ.get("HF_TOKEN") or None}
+    log.info("Merging LoRA adapter adapter=%s base=%s target=%s", adapter_dir, base, target)
+    tokenizer = load_tokenizer(adapter_dir)
+    try:
+        model = load_pretrained_model(base, "auto", **hub)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # as train resized it before adapting
+            model.resize_token_embeddings(len(tokenizer))
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()  # W + B·A·alpha/r, per layer
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{adapter_dir}: cannot load the adapter on its base {base} ({e})") from e
+    tmp = target.with_name(target.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / "gptops-merged.json").write_text(json.dumps({"adapter": str(adapter_dir), "baseModel": base,
+                                                        "baseRevision": revision}) + "\n")
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)  # whole or not at all: a stage that died mid-write merges again
+    return str(target)
 
 
 def hub_kwargs(source: ModelSource) -> dict:
@@ -142,7 +192,7 @@ def build_scratch_model(source: ModelSource, tokenizer, seed: int, dtype: torch.
     return model
 
 
-def load_pretrained_model(path: str, dtype: torch.dtype, **kwargs):
+def load_pretrained_model(path: str, dtype: torch.dtype | str, **kwargs):
     """A causal LM from a hub id or a directory, with SDPA attention."""
     from transformers import AutoModelForCausalLM
 
