@@ -110,6 +110,24 @@ def test_lora_adapter_reloads_with_peft_and_gives_the_same_logits(tmp_path, trai
     assert evaluated.metrics["perplexity"] <= evaluated.metrics["baselinePerplexity"] * 1.05
 
 
+def _whole_json(path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def test_a_torn_trainer_state_is_not_resumed_from(tmp_path):
+    from gptops.pipeline.train import _newest_complete_checkpoint
+
+    for step, state in ((10, '{"global_step": 10}'), (20, "")):  # the Pod died while writing step 20's state
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert _newest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert not (tmp_path / "checkpoint-20").exists()
+
+
 def test_a_process_killed_mid_training_resumes_to_the_planned_step(tmp_path, corpus_file):
     ftj = {"kind": "FineTuneJob", "spec": ftj_spec(corpus_file, training={"maxSteps": 100, "checkpointEverySteps": 10})}
     model = {"kind": "GPTModel", "spec": copy.deepcopy(TINY_MODEL)}
@@ -122,7 +140,7 @@ def test_a_process_killed_mid_training_resumes_to_the_planned_step(tmp_path, cor
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not (root / "checkpoints" / "checkpoint-10" / "trainer_state.json").exists():
+        while not _whole_json(root / "checkpoints" / "checkpoint-10" / "trainer_state.json"):
             assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the process ended"
             time.sleep(0.02)
     finally:

@@ -267,18 +267,27 @@ class _ProgressCallback(TrainerCallback):
 
 
 def _newest_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The highest-step checkpoint-N directory that has its trainer state; incomplete newer ones are removed."""
+    """The highest-step checkpoint-N directory that has its trainer state, whole; incomplete newer ones are removed."""
     if not checkpoints.is_dir():
         return None
     found = sorted(((int(m.group(1)), p) for p in checkpoints.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()),
                    reverse=True)
     for _, path in found:
-        if (path / STATE_FILE).exists():
+        if _readable_state(path / STATE_FILE):
             return path
         if _is_main():
             log.warning("Removing incomplete checkpoint path=%s", path)
             shutil.rmtree(path, ignore_errors=True)
     return None
+
+
+def _readable_state(path: Path) -> bool:
+    """The trainer state is there and parses: a Pod killed while writing it leaves an empty or cut-off file."""
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _is_main() -> bool:
