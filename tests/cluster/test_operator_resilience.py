@@ -1,0 +1,302 @@
+"""A killed operator or a lost Pod never leaves a half-done state behind, on the real local control plane.
+
+The operator runs as `gptops operator` processes that the tests kill with SIGKILL (no cleanup handlers run, as when
+a node dies or the OOM killer strikes). While it is down kwok still finishes stage Pods and the Job, Deployment and
+garbage-collector controllers keep working; a new operator must pick up from what exists: the next stage under its
+deterministic name, no duplicate Jobs, no stage run twice, conditions rebuilt for the current generation. A stage
+Pod deleted under a running Job (its node died) is replaced by the Job controller, and the run goes on."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gptops.devcluster.stages import EXIT_CODE_ANNOTATION, RESULT_ANNOTATION
+from test_operator import (  # noqa: F401  (crds and k are fixtures)
+    EXAMPLES,
+    GOOD,
+    MODEL,
+    RUN,
+    Cluster,
+    crds,
+    free_port,
+    k,
+    wait_for,
+)
+
+pytestmark = pytest.mark.cluster
+
+GPTOPS = str(Path(sys.executable).parent / "gptops")
+STAGE_JOB_SELECTOR = f"app.kubernetes.io/managed-by=gptops,gptops.io/finetunejob={RUN}"
+
+
+class Operator:
+    """One `gptops operator` process watching the test's namespace; its output goes to a file (a pipe nobody
+    reads would block it)."""
+
+    def __init__(self, control_plane: Any, namespace: str, log: Path) -> None:
+        self.metrics_port, self.health_port = free_port(), free_port()
+        self.log = log
+        env = {**control_plane.env, "GPTOPS_RESYNC_SECONDS": "2", "GPTOPS_WATCH_SERVER_TIMEOUT": "10"}
+        with log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [GPTOPS, "operator", "--namespace", namespace, "--metrics-port", str(self.metrics_port),
+                 "--health-port", str(self.health_port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup handler, no last status write."""
+        self.proc.send_signal(signal.SIGKILL)
+        assert self.proc.wait(timeout=30) == -signal.SIGKILL
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        return self.proc.returncode
+
+    def reconciles(self, kind: str) -> float:
+        """gptops_reconcile_total{kind, result="ok"} as this process counts it (0 before it answers)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return 0.0
+        found = re.search(rf'^gptops_reconcile_total\{{kind="{kind}",result="ok"\}} (\S+)$', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    def wait_passes(self, kind: str, count: int, timeout: float = 60) -> None:
+        """Wait until this operator has finished `count` more passes over objects of `kind` than now."""
+        start = self.reconciles(kind)
+        wait_for(lambda: self.reconciles(kind) >= start + count, f"{count} more {kind} passes", timeout)
+
+
+@pytest.fixture
+def operators(control_plane, k: Cluster, tmp_path: Path) -> Iterator[Any]:
+    """Start operators with `operators()`; at the end every one still running is stopped, and must exit cleanly."""
+    started: list[Operator] = []
+
+    def start() -> Operator:
+        started.append(Operator(control_plane, k.ns, tmp_path / f"operator-{len(started)}.log"))
+        return started[-1]
+
+    yield start
+    try:
+        k.kubectl("delete", "finetunejobs,gptmodels", "--all", "--timeout=30s")
+    finally:
+        codes = [(op.proc.poll(), op) for op in started]
+        for code, op in codes:
+            if code is None:  # still running: a graceful stop must succeed
+                assert op.stop() == 0, op.output[-4000:]
+        k.cp.kubectl("delete", "pv", f"{k.ns}-artifacts", "--wait=false", check=False)
+
+
+# --- what a test looks at -----------------------------------------------------------------------------------
+
+
+def stage_jobs(k: Cluster) -> dict[str, dict[str, Any]]:
+    return {j["metadata"]["name"]: j for j in k.items("jobs", STAGE_JOB_SELECTOR)}
+
+
+def job_pods(k: Cluster, stage: str) -> list[dict[str, Any]]:
+    return k.items("pods", f"job-name={RUN}-{stage}-1")
+
+
+def job_condition(job: dict[str, Any] | None, type_: str) -> bool:
+    return any(c["type"] == type_ and c["status"] == "True" for c in ((job or {}).get("status") or {})
+               .get("conditions", []))
+
+
+def running_pod(k: Cluster, stage: str) -> dict[str, Any]:
+    """The one Running Pod of a stage Job."""
+    return wait_for(lambda: next((p for p in job_pods(k, stage) if p["status"].get("phase") == "Running"
+                                  and not p["metadata"].get("deletionTimestamp")), None),
+                    f"a Running Pod of Job {RUN}-{stage}-1")
+
+
+def complete_running_pod(k: Cluster, stage: str, message: str) -> None:
+    """Like Cluster.complete_stage, but on the Pod that runs now: a Job that lost a Pod keeps the failed one."""
+    pod = running_pod(k, stage)
+    result = json.dumps({"apiVersion": "gptops.io/stage-result/v1", "stage": stage, "ok": True, "message": message,
+                         "metrics": {}, "artifacts": {}, "digest": "sha256:0123"})
+    k.kubectl("annotate", "pod", pod["metadata"]["name"], f"{RESULT_ANNOTATION}={result}")
+
+
+def assert_conditions_current(k: Cluster, kind: str, name: str) -> dict[str, Any]:
+    """Every condition, and status.observedGeneration where the kind has it, speak of the current generation."""
+    obj = k.get(kind, name) or {}
+    generation = obj["metadata"]["generation"]
+    conditions = obj["status"]["conditions"]
+    assert conditions and all(c["observedGeneration"] == generation for c in conditions), (generation, conditions)
+    assert len({c["type"] for c in conditions}) == len(conditions), conditions
+    if "observedGeneration" in obj["status"]:
+        assert obj["status"]["observedGeneration"] == generation
+    return obj
+
+
+def our_events(k: Cluster, name: str) -> list[tuple[str, str]]:
+    """(reason, message) of each event the operator posted about `name`, repeated by its count."""
+    return [(e["reason"], e["message"]) for e in k.events(name) if e["reason"] != "Logging"
+            for _ in range(e.get("count") or 1)]
+
+
+# --- the tests ----------------------------------------------------------------------------------------------
+
+
+def test_a_killed_operator_goes_on_where_it_stopped(k: Cluster, operators) -> None:
+    first = operators()
+    k.kubectl("apply", "-f", str(EXAMPLES / "gptmodel.yaml"), "-f", str(EXAMPLES / "finetunejob.yaml"))
+    prepare = wait_for(lambda: k.get("job", f"{RUN}-prepare-1"), "the prepare Job")
+    running_pod(k, "prepare")
+    k.wait_condition("ftj", RUN, "Prepared", "False")
+    first.kill()
+
+    # While nobody reconciles: the stage finishes (kwok, the Job controller), and the GPTModel's spec changes.
+    k.complete_stage(RUN, "prepare")
+    wait_for(lambda: job_condition(k.get("job", f"{RUN}-prepare-1"), "Complete"), "the prepare Job to complete")
+    k.kubectl("patch", "gptmodel", MODEL, "--type=merge", "-p", '{"spec":{"serving":{"rolloutDeadlineSeconds":900}}}')
+    assert (k.get("gptmodel", MODEL) or {})["metadata"]["generation"] == 2
+    assert k.get("job", f"{RUN}-train-1") is None  # nothing moves on without an operator
+    assert k.condition("ftj", RUN, "Prepared")["status"] == "False"  # the status the killed operator left
+
+    second = operators()
+    train = wait_for(lambda: k.get("job", f"{RUN}-train-1"), "the train Job from the new operator")
+    k.wait_condition("ftj", RUN, "Prepared", "True")
+    assert train["metadata"]["ownerReferences"][0]["name"] == RUN
+    running_pod(k, "train")
+    k.complete_stage(RUN, "train")
+    wait_for(lambda: k.get("job", f"{RUN}-evaluate-1"), "the evaluate Job")
+    running_pod(k, "evaluate")
+    second.kill()
+
+    # Killed again, with the last stage about to finish: the gate, the promotion and the rollout all fall to
+    # the third operator.
+    k.complete_stage(RUN, "evaluate", metrics=GOOD)
+    wait_for(lambda: job_condition(k.get("job", f"{RUN}-evaluate-1"), "Complete"), "the evaluate Job to complete")
+    assert k.condition("ftj", RUN, "Passed").get("status") != "True"
+
+    operators()
+    k.wait_condition("ftj", RUN, "Promoted", "True")
+    wait_for(lambda: "--enable-lora" in k.deployment_args(MODEL), "the LoRA revision in the Deployment")
+    wait_for(lambda: k.condition("gptmodel", MODEL, "Progressing").get("reason") == "RolloutComplete",
+             "the rollout of the promoted revision", timeout=90)
+    k.wait_condition("gptmodel", MODEL, "Ready", "True")
+
+    # One Job per stage under its deterministic name; none made twice, no stage run twice.
+    jobs = stage_jobs(k)
+    assert sorted(jobs) == sorted(f"{RUN}-{s}-1" for s in ("prepare", "train", "evaluate"))
+    assert jobs[f"{RUN}-prepare-1"]["metadata"]["uid"] == prepare["metadata"]["uid"]
+    assert jobs[f"{RUN}-train-1"]["metadata"]["uid"] == train["metadata"]["uid"]
+    for stage in ("prepare", "train", "evaluate"):
+        assert jobs[f"{RUN}-{stage}-1"]["status"].get("succeeded") == 1, stage
+        assert len(job_pods(k, stage)) == 1, stage
+    created = [m for reason, m in our_events(k, RUN) if reason == "JobCreated"]
+    assert sorted(created) == sorted(f"Created Job {RUN}-{s}-1 for the {s} stage"
+                                     for s in ("prepare", "train", "evaluate")), created
+
+    # Status rebuilt whole, for the current generations.
+    ftj = assert_conditions_current(k, "ftj", RUN)
+    state = {c["type"]: c["status"] for c in ftj["status"]["conditions"]}
+    assert state == {"Prepared": "True", "Trained": "True", "Evaluated": "True", "Passed": "True",
+                     "Promoted": "True", "Failed": "False"}, state
+    assert ftj["status"]["phase"] == "Promoted"
+    assert ftj["status"]["metrics"]["perplexity"] == 42.0
+    assert all(ftj["status"]["stages"][s]["result"]["ok"] for s in ("prepare", "train", "evaluate"))
+    model = wait_for(lambda: (m := assert_conditions_current(k, "gptmodel", MODEL))["metadata"]["generation"] == 2
+                     and m, "the GPTModel's conditions at generation 2")
+    assert model["status"]["servingRevision"] == RUN
+    assert (k.get("deployment", MODEL) or {})["spec"]["progressDeadlineSeconds"] == 900
+    gptmodel_state = {c["type"]: c["status"] for c in model["status"]["conditions"]}
+    assert gptmodel_state == {"Ready": "True", "Progressing": "False", "Degraded": "False"}, gptmodel_state
+    # Each transition was posted once, however many operators saw it.
+    ours = our_events(k, RUN)
+    assert len(ours) == len(set(ours)), sorted(ours)
+
+
+@pytest.mark.parametrize("how", ["deleted", "crashed"])
+def test_a_lost_stage_pod_is_replaced_and_the_run_goes_on(k: Cluster, operators, how: str) -> None:
+    op = operators()
+    k.kubectl("apply", "-f", str(EXAMPLES / "gptmodel.yaml"), "-f", str(EXAMPLES / "finetunejob.yaml"))
+    k.complete_stage(RUN, "prepare")
+    k.wait_condition("ftj", RUN, "Prepared", "True")
+    lost = running_pod(k, "train")
+
+    if how == "deleted":
+        # Its node died: the Pod is gone (kwok removes a deleted Pod at once).
+        k.kubectl("delete", "pod", lost["metadata"]["name"], "--timeout=30s")
+    else:
+        # It crashed with no stage result, only a log tail (exit 137, as after the OOM killer); the Job has
+        # retries left (backoffLimit 2).
+        k.kubectl("annotate", "pod", lost["metadata"]["name"], f"{RESULT_ANNOTATION}=Killed: CUDA out of memory",
+                  f"{EXIT_CODE_ANNOTATION}=137")
+        wait_for(lambda: (k.get("pod", lost["metadata"]["name"]) or {}).get("status", {}).get("phase") == "Failed",
+                 "the crashed Pod to fail")
+    # The Job controller makes another.
+    replacement = running_pod(k, "train")
+    assert replacement["metadata"]["uid"] != lost["metadata"]["uid"]
+    job = k.get("job", f"{RUN}-train-1") or {}
+    assert not job_condition(job, "Failed"), job["status"]
+
+    # Passes after the loss, from the Job's events and the resync loop, keep the run Training, not Failed.
+    op.wait_passes("FineTuneJob", 3)
+    assert k.condition("ftj", RUN, "Failed")["status"] == "False"
+    trained = k.condition("ftj", RUN, "Trained")
+    assert (trained["status"], trained["reason"]) == ("False", "JobRunning"), trained
+    assert (k.get("ftj", RUN) or {})["status"]["phase"] == "Training"
+
+    complete_running_pod(k, "train", "resumed from checkpoint-100")
+    trained = k.wait_condition("ftj", RUN, "Trained", "True")
+    assert trained["message"] == "resumed from checkpoint-100"
+    wait_for(lambda: k.get("job", f"{RUN}-evaluate-1"), "the evaluate Job")
+    k.complete_stage(RUN, "evaluate", metrics=GOOD)
+    k.wait_condition("ftj", RUN, "Promoted", "True")
+
+    ftj = assert_conditions_current(k, "ftj", RUN)
+    assert ftj["status"]["stages"]["train"]["result"]["message"] == "resumed from checkpoint-100"
+    assert k.condition("ftj", RUN, "Failed")["status"] == "False"
+    assert sorted(stage_jobs(k)) == sorted(f"{RUN}-{s}-1" for s in ("prepare", "train", "evaluate"))
+    assert not [reason for reason, _ in our_events(k, RUN) if reason in ("JobFailed", "StageFailed")]
+
+
+def test_deletes_while_the_operator_is_down_are_not_blocked(k: Cluster, operators) -> None:
+    op = operators()
+    k.kubectl("apply", "-f", str(EXAMPLES / "gptmodel.yaml"), "-f", str(EXAMPLES / "finetunejob.yaml"))
+    running_pod(k, "prepare")
+    k.wait_condition("gptmodel", MODEL, "Ready", "True")
+    k.wait_condition("ftj", RUN, "Prepared", "False")
+    replicasets = k.items("replicasets", "app.kubernetes.io/managed-by=gptops")
+    assert replicasets and k.items("pods", f"job-name={RUN}-prepare-1")
+    op.kill()
+
+    for kind, name in (("ftj", RUN), ("gptmodel", MODEL), ("job", f"{RUN}-prepare-1")):
+        obj = k.get(kind, name) or {}
+        assert not obj["metadata"].get("finalizers"), (kind, obj["metadata"])
+    started = time.monotonic()
+    k.kubectl("delete", "ftj", RUN, "--timeout=30s")
+    k.kubectl("delete", "gptmodel", MODEL, "--timeout=30s")
+    assert time.monotonic() - started < 30
+
+    # The garbage collector takes the children, and theirs, with nobody reconciling.
+    wait_for(lambda: k.get("job", f"{RUN}-prepare-1") is None, "the garbage collector to delete the Job")
+    wait_for(lambda: not k.items("pods", f"job-name={RUN}-prepare-1"), "the stage Pod to go")
+    wait_for(lambda: k.get("deployment", MODEL) is None and k.get("service", MODEL) is None,
+             "the garbage collector to delete the Deployment and Service")
+    wait_for(lambda: not k.items("replicasets", "app.kubernetes.io/managed-by=gptops"), "the ReplicaSets to go")
+    wait_for(lambda: not k.items("pods", "app.kubernetes.io/managed-by=gptops"), "every Pod of ours to go")
