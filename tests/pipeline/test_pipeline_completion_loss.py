@@ -131,3 +131,32 @@ def test_training_on_completions_only_predicts_them_better_and_reports_their_cou
         scores[name] = perplexity(model, blocks["input_ids"], 8, torch.device("cpu"), blocks["labels"])[0]
     assert scores["masked"] == pytest.approx(masked["evaluate"].metrics["perplexity"], rel=1e-3)
     assert scores["masked"] < scores["full"], scores
+
+
+def test_a_template_that_rewrites_earlier_turns_still_masks_all_but_the_assistant_content(tmp_path):
+    """A template whose renderings are not prefixes of each other (here: a header with the turn count) cannot be
+    diffed turn by turn; each assistant turn's content is learned instead, and no user text."""
+    from transformers import GPT2Config
+
+    from gptops.pipeline import models
+
+    rows = [{"messages": [{"role": "user", "content": f"who is {d.split()[0]}?"},
+                          {"role": "assistant", "content": d.split(".")[0] + "."}]} for d in documents(60)]
+    tokenizer = models.train_tokenizer([m["content"] for r in rows for m in r["messages"]], 400, 64)
+    tokenizer.chat_template = ("turns {{ messages|length }}\n{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}"
+                               "\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
+    model_dir = tmp_path / "model"
+    tokenizer.save_pretrained(str(model_dir))
+    GPT2Config(n_positions=64, n_layer=2, n_head=2, n_embd=64, vocab_size=len(tokenizer)).save_pretrained(str(model_dir))
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    configs = configs_from_spec(ftj_spec(data, dataset={"format": "chat",
+                                                        "preprocessing": {"blockSize": 64, "packing": False}}),
+                                {"source": {"local": {"path": str(model_dir)}}}, tmp_path / "run")
+    run_prepare(configs.prepare)
+
+    saved = AutoTokenizer.from_pretrained(str(tmp_path / "run" / "tokenizer"))
+    answers = {r["messages"][1]["content"] for r in rows}
+    for ids, labels in _rows(tmp_path / "run"):
+        learned = saved.decode([i for i, label in zip(ids, labels, strict=True) if label != -100])
+        assert learned.strip() in answers and "who is" not in learned
