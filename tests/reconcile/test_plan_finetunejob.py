@@ -128,6 +128,19 @@ def test_a_promoted_lora_run_records_its_rank_for_the_deployment(world: World, r
     assert args[args.index("--max-lora-rank") + 1] == max_lora_rank
 
 
+@pytest.mark.parametrize(("status", "start"), [
+    ({"servingRevision": "older", "servingArtifact": "/artifacts/ml/older/model"}, "/artifacts/ml/older/model"),
+    ({"servingRevision": "older", "servingArtifact": "sshleifer/tiny-gpt2",
+      "servingAdapter": "/artifacts/ml/older/adapter", "servingLoraRank": 16}, "/artifacts/ml/older/adapter"),
+])
+def test_a_run_starts_from_what_is_served_a_lora_revision_from_its_adapter(world: World, status, start) -> None:
+    world.model["status"] = status
+    world.ftj["spec"]["startFrom"] = "serving"
+    [job] = [a.manifest for a in world.plan_ftj().actions if isinstance(a, CreateChild)]
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--start-model") + 1] == start
+
+
 def test_promoting_a_full_run_over_a_lora_run_clears_the_rank(world: World) -> None:
     world.model["status"] = {"servingRevision": "older", "servingArtifact": "sshleifer/tiny-gpt2",
                              "servingAdapter": "/artifacts/ml/older/adapter", "servingLoraRank": 16}

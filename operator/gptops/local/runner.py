@@ -142,10 +142,8 @@ def _start_model(item: specs.RunItem, model_state: ModelState) -> tuple[str | No
         revision, artifact, method = (model_state.previous_revision, model_state.previous_artifact,
                                       model_state.previous_method)
     if start_from in ("auto", "serving") and artifact:
-        if method == "lora":
-            raise RunFailed(f"starting from a LoRA revision ({revision}) "
-                            f"is not supported by gptops run; set startFrom: source")
-        return artifact, f"revision {revision}"
+        # A LoRA revision's artifact is its adapter directory: the pipeline merges it into its base first.
+        return artifact, f"revision {revision}" + (" (LoRA adapter, merged)" if method == "lora" else "")
     if start_from == "serving":
         raise RunFailed(f"startFrom is serving, but GPTModel {item.model_name} serves "
                         f"nothing yet on this machine (run the FineTuneJob that trains it first)")

@@ -150,7 +150,9 @@ def _start_model(ftj: FineTuneJob, model: GPTModel) -> tuple[str | None, str | N
     if mode == "serving":
         if served is None:
             return None, None, (f"startFrom: serving, but GPTModel {model.name} serves no fine-tuned revision yet")
-        return served.model, served.model, None
+        # A LoRA revision starts from its adapter: the train stage merges it into its base first.
+        start = served.adapter or served.model
+        return start, start, None
     return None, source_model_location(model), None
 
 
