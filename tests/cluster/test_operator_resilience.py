@@ -274,6 +274,26 @@ def test_a_lost_stage_pod_is_replaced_and_the_run_goes_on(k: Cluster, operators,
     assert sorted(stage_jobs(k)) == sorted(f"{RUN}-{s}-1" for s in ("prepare", "train", "evaluate"))
     assert not [reason for reason, _ in our_events(k, RUN) if reason in ("JobFailed", "StageFailed")]
 
+    # The served revision loses its Pod too, after its rollout: the Deployment controller replaces it, and the
+    # operator neither rolls back (the rollout watch ended with the rollout) nor leaves the model not Ready.
+    wait_for(lambda: k.condition("gptmodel", MODEL, "Progressing").get("reason") == "RolloutComplete",
+             "the rollout of the promoted revision", timeout=90)
+    deployment = k.get("deployment", MODEL) or {}
+    assert "gptops.io/rollout-started" not in deployment["metadata"]["annotations"]
+    selector = ",".join(f"{key}={value}" for key, value in deployment["spec"]["selector"]["matchLabels"].items())
+    serving = wait_for(lambda: next((p for p in k.items("pods", selector) if p["status"].get("phase") == "Running"
+                                     and not p["metadata"].get("deletionTimestamp")), None), "the vLLM Pod")
+    k.kubectl("delete", "pod", serving["metadata"]["name"], "--timeout=30s")
+    wait_for(lambda: [p for p in k.items("pods", selector) if p["status"].get("phase") == "Running"
+                      and p["metadata"]["uid"] != serving["metadata"]["uid"]], "a new vLLM Pod")
+    op.wait_passes("GPTModel", 2)
+    k.wait_condition("gptmodel", MODEL, "Ready", "True")
+    model = assert_conditions_current(k, "gptmodel", MODEL)
+    assert model["status"]["servingRevision"] == RUN
+    assert k.condition("gptmodel", MODEL, "Degraded")["status"] == "False"
+    annotations = (k.get("deployment", MODEL) or {})["metadata"]["annotations"]
+    assert annotations["gptops.io/revision"] == RUN and "gptops.io/rolled-back-from" not in annotations
+
 
 def test_deletes_while_the_operator_is_down_are_not_blocked(k: Cluster, operators) -> None:
     op = operators()
