@@ -295,6 +295,30 @@ def test_a_lost_stage_pod_is_replaced_and_the_run_goes_on(k: Cluster, operators,
     assert annotations["gptops.io/revision"] == RUN and "gptops.io/rolled-back-from" not in annotations
 
 
+def test_a_finished_run_whose_pods_are_lost_keeps_its_outcome(k: Cluster, operators) -> None:
+    """The stage results live in the Pods' termination messages; a complete Job's Pods can go (a lost node, the
+    Pod garbage collector) and the Job controller makes no new ones. The status keeps what was read from them."""
+    op = operators()
+    k.kubectl("apply", "-f", str(EXAMPLES / "gptmodel.yaml"), "-f", str(EXAMPLES / "finetunejob.yaml"))
+    for stage in ("prepare", "train"):
+        k.complete_stage(RUN, stage)
+    k.complete_stage(RUN, "evaluate", metrics=GOOD)
+    k.wait_condition("ftj", RUN, "Promoted", "True")
+    op.wait_passes("FineTuneJob", 1)
+    before = (k.get("ftj", RUN) or {})["status"]
+
+    for stage in ("prepare", "train", "evaluate"):
+        for pod in job_pods(k, stage):
+            k.kubectl("delete", "pod", pod["metadata"]["name"], "--timeout=30s")
+    wait_for(lambda: not k.items("pods", f"gptops.io/finetunejob={RUN}"), "the stage Pods to go")
+    op.wait_passes("FineTuneJob", 3)
+
+    after = (k.get("ftj", RUN) or {})["status"]
+    assert after == before
+    assert after["phase"] == "Promoted" and after["metrics"]["perplexity"] == 42.0
+    assert sorted(stage_jobs(k)) == sorted(f"{RUN}-{s}-1" for s in ("prepare", "train", "evaluate"))
+
+
 def test_deletes_while_the_operator_is_down_are_not_blocked(k: Cluster, operators) -> None:
     op = operators()
     k.kubectl("apply", "-f", str(EXAMPLES / "gptmodel.yaml"), "-f", str(EXAMPLES / "finetunejob.yaml"))

@@ -27,7 +27,7 @@ from gptops.api.conditions import (
     Reason,
 )
 from gptops.api.constants import STAGES
-from gptops.api.finetunejob import FineTuneJob, RunArtifacts
+from gptops.api.finetunejob import FineTuneJob, RunArtifacts, StageStatus
 from gptops.api.gptmodel import GPTModel
 from gptops.api.stageresult import StageResult, parse_stage_result
 from gptops.builders import BuildError, build_stage_children, stage_job_name
@@ -92,7 +92,7 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
             wants.append(Want(cond_type, FALSE, blocked.reason, blocked.message))
             previous_done = False
             continue
-        outcome = _stage_outcome(stage, name, job)
+        outcome = _stage_outcome(stage, name, job, recorded=getattr(ftj.status.stages, stage))
         if model is not None and (job is None or (is_multinode(ftj, stage) and not (outcome.done or outcome.failed))):
             try:
                 children = build_stage_children(ftj, model, stage, generation=gen, start_model=start_model)
@@ -163,7 +163,7 @@ def _exists(child: dict[str, Any], observed: ObservedFineTuneJob) -> bool:
     return name in observed.services
 
 
-def _stage_outcome(stage: str, name: str, job: JobState | None) -> _Stage:
+def _stage_outcome(stage: str, name: str, job: JobState | None, recorded: StageStatus | None = None) -> _Stage:
     cond_type = STAGE_CONDITION[stage]
     if job is None:
         return _Stage(Want(cond_type, FALSE, Reason.JOB_CREATED, f"created Job {name}"), status={"jobName": name})
@@ -172,6 +172,11 @@ def _stage_outcome(stage: str, name: str, job: JobState | None) -> _Stage:
     pod = job.result_pod()
     raw = pod.message if pod else ""
     result = parse_stage_result(raw, stage=stage)
+    if (result is None and pod is None and job.complete and recorded is not None and recorded.job_name == name
+            and recorded.completion_time == job.completion_time):
+        # The completed Job's Pods are gone (a lost node, the Pod garbage collector): keep the result an earlier
+        # pass read from them after the Job completed, rather than forget the stage's outcome.
+        result = recorded.result
     if result is not None:
         timing["result"] = result.to_dict()
     failed_cond = job.failed_condition
