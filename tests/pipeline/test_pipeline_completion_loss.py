@@ -80,8 +80,9 @@ def test_chat_learns_each_assistant_turn_with_its_end_marker_and_no_user_turn(tm
     run_prepare(configs.prepare)
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "run" / "tokenizer"))
     eos = tokenizer.eos_token
-    expected = {"".join(m["content"] + eos + "\n" for m in r["messages"] if m["role"] == "assistant") + eos
-                for r in rows}
+    # Each answer and its end-of-turn marker; not the newline after it, which also precedes the next turn (learning
+    # "newline -> end" taught a served model to answer with nothing).
+    expected = {"".join(m["content"] + eos for m in r["messages"] if m["role"] == "assistant") for r in rows}
 
     for ids, labels in _rows(tmp_path / "run"):
         if len(ids) == 64:

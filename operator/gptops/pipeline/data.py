@@ -594,9 +594,12 @@ class _Renderer:
                 through = render(messages[: i + 1], tokenize=False)
             except Exception:  # a template that refuses a partial conversation (e.g. one that must end with a user)
                 before, through = "", None
+            # Whitespace the template puts after the end-of-turn marker is not learned: it is also what precedes the
+            # next turn, and learning "newline -> end of document" teaches the model to answer with nothing.
+            end = len(through.rstrip()) if through is not None else 0
             if through is not None and text.startswith(through) and through.startswith(before) \
-                    and before != through and len(before) >= search_from:
-                spans.append([len(before), len(through)])
+                    and end > len(before) and len(before) >= search_from:
+                spans.append([len(before), end])
                 search_from = len(through)
                 continue
             start = text.find(message["content"], search_from)
