@@ -82,6 +82,12 @@ def test_start_model_is_passed_when_the_operator_chose_one(finetunejob, gptmodel
 
 
 @pytest.mark.parametrize("stage", STAGES)
+def test_a_pod_lost_to_a_disruption_does_not_count_as_a_failure(stage, finetunejob, gptmodel):
+    policy = build_stage_job(finetunejob, gptmodel, stage)["spec"]["podFailurePolicy"]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in policy["rules"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_pod_is_restricted_and_reports_results(stage, finetunejob, gptmodel):
     job = build_stage_job(finetunejob, gptmodel, stage)
     pod = job["spec"]["template"]["spec"]

@@ -193,6 +193,9 @@ def build_stage_job(
 
     job_spec: dict[str, Any] = {
         "backoffLimit": training.backoff_limit,
+        # A Pod lost to a disruption (node drained or gone, preemption, eviction) is retried without counting
+        # against backoffLimit: training resumes from its checkpoint, so a lost node is not a failed run.
+        "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]},
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
     if nodes > 1:
