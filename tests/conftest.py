@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 SKIP_ENV = "GPTOPS_SKIP_CLUSTER"
+ROOT = Path(__file__).resolve().parents[1]
+CRD_NAMES = ("gptmodels.gptops.io", "finetunejobs.gptops.io")
 
 
 def find_kubectl() -> str:
@@ -51,6 +53,24 @@ class ControlPlane:
         if check and result.returncode != 0:
             pytest.fail(f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}", pytrace=False)
         return result
+
+    def install_crds(self) -> None:
+        """Apply the project's CRDs and wait until they are Established and their short names resolve.
+        (`kubectl wait --for=condition=Established` fails instead of waiting when a new CRD has no conditions yet.)"""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        deadline = time.monotonic() + 60
+        while True:
+            established = [
+                self.kubectl("get", "crd", name, "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                             check=False).stdout.strip() == "True"
+                for name in CRD_NAMES
+            ]
+            if all(established) and all(self.kubectl("get", short, "-A", check=False).returncode == 0
+                                        for short in ("gm", "ftj")):
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"the CRDs {CRD_NAMES} were not Established and discoverable within 60s", pytrace=False)
+            time.sleep(0.25)
 
     def api_client(self):
         """A new `kubernetes.client.ApiClient` for the admin user."""

@@ -82,6 +82,7 @@ def test_stages_cover_node_and_pod_life_and_use_the_documented_annotations():
         ("node-heartbeat", "Node"),
         ("pod-ready", "Pod"),
         ("pod-complete", "Pod"),
+        ("pod-kill", "Pod"),
         ("pod-delete", "Pod"),
     ]
     complete = stages[3]["spec"]
@@ -89,7 +90,8 @@ def test_stages_cover_node_and_pod_life_and_use_the_documented_annotations():
     assert f'.metadata.annotations["{RESULT_ANNOTATION}"]' in keys
     template = complete["next"]["statusTemplate"]
     assert f'"{RESULT_ANNOTATION}"' in template and f'"{EXIT_CODE_ANNOTATION}"' in template
-    assert stages[4]["spec"]["next"] == {"delete": True}
+    assert "phase: Failed" in stages[4]["spec"]["next"]["statusTemplate"]  # a deleted Pod is killed first
+    assert stages[5]["spec"]["next"] == {"delete": True}
 
 
 def test_kubeconfig_embeds_the_credentials(tmp_path):

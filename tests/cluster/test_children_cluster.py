@@ -38,9 +38,7 @@ def get(plane, namespace, *args):
 @pytest.fixture
 def restricted(control_plane, namespace):
     """The test namespace, enforcing the "restricted" Pod Security Standard, with a bound artifacts claim."""
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for name in ("gptmodels.gptops.io", "finetunejobs.gptops.io"):
-        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    control_plane.install_crds()
     control_plane.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
                           "pod-security.kubernetes.io/warn=restricted")
     pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{namespace}-artifacts"},

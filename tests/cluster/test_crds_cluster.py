@@ -22,13 +22,7 @@ FTJ = yaml.safe_load((ROOT / "examples" / "finetunejob.yaml").read_text())
 
 @pytest.fixture(scope="module")
 def crds(control_plane):
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for name in ("gptmodels.gptops.io", "finetunejobs.gptops.io"):
-        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
-    deadline = time.monotonic() + 30  # discovery catches up a moment after Established
-    while control_plane.kubectl("get", "gm", "-A", check=False).returncode != 0:
-        assert time.monotonic() < deadline, "the gm short name never became known"
-        time.sleep(0.5)
+    control_plane.install_crds()
     return control_plane
 
 

@@ -22,17 +22,7 @@ from typing import Any
 import pytest
 
 from gptops.devcluster.stages import EXIT_CODE_ANNOTATION, RESULT_ANNOTATION
-from test_operator import (  # noqa: F401  (crds and k are fixtures)
-    EXAMPLES,
-    GOOD,
-    MODEL,
-    RUN,
-    Cluster,
-    crds,
-    free_port,
-    k,
-    wait_for,
-)
+from operator_kit import EXAMPLES, GOOD, MODEL, RUN, Cluster, free_port, wait_for
 
 pytestmark = pytest.mark.cluster
 

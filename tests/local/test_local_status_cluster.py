@@ -17,9 +17,7 @@ GPTOPS = str(Path(sys.executable).parent / "gptops")
 
 
 def test_status_lists_the_quickstart_resources(control_plane, namespace):
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for crd in ("gptmodels.gptops.io", "finetunejobs.gptops.io"):
-        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    control_plane.install_crds()
     control_plane.kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "quickstart" / "quickstart.yaml"))
     control_plane.kubectl("patch", "finetunejob", "pydoc-qa", "-n", namespace, "--subresource=status",
                           "--type=merge", "-p", json.dumps({"status": {

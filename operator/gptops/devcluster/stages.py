@@ -2,7 +2,7 @@
 
 A scheduled Pod goes Running and Ready. A Pod annotated `kwok.gptops.io/result` then terminates: Succeeded when
 `kwok.gptops.io/exit-code` is absent or "0", else Failed; each container's termination message is the result.
-Pods without it keep running; deleted Pods are removed. Shapes follow kwok v0.8.0's kustomize/stage files.
+Pods without it keep running. A deleted Pod is killed (phase Failed, exit code 137), then removed. Shapes follow kwok v0.8.0's kustomize/stage files.
 """
 
 from __future__ import annotations
@@ -160,12 +160,44 @@ phase: {{ if $ok }}Succeeded{{ else }}Failed{{ end }}
     .replace("RESULT", RESULT_ANNOTATION)
 )
 
+# What a kubelet does to a deleted Pod's containers (SIGTERM, then SIGKILL): they end, and the Pod reaches a terminal
+# phase before its object goes. Controllers wait for that (a Job with a podFailurePolicy keeps its tracking finalizer
+# on the Pod until the Pod is Failed or Succeeded).
+_POD_KILLED = """\
+{{ $now := Now }}
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  reason: PodFailed
+  status: "False"
+  type: Ready
+- lastTransitionTime: {{ $now | Quote }}
+  reason: PodFailed
+  status: "False"
+  type: ContainersReady
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: false
+  restartCount: 0
+  started: false
+  state:
+    terminated:
+      exitCode: 137
+      finishedAt: {{ $now | Quote }}
+      reason: Error
+      startedAt: {{ $now | Quote }}
+{{ end }}
+phase: Failed
+"""
+
 _READY = '.status.conditions.[] | select( .type == "Ready" ) | .status'
 _NOT_DELETED = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
 
 
 def build_stages() -> list[dict]:
-    """The Stages kwok loads with `--config`: node-initialize, node-heartbeat, pod-ready, pod-complete, pod-delete."""
+    """The Stages kwok loads with `--config`: node-initialize, node-heartbeat, pod-ready, pod-complete, pod-kill,
+    pod-delete."""
     node_ready = {"key": _READY, "operator": "In", "values": ["True"]}
     return [
         _stage(
@@ -203,9 +235,21 @@ def build_stages() -> list[dict]:
             {"statusTemplate": _POD_COMPLETE},
         ),
         _stage(
+            "pod-kill",
+            "Pod",
+            [
+                {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
+                {"key": ".status.phase", "operator": "In", "values": ["Pending", "Running"]},
+            ],
+            {"statusTemplate": _POD_KILLED},
+        ),
+        _stage(
             "pod-delete",
             "Pod",
-            [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}],
+            [
+                {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
+                {"key": ".status.phase", "operator": "In", "values": ["Succeeded", "Failed"]},
+            ],
             {"delete": True},
         ),
     ]

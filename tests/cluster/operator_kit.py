@@ -1,0 +1,107 @@
+"""Helpers of the operator's cluster tests: kubectl in a namespace with parsed JSON, polling with deadlines, the
+examples and their artifacts volume."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gptops.devcluster.stages import EXIT_CODE_ANNOTATION, RESULT_ANNOTATION
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+MODEL = "tiny-gpt2"
+RUN = "tiny-gpt2-wiki"
+GOOD = {"perplexity": 42.0, "baselinePerplexity": 120.0, "bleu": 3.5, "baselineBleu": 1.0}
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    """Poll check() until it returns something truthy, and return it; fail after the deadline."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}", pytrace=False)
+        time.sleep(0.25)
+    return result
+
+
+class Cluster:
+    """kubectl in one namespace, with the JSON already parsed."""
+
+    def __init__(self, control_plane: Any, namespace: str) -> None:
+        self.cp, self.ns = control_plane, namespace
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None):
+        return self.cp.kubectl("-n", self.ns, *args, check=check, input=input)
+
+    def apply(self, *docs: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        result = self.kubectl("get", kind, name, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def items(self, kind: str, selector: str) -> list[dict[str, Any]]:
+        return json.loads(self.kubectl("get", kind, "-l", selector, "-o", "json").stdout)["items"]
+
+    def condition(self, kind: str, name: str, type_: str) -> dict[str, Any]:
+        obj = self.get(kind, name) or {}
+        return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), {})
+
+    def wait_condition(self, kind: str, name: str, type_: str, status: str, timeout: float = 60) -> dict[str, Any]:
+        return wait_for(lambda: (c := self.condition(kind, name, type_)).get("status") == status and c,
+                        f"{kind}/{name} {type_}={status}", timeout)
+
+    def complete_stage(self, run: str, stage: str, *, ok: bool = True, message: str = "",
+                       metrics: dict[str, float] | None = None) -> str:
+        """Let kwok finish the stage's Pod with a StageResult as its termination message; returns the message."""
+        job = f"{run}-{stage}-1"
+        pod = wait_for(lambda: next(iter(self.items("pods", f"job-name={job}")), None), f"a Pod of Job {job}")
+        result = json.dumps({"apiVersion": "gptops.io/stage-result/v1", "stage": stage, "ok": ok,
+                             "message": message or f"{stage} done", "metrics": metrics or {},
+                             "artifacts": {}, "digest": "sha256:0123"})
+        annotations = [f"{RESULT_ANNOTATION}={result}"] + ([] if ok else [f"{EXIT_CODE_ANNOTATION}=1"])
+        self.kubectl("annotate", "pod", pod["metadata"]["name"], *annotations)
+        return result
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The Events about the object called `name`."""
+        items = json.loads(self.kubectl("get", "events", "-o", "json").stdout)["items"]
+        return [e for e in items if e["involvedObject"]["name"] == name]
+
+    def deployment_args(self, name: str) -> list[str]:
+        dep = self.get("deployment", name) or {}
+        return dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def example(name: str) -> dict[str, Any]:
+    return yaml.safe_load((EXAMPLES / name).read_text())
+
+
+def artifacts_volume(namespace: str) -> list[dict[str, Any]]:
+    """The examples' artifacts claim, bound to a hostPath volume (there is no provisioner here)."""
+    pv = f"{namespace}-artifacts"
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolume",
+         "metadata": {"name": pv},
+         "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"],
+                  "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": f"/tmp/{pv}"},
+                  "claimRef": {"namespace": namespace, "name": "gptops-artifacts"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": "gptops-artifacts", "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}},
+                  "volumeName": pv, "storageClassName": ""}},
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
