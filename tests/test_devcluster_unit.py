@@ -90,7 +90,7 @@ def test_stages_cover_node_and_pod_life_and_use_the_documented_annotations():
     assert f'.metadata.annotations["{RESULT_ANNOTATION}"]' in keys
     template = complete["next"]["statusTemplate"]
     assert f'"{RESULT_ANNOTATION}"' in template and f'"{EXIT_CODE_ANNOTATION}"' in template
-    assert "phase: Failed" in stages[4]["spec"]["next"]["statusTemplate"]  # a deleted Pod is killed first
+    assert "{{ $ok := false }}" in stages[4]["spec"]["next"]["statusTemplate"]  # a deleted Pod is killed first (Failed)
     assert stages[5]["spec"]["next"] == {"delete": True}
 
 

@@ -124,12 +124,8 @@ phase: Running
 startTime: {{ $now | Quote }}
 """
 
-_POD_COMPLETE = (
-    """\
-{{ $now := Now }}
-{{ $code := or (index .metadata.annotations "EXIT_CODE") "0" }}
-{{ $message := index .metadata.annotations "RESULT" }}
-{{ $ok := eq $code "0" }}
+# A terminated Pod, given $code (exit code), $message (termination message) and $ok (exit code 0).
+_POD_TERMINATED = """\
 conditions:
 - lastTransitionTime: {{ $now | Quote }}
   reason: {{ if $ok }}PodCompleted{{ else }}PodFailed{{ end }}
@@ -156,8 +152,15 @@ containerStatuses:
 {{ end }}
 phase: {{ if $ok }}Succeeded{{ else }}Failed{{ end }}
 """
-    .replace("EXIT_CODE", EXIT_CODE_ANNOTATION)
-    .replace("RESULT", RESULT_ANNOTATION)
+
+_POD_COMPLETE = (
+    """\
+{{ $now := Now }}
+{{ $code := or (index .metadata.annotations "EXIT_CODE") "0" }}
+{{ $message := index .metadata.annotations "RESULT" }}
+{{ $ok := eq $code "0" }}
+""".replace("EXIT_CODE", EXIT_CODE_ANNOTATION).replace("RESULT", RESULT_ANNOTATION)
+    + _POD_TERMINATED
 )
 
 # What a kubelet does to a deleted Pod's containers (SIGTERM, then SIGKILL): they end, and the Pod reaches a terminal
@@ -165,31 +168,10 @@ phase: {{ if $ok }}Succeeded{{ else }}Failed{{ end }}
 # on the Pod until the Pod is Failed or Succeeded).
 _POD_KILLED = """\
 {{ $now := Now }}
-conditions:
-- lastTransitionTime: {{ $now | Quote }}
-  reason: PodFailed
-  status: "False"
-  type: Ready
-- lastTransitionTime: {{ $now | Quote }}
-  reason: PodFailed
-  status: "False"
-  type: ContainersReady
-containerStatuses:
-{{ range .spec.containers }}
-- image: {{ .image | Quote }}
-  name: {{ .name | Quote }}
-  ready: false
-  restartCount: 0
-  started: false
-  state:
-    terminated:
-      exitCode: 137
-      finishedAt: {{ $now | Quote }}
-      reason: Error
-      startedAt: {{ $now | Quote }}
-{{ end }}
-phase: Failed
-"""
+{{ $code := "137" }}
+{{ $message := "" }}
+{{ $ok := false }}
+""" + _POD_TERMINATED
 
 _READY = '.status.conditions.[] | select( .type == "Ready" ) | .status'
 _NOT_DELETED = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
