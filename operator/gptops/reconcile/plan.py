@@ -12,8 +12,8 @@ EventType = Literal["Normal", "Warning"]
 
 
 @dataclass(frozen=True)
-class CreateChild:
-    """Create a child object; meeting 409 AlreadyExists is success (names are deterministic)."""
+class _ChildAction:
+    """An action on one child object, given as its whole manifest."""
 
     manifest: dict[str, Any]
 
@@ -27,18 +27,13 @@ class CreateChild:
 
 
 @dataclass(frozen=True)
-class ApplyChild:
+class CreateChild(_ChildAction):
+    """Create a child object; meeting 409 AlreadyExists is success (names are deterministic)."""
+
+
+@dataclass(frozen=True)
+class ApplyChild(_ChildAction):
     """Server-side apply a child (create it, or bring it to exactly this manifest; fields left out are removed)."""
-
-    manifest: dict[str, Any]
-
-    @property
-    def kind(self) -> str:
-        return str(self.manifest["kind"])
-
-    @property
-    def name(self) -> str:
-        return str(self.manifest["metadata"]["name"])
 
 
 @dataclass(frozen=True)
