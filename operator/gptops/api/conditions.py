@@ -121,37 +121,22 @@ def set_condition(
     """
     if isinstance(status, bool):
         status = TRUE if status else FALSE
-    out: list[Condition] = []
-    found = False
-    for c in conditions or ():
-        cond = _as_condition(c)
-        if cond.type != type_:
-            out.append(cond)
-            continue
-        found = True
-        changed = cond.status != status
-        out.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                observed_generation=observed_generation,
-                last_transition_time=(now or now_rfc3339()) if changed or not cond.last_transition_time
-                else cond.last_transition_time,
-            )
-        )
-    if not found:
-        out.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                observed_generation=observed_generation,
-                last_transition_time=now or now_rfc3339(),
-            )
-        )
+    out = [_as_condition(c) for c in conditions or ()]
+    index = next((i for i, c in enumerate(out) if c.type == type_), None)
+    old = out[index] if index is not None else None
+    keep_time = old is not None and old.status == status and old.last_transition_time
+    updated = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=observed_generation,
+        last_transition_time=old.last_transition_time if keep_time else (now or now_rfc3339()),
+    )
+    if index is None:
+        out.append(updated)
+    else:
+        out[index] = updated
     return out
 
 
