@@ -34,7 +34,7 @@ from gptops.reconcile.observed import (
     deployment_state,
     job_state,
 )
-from gptops.reconcile.plan import Action, ApplyChild, CreateChild, EmitEvent, PromoteRevision
+from gptops.reconcile.plan import Action, ApplyChild, CreateChild, DeleteChild, EmitEvent
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,6 @@ REQUEST_TIMEOUT = 30
 
 _lock = threading.Lock()
 _api: k8s.ApiClient | None = None
-
-
-class Conflict(Exception):
-    """The object changed since it was read: plan again."""
 
 
 def configure(kubeconfig: str | None = None) -> None:
@@ -108,12 +104,12 @@ def observe_finetunejob(ftj: FineTuneJob) -> ObservedFineTuneJob:
         jobs={j["metadata"]["name"]: job_state(j, pods) for j in jobs},
         services=frozenset(s["metadata"]["name"] for s in services),
         model=GPTModel.from_dict(model) if model else None,
-        model_resource_version=(model or {}).get("metadata", {}).get("resourceVersion"),
     )
 
 
 def observe_gptmodel(model: GPTModel) -> ObservedGPTModel:
-    """The vLLM Deployment and Service of a GPTModel, and the FineTuneJob its spec pins, if any."""
+    """The vLLM Deployment and Service of a GPTModel, and the FineTuneJobs that name it (the promotion candidates
+    and the pinned one)."""
     api = api_client()
     apps, core, custom = k8s.AppsV1Api(api), k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
     ns, name = model.namespace, deployment_name(model)
@@ -121,15 +117,28 @@ def observe_gptmodel(model: GPTModel) -> ObservedGPTModel:
     if deployment is not None and not _owned([deployment], model.metadata.uid):
         raise kopf.PermanentError(f"Deployment {ns}/{name} exists and is not owned by GPTModel {model.name}")
     service = _get_or_none(core.read_namespaced_service, name, ns)
-    pin = model.spec.serving.revision
-    pinned = _get_or_none(custom.get_namespaced_custom_object, GROUP, VERSION, ns, PLURAL_FINETUNEJOB, pin) \
-        if pin else None
     return ObservedGPTModel(
         now=now_rfc3339(),
         deployment=deployment_state(deployment) if deployment else None,
         service=service is not None,
-        pinned=FineTuneJob.from_dict(pinned) if pinned else None,
+        finetunejobs=tuple(_parsed_finetunejobs(_finetunejob_items(custom, ns, model.name))),
     )
+
+
+def _finetunejob_items(custom: k8s.CustomObjectsApi, namespace: str, model: str) -> list[dict[str, Any]]:
+    items = _raw(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL_FINETUNEJOB)["items"]
+    return [i for i in items if ((i.get("spec") or {}).get("model") or {}).get("name") == model]
+
+
+def _parsed_finetunejobs(items: list[dict[str, Any]]) -> list[FineTuneJob]:
+    """The FineTuneJobs that parse; one that does not (a spec older than these models) cannot be a candidate."""
+    out = []
+    for item in items:
+        try:
+            out.append(FineTuneJob.from_dict(item))
+        except ValueError:
+            log.warning("Skipping unreadable FineTuneJob name=%s", (item.get("metadata") or {}).get("name"))
+    return out
 
 
 def _owned(items: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
@@ -148,8 +157,8 @@ def apply(actions: tuple[Action, ...], body: Mapping[str, Any]) -> None:
             create(action.manifest)
         elif isinstance(action, ApplyChild):
             server_side_apply(action.manifest)
-        elif isinstance(action, PromoteRevision):
-            promote(body["metadata"]["namespace"], action)
+        elif isinstance(action, DeleteChild):
+            delete(action)
         elif isinstance(action, EmitEvent):
             post_event(body, action)
 
@@ -214,21 +223,15 @@ def server_side_apply(manifest: dict[str, Any]) -> None:
     log.info("Applied %s namespace=%s name=%s", kind, ns, name)
 
 
-def promote(namespace: str, action: PromoteRevision) -> None:
-    """Write the promotion into the GPTModel's status, only if it did not change since the decision."""
-    custom = k8s.CustomObjectsApi(api_client())
-    body: dict[str, Any] = {"status": action.status}
-    if action.resource_version:
-        body["metadata"] = {"resourceVersion": action.resource_version}
+def delete(action: DeleteChild) -> None:
+    """Delete a child and, in the background, what it owns; NotFound (404) means it is already gone."""
+    calls = {"Job": k8s.BatchV1Api(api_client()).delete_namespaced_job}
     try:
-        _raw(custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL_GPTMODEL, action.model,
-             body, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)
+        _raw(calls[action.kind], action.name, action.namespace, propagation_policy="Background")
+        log.info("Deleted %s namespace=%s name=%s", action.kind, action.namespace, action.name)
     except ApiException as err:
-        if err.status == 409:
-            raise Conflict(f"GPTModel {namespace}/{action.model} changed while promoting {action.finetunejob}") \
-                from err
-        raise
-    log.info("Promoted revision namespace=%s model=%s revision=%s", namespace, action.model, action.finetunejob)
+        if err.status != 404:
+            raise
 
 
 # --- the kinds themselves -----------------------------------------------------------------------------------
@@ -253,12 +256,5 @@ def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any])
 
 def finetunejobs_of(namespace: str, model: str) -> list[str]:
     """The names of the FineTuneJobs in `namespace` whose spec.model is `model`."""
-    custom = k8s.CustomObjectsApi(api_client())
-    items = _raw(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL_FINETUNEJOB)["items"]
-    return sorted(i["metadata"]["name"] for i in items if (i.get("spec") or {}).get("model", {}).get("name") == model)
-
-
-def pins(namespace: str, model: str, revision: str) -> bool:
-    """Whether GPTModel `model` pins spec.serving.revision to `revision`."""
-    body = get_object(PLURAL_GPTMODEL, namespace, model)
-    return bool(body) and ((body.get("spec") or {}).get("serving") or {}).get("revision") == revision
+    items = _finetunejob_items(k8s.CustomObjectsApi(api_client()), namespace, model)
+    return sorted(i["metadata"]["name"] for i in items)

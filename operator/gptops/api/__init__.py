@@ -3,7 +3,6 @@ child names. Pure: imports pydantic only, never kopf or kubernetes."""
 
 from gptops.api.artifacts import (
     ServedRevision,
-    artifact_root,
     base_served_revision,
     previous_revision_from_status,
     recorded_revision,
@@ -25,6 +24,7 @@ from gptops.api.constants import API_VERSION, GROUP, KIND_FINETUNEJOB, KIND_GPTM
 from gptops.api.finetunejob import FineTuneJob, FineTuneJobSpec, FineTuneJobStatus
 from gptops.api.gptmodel import GPTModel, GPTModelSpec, GPTModelStatus
 from gptops.api.names import child_name, dns_label, label_value
+from gptops.api.revisions import Revision, new_revision, revision_directory
 from gptops.api.stageresult import STAGE_RESULT_API_VERSION, StageResult, parse_stage_result
 
 __all__ = [
@@ -42,9 +42,9 @@ __all__ = [
     "GPTModelSpec",
     "GPTModelStatus",
     "Reason",
+    "Revision",
     "ServedRevision",
     "StageResult",
-    "artifact_root",
     "base_served_revision",
     "child_name",
     "conditions_to_dicts",
@@ -53,10 +53,12 @@ __all__ = [
     "get_condition",
     "is_true",
     "label_value",
+    "new_revision",
     "now_rfc3339",
     "previous_revision_from_status",
     "parse_stage_result",
     "recorded_revision",
+    "revision_directory",
     "served_revision_for",
     "served_revision_from_status",
     "serving_status",

@@ -36,10 +36,12 @@ class Reason:
 
     # stages
     JOB_CREATED = "JobCreated"
+    JOB_DELETED = "JobDeleted"
     JOB_RUNNING = "JobRunning"
     JOB_SUCCEEDED = "JobSucceeded"
     JOB_FAILED = "JobFailed"
     STAGE_FAILED = "StageFailed"
+    RESULT_MISSING = "ResultMissing"
     WAITING = "Waiting"
     # gate and promotion
     THRESHOLDS_MET = "ThresholdsMet"
@@ -49,6 +51,7 @@ class Reason:
     PROMOTION_NOT_REQUESTED = "PromotionNotRequested"
     PINNED_REVISION = "PinnedRevision"
     SUPERSEDED = "Superseded"
+    GATE_NOT_PASSED = "GateNotPassed"
     # references and spec
     MODEL_NOT_FOUND = "ModelNotFound"
     INVALID_SPEC = "InvalidSpec"

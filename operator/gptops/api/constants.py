@@ -35,6 +35,9 @@ LABEL_MODEL = f"{GROUP}/model"
 LABEL_STAGE = f"{GROUP}/stage"
 LABEL_GENERATION = f"{GROUP}/generation"
 LABEL_REVISION = f"{GROUP}/revision"
+#: On stage Jobs: the revision (api/revisions.py) they write, and the hash of the spec fields that decided it.
+LABEL_REVISION_KEY = f"{GROUP}/revision-key"
+LABEL_SPEC_KEY = f"{GROUP}/spec-key"
 MANAGED_BY = "gptops"
 APP_NAME = "gptops"
 
@@ -42,6 +45,10 @@ ANNOTATION_REVISION = f"{GROUP}/revision"
 ANNOTATION_ARTIFACT = f"{GROUP}/artifact"
 ANNOTATION_ADAPTER = f"{GROUP}/adapter"
 ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
+#: The sha256 of the served weights, as the train stage recorded it.
+ANNOTATION_DIGEST = f"{GROUP}/digest"
+#: On stage Jobs: the model directory the revision starts from ("" for the GPTModel's source).
+ANNOTATION_START_MODEL = f"{GROUP}/start-model"
 
 # Pipeline stages, in order.
 STAGE_PREPARE = "prepare"
@@ -74,8 +81,9 @@ def fixed_labels(
     model: str | None = None,
     finetunejob: str | None = None,
     stage: str | None = None,
-    generation: int | None = None,
     revision: str | None = None,
+    revision_key: str | None = None,
+    spec_key: str | None = None,
 ) -> dict[str, str]:
     """The explicit label set of a child; values are made label-safe (<= 63 chars)."""
     labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_NAME: APP_NAME, LABEL_COMPONENT: component}
@@ -83,8 +91,9 @@ def fixed_labels(
         (LABEL_MODEL, model),
         (LABEL_FINETUNEJOB, finetunejob),
         (LABEL_STAGE, stage),
-        (LABEL_GENERATION, None if generation is None else str(generation)),
         (LABEL_REVISION, revision),
+        (LABEL_REVISION_KEY, revision_key),
+        (LABEL_SPEC_KEY, spec_key),
     ):
         if value:
             labels[key] = label_value(value)

@@ -171,7 +171,7 @@ class Training(SpecModel):
     learning_rate: float = Field(default=5e-5, gt=0, le=1)
     batch_size: int = Field(default=8, ge=1, le=65536)
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=65536)
-    warmup_ratio: float = Field(default=0.0, ge=0, le=1)
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0, le=1)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     lora: LoraSettings | None = None
@@ -270,8 +270,14 @@ class Stages(StatusModel):
 
 
 class RunArtifacts(StatusModel):
-    """Where this run's outputs are (paths as the stage Pods see them)."""
+    """Where this run's current revision and its outputs are (paths as the stage Pods see them)."""
 
+    revision: str | None = None
+    """The revision key (api/revisions.py): a hash of what the weights depend on."""
+    directory: str | None = None
+    """The revision's own directory; nothing else writes there, and it is never rewritten once written."""
+    digest: str | None = None
+    """sha256 of the trained weights (the adapter for LoRA), as the train stage recorded it."""
     dataset: str | None = None
     checkpoint: str | None = None
     model: str | None = None
@@ -284,6 +290,8 @@ class Lineage(StatusModel):
 
     dataset_digest: str | None = None
     checkpoint: str | None = None
+    directory: str | None = None
+    weights_digest: str | None = None
     evaluation: str | None = None
     served_by: str | None = None
 

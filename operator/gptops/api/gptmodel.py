@@ -170,9 +170,13 @@ class GPTModelStatus(StatusModel):
     serving_artifact: str | None = None
     serving_adapter: str | None = None
     serving_lora_rank: int | None = Field(default=None, ge=1, le=LORA_RANK_MAX)
+    serving_digest: str | None = None
+    serving_passed_at: str | None = None
     previous_artifact: str | None = None
     previous_adapter: str | None = None
     previous_lora_rank: int | None = Field(default=None, ge=1, le=LORA_RANK_MAX)
+    previous_digest: str | None = None
+    previous_passed_at: str | None = None
     endpoint: str | None = None
     ready_replicas: int | None = None
     observed_generation: int | None = None

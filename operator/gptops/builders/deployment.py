@@ -13,6 +13,7 @@ from gptops.api.artifacts import ServedRevision
 from gptops.api.constants import (
     ANNOTATION_ADAPTER,
     ANNOTATION_ARTIFACT,
+    ANNOTATION_DIGEST,
     ANNOTATION_REVISION,
     ANNOTATION_SPEC_HASH,
     ARTIFACTS_MOUNT,
@@ -100,6 +101,8 @@ def build_deployment(model: GPTModel | Mapping[str, Any], served: ServedRevision
     annotations = {ANNOTATION_REVISION: revision, ANNOTATION_ARTIFACT: served.model}
     if served.adapter:
         annotations[ANNOTATION_ADAPTER] = served.adapter
+    if served.digest:
+        annotations[ANNOTATION_DIGEST] = served.digest
 
     shm_vol, shm_mount = shm_volume()
     cache_vols, cache_mounts, cache_env = cache_volumes()

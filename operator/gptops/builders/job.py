@@ -8,14 +8,15 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from gptops.api.artifacts import artifact_root
 from gptops.api.constants import (
+    ANNOTATION_START_MODEL,
     API_VERSION,
     ARTIFACTS_MOUNT,
     LABEL_FINETUNEJOB,
-    LABEL_GENERATION,
+    LABEL_REVISION_KEY,
     LABEL_STAGE,
     RDZV_PORT,
+    STAGE_EVALUATE,
     STAGE_PREPARE,
     STAGE_TRAIN,
     STAGES,
@@ -25,6 +26,7 @@ from gptops.api.constants import (
 from gptops.api.finetunejob import FineTuneJob
 from gptops.api.gptmodel import GPTModel
 from gptops.api.names import child_name
+from gptops.api.revisions import Revision, new_revision
 from gptops.builders.common import (
     BuildError,
     as_model,
@@ -40,21 +42,22 @@ from gptops.builders.common import (
     tolerations,
 )
 
-def stage_job_name(ftj: FineTuneJob | Mapping[str, Any], stage: str, generation: int | None = None) -> str:
-    """`<ftj>-<stage>-<generation>`, DNS-safe and short enough for Indexed Pod hostnames."""
+def stage_job_name(ftj: FineTuneJob | Mapping[str, Any], stage: str, revision: Revision) -> str:
+    """`<ftj>-<stage>-<key>`: the revision's key (the evaluation key for evaluate), DNS-safe and short enough for
+    Indexed Pod hostnames. The same spec gives the same names, so an edit of the gate alone starts no Job."""
     ftj = as_model(FineTuneJob, ftj)
-    return child_name(ftj.name, stage, ftj.metadata.generation if generation is None else generation)
+    return child_name(ftj.name, stage, revision.stage_key(stage))
 
 
-def stage_labels(ftj: FineTuneJob, stage: str, generation: int) -> dict[str, str]:
+def stage_labels(ftj: FineTuneJob, stage: str, revision: Revision) -> dict[str, str]:
     return fixed_labels(component=stage, model=ftj.spec.model.name, finetunejob=ftj.name, stage=stage,
-                        generation=generation)
+                        revision_key=revision.key, spec_key=revision.spec_key)
 
 
-def stage_selector(ftj: FineTuneJob, stage: str, generation: int) -> dict[str, str]:
+def stage_selector(ftj: FineTuneJob, stage: str, revision: Revision) -> dict[str, str]:
     """Labels that pick this stage's Pods (the multi-node rendezvous Service selects with them)."""
-    labels = stage_labels(ftj, stage, generation)
-    return {k: labels[k] for k in (LABEL_FINETUNEJOB, LABEL_STAGE, LABEL_GENERATION)}
+    labels = stage_labels(ftj, stage, revision)
+    return {k: labels[k] for k in (LABEL_FINETUNEJOB, LABEL_STAGE, LABEL_REVISION_KEY)}
 
 
 def is_multinode(ftj: FineTuneJob, stage: str) -> bool:
@@ -68,7 +71,7 @@ def stage_spec_json(ftj: FineTuneJob, model: GPTModel) -> tuple[str, str]:
         body = {"apiVersion": API_VERSION, "kind": obj.kind, "metadata": meta, "spec": obj.spec.to_dict()}
         return json.dumps(body, separators=(",", ":"), sort_keys=True)
 
-    return (doc(ftj, {"name": ftj.name, "namespace": ftj.namespace, "generation": ftj.metadata.generation}),
+    return (doc(ftj, {"name": ftj.name, "namespace": ftj.namespace}),
             doc(model, {"name": model.name, "namespace": model.namespace}))
 
 
@@ -107,14 +110,15 @@ def build_stage_job(
     model: GPTModel | Mapping[str, Any],
     stage: str,
     *,
-    generation: int | None = None,
-    start_model: str | None = None,
+    revision: Revision | None = None,
+    retain: tuple[str, ...] = (),
     image: str | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job that runs `stage` of `ftj` (generation defaults to metadata.generation).
+    """The batch/v1 Job that runs `stage` of `revision` (default: the spec's revision from the GPTModel's source).
 
-    `start_model` is the directory the run starts from when it is not the GPTModel's source (startFrom serving);
-    `image` overrides spec.training.image. Raises BuildError when the GPTModel has no artifacts PVC.
+    The Job writes only under the revision's directory; `retain` (prepare only) names the other revisions of this
+    FineTuneJob whose directories must survive the retention sweep (served, previous). `image` overrides
+    spec.training.image. Raises BuildError when the GPTModel has no artifacts PVC.
     """
     ftj = as_model(FineTuneJob, ftj)
     model = as_model(GPTModel, model)
@@ -125,17 +129,20 @@ def build_stage_job(
     for where, src in (("spec.source", model.spec.source.kind), ("spec.dataset.source", ftj.spec.dataset.source.kind)):
         if src == "local":
             raise BuildError(f"{where}.local is for gptops run only; use pvc, s3, url, huggingface or configMap")
-    gen = ftj.metadata.generation if generation is None else generation
+    rev = revision or new_revision(ftj, model)
     training = ftj.spec.training
-    name = stage_job_name(ftj, stage, gen)
-    labels = stage_labels(ftj, stage, gen)
-    root = artifact_root(ftj.namespace, ftj.name)
+    name = stage_job_name(ftj, stage, rev)
+    labels = stage_labels(ftj, stage, rev)
 
     ftj_json, model_json = stage_spec_json(ftj, model)
     stage_args = ["-m", "gptops.pipeline", stage, "--spec-json", ftj_json, "--model-spec-json", model_json,
-                  "--artifacts", root]
-    if start_model:
-        stage_args += ["--start-model", start_model]
+                  "--artifacts", rev.directory]
+    if rev.start_model:
+        stage_args += ["--start-model", rev.start_model]
+    if stage == STAGE_EVALUATE:
+        stage_args += ["--evaluation-dir", rev.evaluation_directory]
+    if stage == STAGE_PREPARE:
+        stage_args += [arg for key in sorted(set(retain) - {rev.key}) for arg in ("--retain", key)]
     nodes = training.resources.nodes if is_multinode(ftj, stage) else 1
     gpus = 0 if stage == STAGE_PREPARE else training.resources.gpus
     if nodes > 1:
@@ -204,26 +211,23 @@ def build_stage_job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": metadata(name, ftj, labels),
+        "metadata": metadata(name, ftj, labels, {ANNOTATION_START_MODEL: rev.start_model or ""}),
         "spec": job_spec,
     }
 
 
-def build_rendezvous_service(
-    ftj: FineTuneJob | Mapping[str, Any], *, generation: int | None = None
-) -> dict[str, Any]:
+def build_rendezvous_service(ftj: FineTuneJob | Mapping[str, Any], revision: Revision) -> dict[str, Any]:
     """The headless Service that gives a multi-node training Job's Pods stable DNS names for the c10d rendezvous."""
     ftj = as_model(FineTuneJob, ftj)
-    gen = ftj.metadata.generation if generation is None else generation
-    name = stage_job_name(ftj, STAGE_TRAIN, gen)
+    name = stage_job_name(ftj, STAGE_TRAIN, revision)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(name, ftj, stage_labels(ftj, STAGE_TRAIN, gen)),
+        "metadata": metadata(name, ftj, stage_labels(ftj, STAGE_TRAIN, revision)),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": stage_selector(ftj, STAGE_TRAIN, gen),
+            "selector": stage_selector(ftj, STAGE_TRAIN, revision),
             "ports": [{"name": "rdzv", "port": RDZV_PORT, "targetPort": RDZV_PORT, "protocol": "TCP"}],
         },
     }
@@ -234,13 +238,14 @@ def build_stage_children(
     model: GPTModel | Mapping[str, Any],
     stage: str,
     *,
-    generation: int | None = None,
-    start_model: str | None = None,
+    revision: Revision | None = None,
+    retain: tuple[str, ...] = (),
     image: str | None = None,
 ) -> list[dict[str, Any]]:
     """Everything a stage needs: its Job, preceded by the rendezvous Service for multi-node training."""
     ftj = as_model(FineTuneJob, ftj)
-    job = build_stage_job(ftj, model, stage, generation=generation, start_model=start_model, image=image)
+    rev = revision or new_revision(ftj, as_model(GPTModel, model))
+    job = build_stage_job(ftj, model, stage, revision=rev, retain=retain, image=image)
     if is_multinode(ftj, stage):
-        return [build_rendezvous_service(ftj, generation=generation), job]
+        return [build_rendezvous_service(ftj, rev), job]
     return [job]

@@ -90,9 +90,6 @@ def run_pass(
             cluster.patch_status(plural, namespace, name, decided.status)
         result = "ok"
         return obj, decided
-    except cluster.Conflict as err:
-        result = "conflict"
-        raise kopf.TemporaryError(str(err), delay=1) from err
     finally:
         metrics.RECONCILE_TOTAL.labels(kind=kind, result=result).inc()
         if result == "error":

@@ -23,7 +23,7 @@ from gptops.api.constants import (
 from gptops.api.finetunejob import FineTuneJob
 from gptops.handlers import common
 from gptops.handlers.settings import HANDLER_LIMITS
-from gptops.reconcile import PromoteRevision, plan_finetunejob
+from gptops.reconcile import plan_finetunejob
 
 RESOURCE = (GROUP, VERSION, PLURAL_FINETUNEJOB)
 CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_FINETUNEJOB: kopf.PRESENT}
@@ -53,31 +53,22 @@ def stage_job_changed(body: kopf.Body, type: str, **_: Any) -> None:
 
 
 def one_pass(namespace: str, name: str) -> list[common.Key]:
-    """One pass; returns what to wake next: the GPTModel after a promotion (and its other FineTuneJobs, whose
-    Promoted condition may now say Superseded), or a GPTModel that pins this run."""
+    """One pass; returns what to wake next: the GPTModel when a condition moved (a passed gate is a promotion
+    candidate; the GPTModel's own pass decides, as the only writer of its status)."""
     done = common.run_pass(KIND_FINETUNEJOB, namespace, name, parse=FineTuneJob.from_dict,
                            observe=cluster.observe_finetunejob, plan=plan_finetunejob)
     if done is None:
         return []
     ftj, plan = done
-    promoted = any(isinstance(a, PromoteRevision) for a in plan.actions)
-    _record(ftj, ftj.status.to_dict(), plan.status, promoted=promoted)
-    ns, model = ftj.namespace, ftj.spec.model.name
-    wake: list[common.Key] = []
-    if promoted or (plan.events and cluster.pins(ns, model, ftj.name)):
-        wake.append((KIND_GPTMODEL, ns, model))
-    if promoted:
-        wake += [(KIND_FINETUNEJOB, ns, other) for other in cluster.finetunejobs_of(ns, model) if other != ftj.name]
-    return wake
+    _record(ftj, ftj.status.to_dict(), plan.status)
+    return [(KIND_GPTMODEL, ftj.namespace, ftj.spec.model.name)] if plan.events else []
 
 
-def _record(ftj: FineTuneJob, before: dict[str, Any], status: dict[str, Any], *, promoted: bool) -> None:
+def _record(ftj: FineTuneJob, before: dict[str, Any], status: dict[str, Any]) -> None:
     metrics.record_finetunejob_phase(ftj.namespace, ftj.name, status.get("phase"))
     numbers = {k: v for k, v in (status.get("metrics") or {}).items() if v is not None}
     if numbers:
         metrics.record_evaluation(ftj.namespace, ftj.name, numbers)
-    if promoted:
-        metrics.PROMOTIONS_TOTAL.inc()
     for stage in STAGES:
         old = (before.get("stages") or {}).get(stage) or {}
         new = (status.get("stages") or {}).get(stage) or {}

@@ -55,7 +55,8 @@ def deployment_changed(body: kopf.Body, type: str, **_: Any) -> None:
 
 
 def one_pass(namespace: str, name: str) -> list[common.Key]:
-    """One pass; after a rollback, wakes the GPTModel's FineTuneJobs (their Promoted condition changes)."""
+    """One pass; when the served revision changed (promotion, pin, rollback), wakes the GPTModel's FineTuneJobs:
+    their Promoted condition follows what it serves."""
     done = common.run_pass(KIND_GPTMODEL, namespace, name, parse=GPTModel.from_dict,
                            observe=cluster.observe_gptmodel, plan=plan_gptmodel)
     if done is None:
@@ -64,6 +65,7 @@ def one_pass(namespace: str, name: str) -> list[common.Key]:
     rolled_back = any(e.reason == Reason.ROLLED_BACK for e in plan.events)
     if rolled_back:
         metrics.ROLLBACKS_TOTAL.inc()
+    metrics.PROMOTIONS_TOTAL.inc(sum(e.reason == Reason.PROMOTED for e in plan.events))
     revision = plan.status["servingRevision"] if "servingArtifact" in plan.status else model.status.serving_revision
     serving = plan.status.get("endpoint") is not None
     metrics.record_serving_revision(model.namespace, model.name, (revision or "source") if serving else None)

@@ -2,7 +2,7 @@
 
 Reads the FineTuneJob and GPTModel (YAML/JSON files, one multi-document YAML, or inline JSON), runs one stage,
 writes the stage result to the termination log and prints it as the last stdout line. Exit 0 on success, 1 on
-bad input (PipelineError, bad spec) or any other failure.
+bad input (PipelineError, bad spec) or any other failure, 2 when the result could not be written.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from gptops.pipeline import as_result, run_evaluate, run_prepare, run_train
 from gptops.pipeline.config import configs_from_spec
 from gptops.pipeline.errors import PipelineError
 from gptops.pipeline.result import StageResult, emit
@@ -34,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--artifacts", type=Path, required=True, help="the run's artifact directory")
     p.add_argument("--base-dir", type=Path, help="resolves relative local paths (default: the spec file's directory)")
     p.add_argument("--start-model", help="start from this model directory instead of the GPTModel's source")
+    p.add_argument("--evaluation-dir", type=Path, help="evaluate: where report.json goes (default: <artifacts>/eval)")
+    p.add_argument("--retain", action="append", metavar="REVISION",
+                   help="prepare: remove this FineTuneJob's other revision directories except these (repeatable)")
     return p.parse_args(argv)
 
 
@@ -99,26 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ftj, model = load_specs(args)
         base_dir = args.base_dir or (args.spec.resolve().parent if args.spec else Path.cwd())
-        configs = configs_from_spec(ftj, model, args.artifacts, base_dir, start_model=args.start_model)
+        configs = configs_from_spec(ftj, model, args.artifacts, base_dir, start_model=args.start_model,
+                                    evaluation_dir=args.evaluation_dir)
         if args.stage == "prepare":
-            from gptops.pipeline import data
-
-            result = data.run(configs.prepare, _log_progress).result()
+            result = run_prepare(configs.prepare, _log_progress, retain=args.retain or ()).result()
         elif args.stage == "train":
-            from gptops.pipeline import train
-
-            result = train.run(configs.train, _log_progress).result()
+            result = as_result(run_train(configs.train, _log_progress))
         else:
-            from gptops.pipeline import evaluate
-
-            result = evaluate.run(configs.evaluate, _log_progress).result()
+            result = run_evaluate(configs.evaluate, _log_progress).result()
     except (PipelineError, ValueError) as e:
         result = StageResult(stage=args.stage, ok=False, message=str(e))
     except Exception as e:  # anything else still leaves a readable result for the operator
         traceback.print_exc()
         result = StageResult(stage=args.stage, ok=False, message=f"{type(e).__name__}: {e}")
-    if main_process:
-        emit(result)
+    if main_process and not emit(result):
+        return 2
     return 0 if result.ok else 1
 
 

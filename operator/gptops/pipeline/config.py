@@ -1,7 +1,8 @@
-"""Typed configs of the three pipeline stages, and the mapping from FineTuneJob/GPTModel spec dicts to them.
+"""Typed configs of the three pipeline stages, built from the api/ models of the FineTuneJob and GPTModel.
 
-Plain dicts in, dataclasses out: no torch, no pydantic, so the operator and `gptops run` can import this cheaply.
-Defaults are those of docs/api.md; every `__post_init__` names the bad field in its ValueError.
+The spec is parsed by the same pydantic models the operator uses (whose bounds the CRDs' schemas repeat, tested), so
+whatever the cluster admits a stage accepts; these dataclasses only say what each stage needs. No torch.
+Every `__post_init__` names the bad field in its ValueError.
 """
 
 from __future__ import annotations
@@ -11,12 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Where a stage Pod sees the volumes and ConfigMaps a spec names. The trainer Job builder mounts them here;
-# the environment variables exist so that a test or an unusual cluster can move them.
+from pydantic import ValidationError
+
+from gptops.api.constants import CONFIGMAP_MOUNT_ROOT, PVC_MOUNT_ROOT
+from gptops.api.finetunejob import DatasetSource as DatasetSourceSpec
+from gptops.api.finetunejob import FineTuneJobSpec
+from gptops.api.gptmodel import GPTModelSpec
+from gptops.api.gptmodel import ModelSource as ModelSourceSpec
+
+# Where a stage Pod sees the volumes and ConfigMaps a spec names (the Job builder mounts them at the api/constants
+# roots); the environment variables exist so that a test or an unusual cluster can move them.
 PVC_MOUNT_ROOT_ENV = "GPTOPS_PVC_ROOT"
-PVC_MOUNT_ROOT = "/mnt/pvc"  # a PVC `claimName` is mounted at /mnt/pvc/<claimName>
 CONFIGMAP_MOUNT_ROOT_ENV = "GPTOPS_CONFIGMAP_ROOT"
-CONFIGMAP_MOUNT_ROOT = "/etc/gptops/configmaps"  # a ConfigMap `name` is mounted at /etc/gptops/configmaps/<name>
 
 FILE_FORMATS = ("auto", "text", "jsonl", "json", "csv", "parquet")
 DATA_FORMATS = ("text", "chat", "prompt-completion")
@@ -261,6 +268,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """How many checkpoints to keep on disk; older ones are deleted."""
 
+    @property
+    def output_dir(self) -> Path:
+        """model/ (full) or adapter/ (LoRA): written once, sealed with its digest (pipeline/revisions.py)."""
+        return self.artifact_root / ("model" if self.method == "full" else "adapter")
+
     def __post_init__(self) -> None:
         self.artifact_root = Path(self.artifact_root)
         if self.method not in ("full", "lora"):
@@ -317,9 +329,17 @@ class EvalConfig:
     """Like training.precision: the dtype the models run in."""
     seed: int = 42
     """Seed of the scratch baseline's init (the same as training's, so it is the true starting point)."""
+    evaluation_dir: Path | None = None
+    """Where report.json goes; None means `<artifact_root>/eval`. Beside the weights, never over them."""
+
+    @property
+    def output_dir(self) -> Path:
+        """The weights under evaluation: model/ (full) or adapter/ (LoRA)."""
+        return self.artifact_root / ("model" if self.method == "full" else "adapter")
 
     def __post_init__(self) -> None:
         self.artifact_root = Path(self.artifact_root)
+        self.evaluation_dir = Path(self.evaluation_dir) if self.evaluation_dir else self.artifact_root / "eval"
         if self.method not in ("full", "lora"):
             raise ValueError(f"training.method: expected full or lora, got {self.method!r}")
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -350,102 +370,109 @@ def configs_from_spec(
     artifact_root: Path | str,
     base_dir: Path | None = None,
     start_model: str | None = None,
+    evaluation_dir: Path | str | None = None,
 ) -> StageConfigs:
-    """Map the camelCase FineTuneJob and GPTModel specs (docs/api.md) to the three stage configs, applying defaults.
+    """Map the FineTuneJob and GPTModel specs (camelCase, docs/api.md) to the three stage configs.
 
-    Either argument may also be the whole object (with `spec`). `base_dir` resolves relative `local.path`s;
-    `start_model` (a directory, e.g. the served revision's model/ or LoRA adapter/) overrides the GPTModel's source
-    (startFrom: serving). Raises ValueError naming the bad field.
+    Either argument may also be the whole object (with `spec`). Both are parsed by the api/ models, so defaults and
+    bounds are the cluster's. `base_dir` resolves relative `local.path`s; `start_model` (a directory, e.g. the served
+    revision's model/ or LoRA adapter/) overrides the GPTModel's source (startFrom: serving). Raises ValueError
+    naming the bad field.
     """
-    ftj_spec = _unwrap(ftj_spec)
+    ftj_doc = _unwrap(ftj_spec)
     model_obj = model_spec if isinstance(model_spec, dict) else {}
-    model_spec = _unwrap(model_obj)
+    spec = _parse(FineTuneJobSpec, {"model": {"name": "pipeline"}, **ftj_doc})
+    mspec = _parse(GPTModelSpec, _unwrap(model_obj))
     artifact_root = Path(artifact_root).absolute()
     base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
 
-    model = _model_source(model_spec.get("source") or {}, base_dir, "source")
-    if start_model is None and ftj_spec.get("startFrom", "auto") in ("auto", "serving"):
+    model = _model_source(mspec.source, base_dir)
+    if start_model is None and spec.start_from in ("auto", "serving"):
         # A LoRA revision serves its base plus an adapter: start from the adapter (merged into its base).
         status = (model_obj.get("status") or {}) if "spec" in model_obj else {}
         served = status.get("servingAdapter") or status.get("servingArtifact")
         if served:
             start_model = served
-        elif ftj_spec.get("startFrom") == "serving":
+        elif spec.start_from == "serving":
             raise ValueError("startFrom: serving, but the GPTModel has no status.servingArtifact yet")
     if start_model:
         model = ModelSource(kind="s3" if str(start_model).startswith("s3://") else "path", location=str(start_model))
 
-    dataset = ftj_spec.get("dataset") or {}
-    fields = dataset.get("fields") or {}
-    pre = dataset.get("preprocessing") or {}
-    block_size = pre.get("blockSize")
+    dataset = spec.dataset
+    fields, pre = dataset.fields, dataset.preprocessing
+    block_size = pre.block_size
     if block_size is None and model.is_scratch:
         block_size = min(model.context_length, MAX_DEFAULT_BLOCK_SIZE)
     prepare = PrepareConfig(
-        source=_data_source(dataset.get("source") or {}, base_dir),
+        source=_data_source(dataset.source, base_dir),
         model=model,
         artifact_root=artifact_root,
-        file_format=dataset.get("fileFormat", "auto"),
-        format=dataset.get("format", "text"),
-        text_field=fields.get("text", "text"),
-        messages_field=fields.get("messages", "messages"),
-        prompt_field=fields.get("prompt", "prompt"),
-        completion_field=fields.get("completion", "completion"),
-        lowercase=bool(pre.get("lowercase", False)),
-        remove_stop_words=bool(pre.get("removeStopWords", False)),
-        stop_words_language=pre.get("stopWordsLanguage", "english"),
-        sentence_segmentation=bool(pre.get("sentenceSegmentation", False)),
-        dedupe=pre.get("dedupe", "exact"),
-        min_chars=int(pre.get("minChars", 1)),
-        max_chars=pre.get("maxChars"),
-        packing=bool(pre.get("packing", True)),
+        file_format=dataset.file_format,
+        format=dataset.format,
+        text_field=fields.text,
+        messages_field=fields.messages,
+        prompt_field=fields.prompt,
+        completion_field=fields.completion,
+        lowercase=pre.lowercase,
+        remove_stop_words=pre.remove_stop_words,
+        stop_words_language=pre.stop_words_language,
+        sentence_segmentation=pre.sentence_segmentation,
+        dedupe=pre.dedupe,
+        min_chars=pre.min_chars,
+        max_chars=pre.max_chars,
+        packing=pre.packing,
         block_size=block_size,
-        completion_only_loss=bool(pre.get("completionOnlyLoss", True)),
-        num_proc=int(pre.get("numProc", 1)),
-        validation_split=float(dataset.get("validationSplit", 0.1)),
-        seed=int(dataset.get("seed", 42)),
+        completion_only_loss=pre.completion_only_loss,
+        num_proc=pre.num_proc,
+        validation_split=dataset.validation_split,
+        seed=dataset.seed,
     )
 
-    training = ftj_spec.get("training") or {}
-    lora = training.get("lora") or {}
+    training = spec.training
+    lora = training.lora_settings
     train = TrainConfig(
         model=model,
         artifact_root=artifact_root,
-        method=training.get("method", "full"),
-        epochs=float(training.get("epochs", 1)),
-        max_steps=training.get("maxSteps"),
-        learning_rate=float(training.get("learningRate", 5e-5)),
-        batch_size=int(training.get("batchSize", 8)),
-        gradient_accumulation_steps=int(training.get("gradientAccumulationSteps", 1)),
-        warmup_ratio=float(training.get("warmupRatio", 0.0)),
-        weight_decay=float(training.get("weightDecay", 0.0)),
-        precision=training.get("precision", "auto"),
-        lora=LoraConfig(
-            r=int(lora.get("r", 8)),
-            alpha=int(lora.get("alpha", 16)),
-            dropout=float(lora.get("dropout", 0.05)),
-            target_modules=list(lora.get("targetModules") or []),
-        ),
-        checkpoint_every_steps=int(training.get("checkpointEverySteps", 200)),
-        resume=training.get("resume", "auto"),
-        seed=int(training.get("seed", 42)),
+        method=training.method,
+        epochs=training.epochs,
+        max_steps=training.max_steps,
+        learning_rate=training.learning_rate,
+        batch_size=training.batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        warmup_ratio=training.warmup_ratio,
+        weight_decay=training.weight_decay,
+        precision=training.precision,
+        lora=LoraConfig(r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=list(lora.target_modules)),
+        checkpoint_every_steps=training.checkpoint_every_steps,
+        resume=training.resume,
+        seed=training.seed,
     )
 
-    evaluation = ftj_spec.get("evaluation") or {}
-    bleu = evaluation.get("bleu") or {}
+    evaluation = spec.evaluation
     evaluate = EvalConfig(
         model=model,
         artifact_root=artifact_root,
         method=train.method,
-        metrics=list(evaluation.get("metrics") or ["perplexity"]),
-        compare_with_base=bool(evaluation.get("compareWithBase", True)),
-        max_new_tokens=int(bleu.get("maxNewTokens", 64)),
-        max_samples=int(bleu.get("maxSamples", 100)),
+        metrics=list(evaluation.metrics),
+        compare_with_base=evaluation.compare_with_base,
+        max_new_tokens=evaluation.bleu.max_new_tokens,
+        max_samples=evaluation.bleu.max_samples,
         batch_size=train.batch_size,
         precision=train.precision,
         seed=train.seed,
+        evaluation_dir=Path(evaluation_dir) if evaluation_dir else None,
     )
     return StageConfigs(prepare=prepare, train=train, evaluate=evaluate)
+
+
+def _parse(cls: type[FineTuneJobSpec] | type[GPTModelSpec], doc: dict[str, Any]) -> Any:
+    """The spec as the api/ model parses it; a ValueError that names the first bad field (camelCase) otherwise."""
+    try:
+        return cls.model_validate(doc)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise ValueError(f"{where}: {first['msg']}") from None
 
 
 def _unwrap(obj: dict[str, Any] | None) -> dict[str, Any]:
@@ -454,72 +481,42 @@ def _unwrap(obj: dict[str, Any] | None) -> dict[str, Any]:
     return obj["spec"] if isinstance(obj.get("spec"), dict) else obj
 
 
-def _one_of(source: dict[str, Any], field_name: str, kinds: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
-    present = [k for k in kinds if source.get(k) is not None]
-    if len(present) != 1:
-        raise ValueError(f"{field_name}: expected exactly one of {', '.join(kinds)}, got {present or 'none'}")
-    value = source[present[0]]
-    if not isinstance(value, dict):
-        raise ValueError(f"{field_name}.{present[0]}: expected an object, got {type(value).__name__}")
-    return present[0], value
-
-
-def _required(obj: dict[str, Any], key: str, field_name: str) -> Any:
-    if not obj.get(key):
-        raise ValueError(f"{field_name}.{key}: required")
-    return obj[key]
-
-
 def _local(path: str, base_dir: Path) -> str:
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else (base_dir / p).resolve())
 
 
-def _data_source(source: dict[str, Any], base_dir: Path) -> DataSource:
-    kind, s = _one_of(source, "dataset.source", ("huggingface", "url", "s3", "pvc", "configMap", "local"))
-    where = f"dataset.source.{kind}"
-    if kind == "huggingface":
-        return DataSource(
-            kind="huggingface",
-            location=_required(s, "name", where),
-            hf_config=s.get("config"),
-            hf_split=s.get("split", "train"),
-            hf_revision=s.get("revision"),
-        )
-    if kind == "url":
-        return DataSource(kind="url", location=_required(s, "url", where))
-    if kind == "s3":
-        return DataSource(kind="s3", location=_required(s, "uri", where), endpoint_url=s.get("endpointUrl"))
-    if kind == "pvc":
-        return DataSource(kind="path", location=str(pvc_path(_required(s, "claimName", where), s.get("path", ""))))
-    if kind == "configMap":
-        return DataSource(
-            kind="path", location=str(configmap_path(_required(s, "name", where), _required(s, "key", where)))
-        )
-    return DataSource(kind="path", location=_local(_required(s, "path", where), base_dir))
+def _data_source(source: DatasetSourceSpec, base_dir: Path) -> DataSource:
+    if source.huggingface is not None:
+        hf = source.huggingface
+        return DataSource(kind="huggingface", location=hf.name, hf_config=hf.config, hf_split=hf.split,
+                          hf_revision=hf.revision)
+    if source.url is not None:
+        return DataSource(kind="url", location=source.url.url)
+    if source.s3 is not None:
+        return DataSource(kind="s3", location=source.s3.uri, endpoint_url=source.s3.endpoint_url)
+    if source.pvc is not None:
+        return DataSource(kind="path", location=str(pvc_path(source.pvc.claim_name, source.pvc.path)))
+    if source.config_map is not None:
+        return DataSource(kind="path", location=str(configmap_path(source.config_map.name, source.config_map.key)))
+    assert source.local is not None  # the model validated exactly one source
+    return DataSource(kind="path", location=_local(source.local.path, base_dir))
 
 
-def _model_source(source: dict[str, Any], base_dir: Path, field_name: str) -> ModelSource:
-    kind, s = _one_of(source, field_name, ("huggingface", "pvc", "s3", "local", "scratch"))
-    where = f"{field_name}.{kind}"
-    if kind == "huggingface":
-        return ModelSource(kind="huggingface", location=_required(s, "repo", where), revision=s.get("revision", "main"))
-    if kind == "pvc":
-        return ModelSource(kind="path", location=str(pvc_path(_required(s, "claimName", where), s.get("path", ""))))
-    if kind == "s3":
-        return ModelSource(kind="s3", location=_required(s, "uri", where), endpoint_url=s.get("endpointUrl"))
-    if kind == "local":
-        return ModelSource(kind="path", location=_local(_required(s, "path", where), base_dir))
-    tokenizer = s.get("tokenizer") or {}
-    return ModelSource(
-        kind="scratch",
-        architecture=s.get("architecture", "gpt2"),
-        layers=int(s.get("layers", 4)),
-        heads=int(s.get("heads", 4)),
-        hidden=int(s.get("hidden", 256)),
-        context_length=int(s.get("contextLength", 256)),
-        vocab_size=int(tokenizer.get("vocabSize", 8000)),
-    )
+def _model_source(source: ModelSourceSpec, base_dir: Path) -> ModelSource:
+    if source.huggingface is not None:
+        return ModelSource(kind="huggingface", location=source.huggingface.repo, revision=source.huggingface.revision)
+    if source.pvc is not None:
+        return ModelSource(kind="path", location=str(pvc_path(source.pvc.claim_name, source.pvc.path)))
+    if source.s3 is not None:
+        return ModelSource(kind="s3", location=source.s3.uri, endpoint_url=source.s3.endpoint_url)
+    if source.local is not None:
+        return ModelSource(kind="path", location=_local(source.local.path, base_dir))
+    scratch = source.scratch
+    assert scratch is not None  # the model validated exactly one source
+    return ModelSource(kind="scratch", architecture=scratch.architecture, layers=scratch.layers, heads=scratch.heads,
+                       hidden=scratch.hidden, context_length=scratch.context_length,
+                       vocab_size=scratch.tokenizer.vocab_size)
 
 
 def _camel(name: str) -> str:

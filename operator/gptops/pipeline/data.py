@@ -34,7 +34,7 @@ import pyarrow as pa
 from gptops.pipeline import models
 from gptops.pipeline.config import MAX_DEFAULT_BLOCK_SIZE, PrepareConfig
 from gptops.pipeline.errors import PipelineError
-from gptops.pipeline.result import StageResult
+from gptops.api.stageresult import StageResult
 
 log = logging.getLogger(__name__)
 

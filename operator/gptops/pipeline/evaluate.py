@@ -1,5 +1,5 @@
 """The evaluate stage: token-weighted perplexity on the validation blocks and BLEU on held-out prompt/reference pairs,
-for the trained model and (compare_with_base) the model it started from. Writes `<root>/eval/report.json`.
+for the trained model and (compare_with_base) the model it started from. Writes `report.json` into the evaluation directory.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from datasets import load_from_disk
 from gptops.pipeline import models
 from gptops.pipeline.config import EvalConfig
 from gptops.pipeline.errors import PipelineError
-from gptops.pipeline.result import StageResult
+from gptops.api.stageresult import StageResult
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,18 @@ class EvalReport:
     report: dict[str, Any]
     report_path: Path
     seconds: float
+    digest: str | None = None
+    """sha256 of the weights evaluated (verified against the train stage's seal)."""
 
     def result(self) -> StageResult:
         m = self.metrics
         parts = [f"{k} {m[k]}" for k in ("perplexity", "baselinePerplexity", "bleu", "baselineBleu") if m.get(k) is not None]
         return StageResult(stage="evaluate", ok=True, message="evaluated: " + ", ".join(parts),
-                           metrics=m, artifacts={"evaluation": str(self.report_path)})
+                           metrics=m, artifacts={"evaluation": str(self.report_path)}, digest=self.digest)
 
 
 def run(config: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
-    """Evaluate the trained model (and the starting one) and write eval/report.json."""
+    """Evaluate the trained model (and the starting one) and write report.json into the evaluation directory."""
     started = time.monotonic()
     say = progress or (lambda event, fields: None)
     root = config.artifact_root
@@ -84,7 +86,7 @@ def run(config: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
         "bleuPairs": len(pairs),
         "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    report_path = root / "eval" / "report.json"
+    report_path = config.evaluation_dir / "report.json"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     say("saved", {"report": str(report_path), **metrics})

@@ -25,7 +25,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from gptops.pipeline import models
 from gptops.pipeline.config import TrainConfig
 from gptops.pipeline.errors import PipelineError
-from gptops.pipeline.result import StageResult
+from gptops.api.stageresult import StageResult
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class TrainReport:
     """The hub revision of base_model, when it is a hub id."""
     checkpoint: str | None = None
     """The newest complete checkpoint after training."""
+    digest: str | None = None
+    """sha256 of the saved weights (pipeline/revisions.py), once sealed."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def result(self) -> StageResult:
@@ -77,7 +79,7 @@ class TrainReport:
         resumed = f", resumed from {Path(self.resumed_from).name}" if self.resumed_from else ""
         return StageResult(stage="train", ok=True,
                            message=f"trained {self.method} to step {self.steps}, loss {_round(self.final_loss)}{resumed}",
-                           metrics=metrics, artifacts=artifacts)
+                           metrics=metrics, artifacts=artifacts, digest=self.digest)
 
 
 def run(config: TrainConfig, progress: ProgressFn | None = None, callbacks: list | None = None) -> TrainReport:

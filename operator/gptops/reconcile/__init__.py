@@ -12,12 +12,13 @@ from gptops.reconcile.observed import (
     job_state,
     pod_state,
 )
-from gptops.reconcile.plan import Action, ApplyChild, CreateChild, EmitEvent, Plan, PromoteRevision
+from gptops.reconcile.plan import Action, ApplyChild, CreateChild, DeleteChild, EmitEvent, Plan
 
 __all__ = [
     "Action",
     "ApplyChild",
     "CreateChild",
+    "DeleteChild",
     "DeploymentState",
     "EmitEvent",
     "JobState",
@@ -25,7 +26,6 @@ __all__ = [
     "ObservedGPTModel",
     "Plan",
     "PodState",
-    "PromoteRevision",
     "deployment_state",
     "derive_phase",
     "job_state",

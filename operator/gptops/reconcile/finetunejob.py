@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gptops.api.artifacts import (
-    base_served_revision,
+    previous_revision_from_status,
+    revision_key_of,
     served_revision_for,
     served_revision_from_status,
-    serving_status,
-    source_model_location,
 )
 from gptops.api.conditions import (
     EVALUATED,
@@ -25,17 +24,20 @@ from gptops.api.conditions import (
     UNKNOWN,
     Condition,
     Reason,
+    get_condition,
 )
 from gptops.api.constants import STAGES
 from gptops.api.finetunejob import FineTuneJob, RunArtifacts, StageStatus
 from gptops.api.gptmodel import GPTModel
-from gptops.api.stageresult import StageResult, parse_stage_result
+from gptops.api.revisions import Revision, new_revision, same_revision, spec_key
+from gptops.api.stageresult import STAGE_RESULT_API_VERSION, StageResult, parse_stage_result
 from gptops.builders import BuildError, build_stage_children, stage_job_name
 from gptops.builders.job import is_multinode
 from gptops.reconcile.gate import decide
 from gptops.reconcile.conditions import Want, rebuild, transition_events
 from gptops.reconcile.observed import JobState, ObservedFineTuneJob
-from gptops.reconcile.plan import Action, CreateChild, EmitEvent, Plan, PromoteRevision, merge_patch_from
+from gptops.reconcile.plan import Action, CreateChild, DeleteChild, EmitEvent, Plan, merge_patch_from
+from gptops.reconcile.promotion import order
 
 STAGE_CONDITION = {"prepare": PREPARED, "train": TRAINED, "evaluate": EVALUATED}
 #: A Pod's message goes into a condition message; keep conditions readable.
@@ -63,20 +65,19 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
     failed: Want | None = None
     results: dict[str, StageResult] = {}
     stages_status: dict[str, Any] = {}
-    base_model = ftj.status.artifacts.base_model
 
     blocked: Want | None = None
-    start_model: str | None = None
+    revision: Revision | None = None
     if model is None:
         blocked = Want(PREPARED, FALSE, Reason.MODEL_NOT_FOUND,
                        f"GPTModel {ftj.spec.model.name} not found in namespace {ftj.namespace}")
-    elif base_model and stage_job_name(ftj, STAGES[0], gen) in observed.jobs:
-        # The run started from base_model; later stages keep it even if the GPTModel serves something else now.
-        start_model = None if base_model == source_model_location(model) else base_model
+        revision = _known_revision(ftj, observed)
     else:
-        start_model, base_model, waiting = _start_model(ftj, model)
+        revision, waiting = _revision(ftj, model, observed)
         if waiting:
             blocked = Want(PREPARED, FALSE, Reason.WAITING, waiting)
+    if revision is not None:
+        actions += _retire(ftj, model, revision, observed)
 
     previous_done = True
     for stage in STAGES:
@@ -86,16 +87,18 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
             wants.append(Want(cond_type, FALSE, Reason.WAITING, f"waiting for the {prev} stage"))
             previous_done = False
             continue
-        name = stage_job_name(ftj, stage, gen)
-        job = observed.jobs.get(name)
+        name = stage_job_name(ftj, stage, revision) if revision is not None else None
+        job = observed.jobs.get(name) if name else None
         if job is None and blocked is not None:  # what exists is still read; nothing new is started
             wants.append(Want(cond_type, FALSE, blocked.reason, blocked.message))
             previous_done = False
             continue
+        assert name is not None and revision is not None
         outcome = _stage_outcome(stage, name, job, recorded=getattr(ftj.status.stages, stage))
         if model is not None and (job is None or (is_multinode(ftj, stage) and not (outcome.done or outcome.failed))):
             try:
-                children = build_stage_children(ftj, model, stage, generation=gen, start_model=start_model)
+                children = build_stage_children(ftj, model, stage, revision=revision,
+                                                retain=_protected(ftj, model, revision))
             except BuildError as err:
                 failed = Want(FAILED, TRUE, Reason.INVALID_SPEC, str(err))
                 wants.append(Want(cond_type, FALSE, Reason.INVALID_SPEC, str(err)))
@@ -106,7 +109,8 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
                     continue
                 actions.append(CreateChild(child))
                 actions.append(EmitEvent("Normal", Reason.JOB_CREATED,
-                                         f"Created {child['kind']} {child['metadata']['name']} for the {stage} stage"))
+                                         f"Created {child['kind']} {child['metadata']['name']} for the {stage} stage"
+                                         f" of revision {revision.key}"))
         wants.append(outcome.want)
         if outcome.status:
             stages_status[stage] = outcome.status
@@ -116,20 +120,16 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
             failed = outcome.failed
         previous_done = outcome.done
 
-    artifacts = _artifacts(ftj, results, base_model)
+    artifacts = _artifacts(revision, results)
     evaluation = results.get("evaluate") if previous_done else None
     metrics = dict(evaluation.metrics) if evaluation else {}
-    passed_want, promoted_want, promotion = _gate_and_promotion(ftj, model, observed, evaluation, artifacts)
-    if promotion is not None:
-        actions.append(promotion)
-        actions.append(EmitEvent("Normal", Reason.PROMOTED, promotion_message(ftj, promotion)))
+    done = ftj.model_copy(update={"status": ftj.status.model_copy(update={"artifacts": artifacts})})
+    passed_want, promoted_want = _gate_and_promotion(done, model, evaluation, failed, observed.now)
     wants += [passed_want, promoted_want, failed or Want(FAILED, FALSE, Reason.AS_EXPECTED, "no stage failed")]
 
     conditions = rebuild(ftj.status.conditions, wants, generation=gen, now=observed.now)
-    # A promotion has its own event, which names the revision it replaced.
-    actions += [e for e in transition_events(ftj.status.conditions, conditions, warn_when_true=(FAILED,),
-                                             warn_when_false=(PASSED,))
-                if promotion is None or not e.message.startswith(f"{PROMOTED}=")]
+    actions += transition_events(ftj.status.conditions, conditions, warn_when_true=(FAILED,),
+                                 warn_when_false=(PASSED,))
     status.update(
         phase=derive_phase(conditions, started=bool(stages_status)),
         stages=stages_status,
@@ -141,19 +141,68 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
     return Plan(actions=tuple(actions), status=merge_patch_from(ftj.status.to_dict(), status))
 
 
-def _start_model(ftj: FineTuneJob, model: GPTModel) -> tuple[str | None, str | None, str | None]:
-    """(start_model for the builders, the base the run starts from, why it must wait)."""
-    served = served_revision_from_status(model)
+def _known_revision(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Revision | None:
+    """The revision that the current spec's Jobs already write, read back from their labels (the newest)."""
+    key = spec_key(ftj)
+    mine = [j for j in observed.jobs.values() if j.spec_key == key and j.revision_key]
+    if not mine:
+        return None
+    newest = max(mine, key=lambda j: (j.created, j.name))
+    return same_revision(ftj, newest.revision_key, newest.start_model or None)
+
+
+def _revision(ftj: FineTuneJob, model: GPTModel, observed: ObservedFineTuneJob) -> tuple[Revision | None, str | None]:
+    """(the revision the current spec writes, why it must wait to start). Once a revision's Jobs exist their labels
+    say which it is, so it never moves while it runs (whatever the GPTModel serves meanwhile). A new spec keeps the
+    starting point of the run's earlier revisions (the same experiment, trained another way), unless startFrom
+    changed what that must be."""
+    known = _known_revision(ftj, observed)
+    if known is not None:
+        return known, None
     mode = ftj.spec.start_from
-    if mode == "auto":
-        mode = "serving" if served is not None else "source"
-    if mode == "serving":
-        if served is None:
-            return None, None, (f"startFrom: serving, but GPTModel {model.name} serves no fine-tuned revision yet")
-        # A LoRA revision starts from its adapter: the train stage merges it into its base first.
-        start = served.adapter or served.model
-        return start, start, None
-    return None, source_model_location(model), None
+    earlier = max((j for j in observed.jobs.values() if j.revision_key), key=lambda j: (j.created, j.name),
+                  default=None)
+    if mode == "source":
+        return new_revision(ftj, model), None
+    if earlier is not None and (earlier.start_model or mode == "auto"):
+        return new_revision(ftj, model, earlier.start_model or None), None
+    served = served_revision_from_status(model)
+    if served is not None and served.revision == ftj.name:
+        # A run never starts from its own output: it starts from what its revision replaced.
+        served = previous_revision_from_status(model)
+    if served is None:
+        if mode == "serving":
+            return None, f"startFrom: serving, but GPTModel {model.name} serves no fine-tuned revision yet"
+        return new_revision(ftj, model), None
+    # A LoRA revision starts from its adapter: the train stage merges it into its base first.
+    return new_revision(ftj, model, served.adapter or served.model), None
+
+
+def _protected(ftj: FineTuneJob, model: GPTModel | None, revision: Revision) -> tuple[str, ...]:
+    """This FineTuneJob's revisions that must keep their Jobs and files: the current one, and the ones the GPTModel
+    serves or would roll back to."""
+    keys = {revision.key}
+    if model is not None:
+        for served in (served_revision_from_status(model), previous_revision_from_status(model)):
+            if served is not None and served.revision == ftj.name:
+                keys.add(revision_key_of(served.adapter or served.model))
+    return tuple(sorted(k for k in keys if k))
+
+
+def _retire(ftj: FineTuneJob, model: GPTModel | None, revision: Revision,
+            observed: ObservedFineTuneJob) -> list[Action]:
+    """Delete the Jobs of revisions the spec moved away from (a running one would spend GPUs on weights nobody can
+    serve), keeping those of protected revisions. Their files go in the next prepare stage's retention sweep."""
+    keep = set(_protected(ftj, model, revision))
+    current = {stage_job_name(ftj, stage, revision) for stage in STAGES}
+    actions: list[Action] = []
+    for job in sorted(observed.jobs.values(), key=lambda j: j.name):
+        if job.name in current or job.revision_key in keep or not job.revision_key:
+            continue
+        actions.append(DeleteChild("Job", job.name, ftj.namespace))
+        actions.append(EmitEvent("Normal", Reason.JOB_DELETED,
+                                 f"Deleted Job {job.name}: revision {job.revision_key} is no longer wanted"))
+    return actions
 
 
 def _exists(child: dict[str, Any], observed: ObservedFineTuneJob) -> bool:
@@ -179,6 +228,14 @@ def _stage_outcome(stage: str, name: str, job: JobState | None, recorded: StageS
         result = recorded.result
     if result is not None:
         timing["result"] = result.to_dict()
+    elif job.complete:
+        # Complete, but nothing says what the stage did: waiting would wait forever.
+        where = (f"the termination message of Pod {pod.name}" if pod is not None
+                 else "the termination messages of its Pods, but none is left")
+        message = (f"{stage} Job {name} completed without a readable stage result (looked for a "
+                   f"{STAGE_RESULT_API_VERSION} document in {where})")
+        return _Stage(Want(cond_type, FALSE, Reason.RESULT_MISSING, message),
+                      failed=Want(FAILED, TRUE, Reason.RESULT_MISSING, message), status=timing)
     failed_cond = job.failed_condition
     if failed_cond is not None or (job.complete and result is not None and not result.ok):
         why = (f"{failed_cond.get('reason', 'Failed')}: {failed_cond.get('message', '')}".rstrip(": ")
@@ -196,59 +253,69 @@ def _stage_outcome(stage: str, name: str, job: JobState | None, recorded: StageS
                   status=timing)
 
 
-def _artifacts(ftj: FineTuneJob, results: dict[str, StageResult], base_model: str | None) -> RunArtifacts:
+def _artifacts(revision: Revision | None, results: dict[str, StageResult]) -> RunArtifacts:
+    """The current revision's keys and directory, and what its stages reported writing there."""
     known = set(RunArtifacts.model_fields) | {f.alias for f in RunArtifacts.model_fields.values() if f.alias}
-    merged: dict[str, Any] = {"baseModel": base_model} if base_model else {}
+    merged: dict[str, Any] = {}
+    if revision is not None:
+        merged.update(revision=revision.key, directory=revision.directory)
+        if revision.start_model:
+            merged["baseModel"] = revision.start_model
     for stage in STAGES:
         if stage in results:
-            merged.update({k: v for k, v in results[stage].artifacts.items() if k in known})
+            merged.update({k: v for k, v in results[stage].artifacts.items() if k in known - {"revision", "directory"}})
+    if "train" in results and results["train"].digest:
+        merged["digest"] = results["train"].digest
     return RunArtifacts.model_validate(merged)
 
 
-def _gate_and_promotion(
-    ftj: FineTuneJob, model: GPTModel | None, observed: ObservedFineTuneJob, evaluation: StageResult | None,
-    artifacts: RunArtifacts,
-) -> tuple[Want, Want, PromoteRevision | None]:
+def _gate_and_promotion(ftj: FineTuneJob, model: GPTModel | None, evaluation: StageResult | None,
+                        failed: Want | None, now: str) -> tuple[Want, Want]:
+    """Passed from the thresholds; Promoted from what the GPTModel serves (its own pass decides, by the rule of
+    reconcile/promotion.py; this pass only reads the outcome)."""
     promote = ftj.spec.evaluation.promote
     if evaluation is None:
+        if failed is not None:
+            return (Want(PASSED, FALSE, failed.reason, "not evaluated: a stage failed"),
+                    Want(PROMOTED, FALSE, failed.reason, "not promoted: a stage failed"))
         wait = Want(PASSED, UNKNOWN, Reason.WAITING, "waiting for the evaluate stage")
         if not promote:
-            return wait, Want(PROMOTED, FALSE, Reason.PROMOTION_NOT_REQUESTED, "spec.evaluation.promote is false"), None
-        return wait, Want(PROMOTED, UNKNOWN, Reason.WAITING, "waiting for the gate"), None
+            return wait, Want(PROMOTED, FALSE, Reason.PROMOTION_NOT_REQUESTED, "spec.evaluation.promote is false")
+        return wait, Want(PROMOTED, UNKNOWN, Reason.WAITING, "waiting for the gate")
     decision = decide(ftj.spec.evaluation.thresholds.to_dict(), evaluation.metrics)
     # Every number in the message, the checks that held too: a rejection should show how close it came.
     numbers = "; ".join(c.message for c in decision.checks) or decision.message
     passed = Want(PASSED, TRUE if decision.passed else FALSE, decision.reason, numbers)
     if not decision.passed:
-        return passed, Want(PROMOTED, FALSE, decision.reason, "not promoted: the gate did not pass"), None
-    if not promote:
-        return passed, Want(PROMOTED, FALSE, Reason.PROMOTION_NOT_REQUESTED, "spec.evaluation.promote is false"), None
-    before = next((c for c in ftj.status.conditions if c.type == PROMOTED), None)
-    already = before is not None and before.status == TRUE
+        return passed, Want(PROMOTED, FALSE, decision.reason, "not promoted: the gate did not pass")
     if model is None:
-        if already:
-            return passed, Want(PROMOTED, TRUE, Reason.SUPERSEDED, f"GPTModel {ftj.spec.model.name} is gone"), None
-        return passed, Want(PROMOTED, FALSE, Reason.MODEL_NOT_FOUND, f"GPTModel {ftj.spec.model.name} not found"), None
-    serving = model.status.serving_revision
-    promoted = Want(PROMOTED, TRUE, Reason.PROMOTED, f"promoted into GPTModel {model.name}")
-    if serving == ftj.name:
-        return passed, promoted, None
-    if already:
-        # Promotion happens once; a later promotion or rollback replaced it.
-        return passed, Want(PROMOTED, TRUE, Reason.SUPERSEDED,
-                            f"GPTModel {model.name} now serves {serving or 'its source'}"), None
-    done = ftj.model_copy(update={"status": ftj.status.model_copy(update={"artifacts": artifacts})})
-    new = served_revision_for(done, model)
-    current = served_revision_from_status(model) or base_served_revision(model)
-    patch = serving_status(new, current)
-    return passed, promoted, PromoteRevision(model=model.name, finetunejob=ftj.name, status=patch,
-                                             resource_version=observed.model_resource_version)
+        return passed, Want(PROMOTED, FALSE, Reason.MODEL_NOT_FOUND, f"GPTModel {ftj.spec.model.name} not found")
+    serving = served_revision_from_status(model)
+    mine = served_revision_for(ftj, model)
+    if mine is not None and mine.same_files(serving):
+        return passed, Want(PROMOTED, TRUE, Reason.PROMOTED, f"served by GPTModel {model.name}")
+    pin = model.spec.serving.revision
+    was = get_condition(ftj.status.conditions, PROMOTED)
+    now_serving = serving.revision if serving is not None else "its source"
+    if was is not None and was.status == TRUE:
+        return passed, Want(PROMOTED, FALSE, Reason.SUPERSEDED, f"GPTModel {model.name} now serves {now_serving}")
+    if pin and pin != ftj.name:
+        return passed, Want(PROMOTED, FALSE, Reason.PINNED_REVISION,
+                            f"GPTModel {model.name} pins spec.serving.revision {pin}")
+    if not promote and pin != ftj.name:
+        return passed, Want(PROMOTED, FALSE, Reason.PROMOTION_NOT_REQUESTED, "spec.evaluation.promote is false")
+    before = get_condition(ftj.status.conditions, PASSED)
+    passed_at = before.last_transition_time if before is not None and before.status == TRUE else now
+    if serving is not None and order(serving) > (passed_at or "", ftj.name):
+        # The GPTModel serves the revision that passed last (reconcile/promotion.py).
+        return passed, Want(PROMOTED, FALSE, Reason.SUPERSEDED,
+                            f"GPTModel {model.name} serves {now_serving}, which passed its gate after this one")
+    return passed, Want(PROMOTED, FALSE, Reason.WAITING, f"passed; waiting for GPTModel {model.name} to serve it")
 
 
-def promotion_message(ftj: FineTuneJob, promotion: PromoteRevision) -> str:
+def promotion_message(model: str, served: str, previous: str | None) -> str:
     """The event text of a promotion: what is served now and what was before."""
-    before = promotion.status.get("previousRevision") or "its source"
-    return f"Promoted {ftj.name} into GPTModel {promotion.model} (previous revision: {before})"
+    return f"Serving revision {served} in GPTModel {model} (previous revision: {previous or 'its source'})"
 
 
 def _lineage(results: dict[str, StageResult], artifacts: RunArtifacts, model: GPTModel | None,
@@ -256,7 +323,9 @@ def _lineage(results: dict[str, StageResult], artifacts: RunArtifacts, model: GP
     prepare, evaluation = results.get("prepare"), results.get("evaluate")
     lineage = {
         "datasetDigest": prepare.digest if prepare else None,
+        "directory": artifacts.directory,
         "checkpoint": artifacts.checkpoint or artifacts.model or artifacts.adapter,
+        "weightsDigest": artifacts.digest,
         "evaluation": (evaluation.artifacts.get("report") or evaluation.digest) if evaluation else None,
         "servedBy": model.name if model is not None and promoted.status == TRUE
         and promoted.reason == Reason.PROMOTED else None,

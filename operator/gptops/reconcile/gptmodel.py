@@ -1,10 +1,11 @@
 """plan_gptmodel: the vLLM Deployment and Service for the revision to serve, the rollout watch and the rollback.
 Pure: no I/O, no kopf or kubernetes; the builders make the manifests.
 
-Which revision: spec.serving.revision when set (a pin), else status.servingRevision (set by promotion), else the
-GPTModel's own source where vLLM can load it. A new revision that is not Available before its deadline is rolled
-back to status.previousRevision; the Deployment remembers the revision it was rolled back from (an annotation), so
-a pin on that revision is not retried until the pin or the promoted revision changes.
+Which revision: the promotion rule (reconcile/promotion.py) over the FineTuneJobs this pass observes, a pin first;
+else what status already serves, else the GPTModel's own source where vLLM can load it. This pass is the only writer
+of the GPTModel's status. A new revision that is not Available before its deadline is rolled back to
+status.previousRevision; the Deployment remembers the revision it was rolled back from (annotations), so neither
+the pin nor the promotion order serves it again until something newer comes.
 """
 
 from __future__ import annotations
@@ -19,22 +20,31 @@ from gptops.api.artifacts import (
     ServedRevision,
     base_served_revision,
     recorded_revision,
-    served_revision_for,
     serving_status,
 )
-from gptops.api.conditions import DEGRADED, FALSE, PROGRESSING, READY, TRUE, Reason, is_true
-from gptops.api.conditions import TRAINED as FTJ_TRAINED
-from gptops.api.constants import ANNOTATION_REVISION, ANNOTATION_SPEC_HASH, GROUP
+from gptops.api.conditions import DEGRADED, FALSE, PROGRESSING, READY, TRUE, Reason, get_condition
+from gptops.api.conditions import PASSED as FTJ_PASSED
+from gptops.api.constants import (
+    ANNOTATION_ADAPTER,
+    ANNOTATION_ARTIFACT,
+    ANNOTATION_REVISION,
+    ANNOTATION_SPEC_HASH,
+    GROUP,
+)
 from gptops.api.gptmodel import GPTModel
 from gptops.builders import build_deployment, build_service
 from gptops.reconcile.conditions import Want, rebuild, transition_events
 from gptops.reconcile.observed import DeploymentState, ObservedGPTModel
+from gptops.reconcile.finetunejob import promotion_message
 from gptops.reconcile.plan import Action, ApplyChild, CreateChild, EmitEvent, Plan
+from gptops.reconcile.promotion import candidates, choose, passed_revision
 
 #: When the Deployment's current revision started rolling out (RFC 3339).
 ANNOTATION_ROLLOUT_STARTED = f"{GROUP}/rollout-started"
-#: The revision this Deployment was rolled back from, and why.
+#: The revision this Deployment was rolled back from (the FineTuneJob, and its weights), and why.
 ANNOTATION_ROLLED_BACK_FROM = f"{GROUP}/rolled-back-from"
+ANNOTATION_ROLLED_BACK_ARTIFACT = f"{GROUP}/rolled-back-artifact"
+ANNOTATION_ROLLED_BACK_ADAPTER = f"{GROUP}/rolled-back-adapter"
 ANNOTATION_ROLLBACK_REASON = f"{GROUP}/rollback-reason"
 SOURCE_REVISION = "source"
 
@@ -47,20 +57,34 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     st = model.status
     before = st.to_dict()
     serving = {k: before.get(k) for k in SERVING_STATUS_FIELDS}  # what this pass decides to serve
-    rolled_back_from = dep.annotations.get(ANNOTATION_ROLLED_BACK_FROM) if dep else None
     pin_note: Want | None = None  # a pin that cannot be served (yet): said, while the current revision serves on
 
     pin = model.spec.serving.revision
-    if pin and pin != st.serving_revision and pin != rolled_back_from:
-        ftj = observed.pinned
+    current = recorded_revision(serving, "serving")
+    rolled_back = _rolled_back_from(dep)
+    pinned = None
+    if pin:
+        ftj = observed.finetunejob(pin)
+        pinned = passed_revision(ftj, model) if ftj is not None else None
         if ftj is None:
             pin_note = Want(DEGRADED, TRUE, Reason.NO_REVISION,
                             f"spec.serving.revision {pin}: there is no FineTuneJob {pin} in {model.namespace}")
-        elif not is_true(ftj.status.conditions, FTJ_TRAINED):
+        elif pinned is None and get_condition(ftj.status.conditions, FTJ_PASSED) is not None and \
+                get_condition(ftj.status.conditions, FTJ_PASSED).status == FALSE:  # type: ignore[union-attr]
+            pin_note = Want(DEGRADED, TRUE, Reason.GATE_NOT_PASSED,
+                            f"spec.serving.revision {pin}: FineTuneJob {pin} did not pass its gate; only a revision "
+                            "that passed is served")
+        elif pinned is None:
             pin_note = Want(PROGRESSING, TRUE, Reason.WAITING,
-                            f"spec.serving.revision {pin}: waiting for FineTuneJob {pin} to finish training")
-        else:
-            serving.update(serving_status(served_revision_for(ftj, model), _served(model, serving)))
+                            f"spec.serving.revision {pin}: waiting for FineTuneJob {pin} to pass its gate")
+    choice = choose(current, candidates(observed.finetunejobs, model), pin=pin, pinned=pinned,
+                    rolled_back=rolled_back)
+    if choice.serve is not None and not choice.serve.same_files(current):
+        serving.update(serving_status(choice.serve, _served(model, serving)))
+        how = "pinned" if choice.pinned else "promoted"
+        actions.append(EmitEvent("Normal", Reason.PROMOTED,
+                                 promotion_message(model.name, choice.serve.revision or SOURCE_REVISION,
+                                                   current.revision if current else None) + f" ({how})"))
 
     served = _served(model, serving)
     if served is None:
@@ -74,15 +98,15 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
         return _finish(model, observed, actions, serving, pin_note, wants, endpoint=None, ready_replicas=0)
 
     revision = served.revision or SOURCE_REVISION
-    same = dep is not None and _revision(dep) == revision
+    same = dep is not None and served.same_files(_deployed(dep))
     complete = same and dep is not None and _rollout_complete(dep)
     failure = _rollout_failure(model, dep, now) if same and dep is not None and not complete else None
     previous = _previous(serving)
-    if failure is not None and previous is not None and (previous.revision or SOURCE_REVISION) != revision:
+    if failure is not None and previous is not None and not previous.same_files(served):
         back = previous.revision or SOURCE_REVISION
         serving.update(serving_status(previous, None))
         # The way back is not watched: there is nothing further to roll back to.
-        rollback = _deployment(model, previous, started=None, rolled_back_from=revision, rollback_reason=failure)
+        rollback = _deployment(model, previous, started=None, rolled_back=served, rollback_reason=failure)
         if not observed.service:
             actions.append(CreateChild(build_service(model)))
         actions.append(ApplyChild(rollback))  # the Degraded=True transition is its (Warning) event
@@ -99,7 +123,7 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     desired = _deployment(
         model, served,
         started=None if complete else kept.get(ANNOTATION_ROLLOUT_STARTED) if same else now,
-        rolled_back_from=kept.get(ANNOTATION_ROLLED_BACK_FROM),
+        rolled_back=_rolled_back_from(dep) if same else None,
         rollback_reason=kept.get(ANNOTATION_ROLLBACK_REASON),
     )
     if not observed.service:
@@ -143,8 +167,25 @@ def _previous(serving: dict[str, Any]) -> ServedRevision | None:
     return recorded_revision(serving, "previous")
 
 
-def _revision(dep: DeploymentState) -> str:
-    return dep.annotations.get(ANNOTATION_REVISION, "")
+def _annotated(annotations: Any, revision_key: str, artifact_key: str, adapter_key: str) -> ServedRevision | None:
+    name, artifact = annotations.get(revision_key), annotations.get(artifact_key)
+    if not name or not artifact:
+        return None
+    return ServedRevision(revision=None if name == SOURCE_REVISION else name, model=artifact,
+                          adapter=annotations.get(adapter_key) or None)
+
+
+def _deployed(dep: DeploymentState) -> ServedRevision | None:
+    """The revision the Deployment serves, as its annotations name it."""
+    return _annotated(dep.annotations, ANNOTATION_REVISION, ANNOTATION_ARTIFACT, ANNOTATION_ADAPTER)
+
+
+def _rolled_back_from(dep: DeploymentState | None) -> ServedRevision | None:
+    """The revision this Deployment was rolled back from, as its annotations name it."""
+    if dep is None:
+        return None
+    return _annotated(dep.annotations, ANNOTATION_ROLLED_BACK_FROM, ANNOTATION_ROLLED_BACK_ARTIFACT,
+                      ANNOTATION_ROLLED_BACK_ADAPTER)
 
 
 def spec_hash(manifest: dict[str, Any]) -> str:
@@ -155,17 +196,22 @@ def spec_hash(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-_OURS = (ANNOTATION_SPEC_HASH, ANNOTATION_ROLLOUT_STARTED, ANNOTATION_ROLLED_BACK_FROM, ANNOTATION_ROLLBACK_REASON)
+_OURS = (ANNOTATION_SPEC_HASH, ANNOTATION_ROLLOUT_STARTED, ANNOTATION_ROLLED_BACK_FROM,
+         ANNOTATION_ROLLED_BACK_ARTIFACT, ANNOTATION_ROLLED_BACK_ADAPTER, ANNOTATION_ROLLBACK_REASON)
 
 
 def _deployment(model: GPTModel, served: ServedRevision, *, started: str | None,
-                rolled_back_from: str | None = None, rollback_reason: str | None = None) -> dict[str, Any]:
+                rolled_back: ServedRevision | None = None, rollback_reason: str | None = None) -> dict[str, Any]:
     """The builders' Deployment plus the rollout bookkeeping annotations (absent ones are removed by the apply)."""
     manifest = build_deployment(model, served)
     annotations = manifest["metadata"].setdefault("annotations", {})
     annotations[ANNOTATION_SPEC_HASH] = spec_hash(manifest)
-    for key, value in ((ANNOTATION_ROLLOUT_STARTED, started), (ANNOTATION_ROLLED_BACK_FROM, rolled_back_from),
-                       (ANNOTATION_ROLLBACK_REASON, rollback_reason if rolled_back_from else None)):
+    back = rolled_back
+    for key, value in ((ANNOTATION_ROLLOUT_STARTED, started),
+                       (ANNOTATION_ROLLED_BACK_FROM, (back.revision or SOURCE_REVISION) if back else None),
+                       (ANNOTATION_ROLLED_BACK_ARTIFACT, back.model if back else None),
+                       (ANNOTATION_ROLLED_BACK_ADAPTER, back.adapter if back else None),
+                       (ANNOTATION_ROLLBACK_REASON, rollback_reason if back else None)):
         if value:
             annotations[key] = value
     return manifest
@@ -230,7 +276,7 @@ def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], 
         "readyReplicas": ready_replicas,
         "conditions": [c.to_dict() for c in conditions],
     }
-    # The serving fields are also written by promotion: only write them when this pass changes them.
+    # Written only when this pass changes them, so a pass that changes nothing patches only what it observed.
     before = model.status.to_dict()
     if any(before.get(k) != serving[k] for k in SERVING_STATUS_FIELDS):
         status.update(serving)

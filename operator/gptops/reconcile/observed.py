@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gptops.api.constants import LABEL_GENERATION, LABEL_STAGE
+from gptops.api.constants import ANNOTATION_START_MODEL, LABEL_REVISION_KEY, LABEL_SPEC_KEY, LABEL_STAGE
 from gptops.api.finetunejob import FineTuneJob
 from gptops.api.gptmodel import GPTModel
 
@@ -32,7 +32,11 @@ class JobState:
 
     name: str
     stage: str = ""
-    generation: int | None = None
+    revision_key: str = ""
+    spec_key: str = ""
+    start_model: str = ""
+    """The model directory the revision starts from; "" for the GPTModel's source."""
+    created: str = ""
     conditions: tuple[Mapping[str, Any], ...] = ()
     start_time: str | None = None
     completion_time: str | None = None
@@ -89,7 +93,6 @@ class ObservedFineTuneJob:
     jobs: Mapping[str, JobState] = field(default_factory=dict)
     services: frozenset[str] = frozenset()
     model: GPTModel | None = None
-    model_resource_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,11 @@ class ObservedGPTModel:
     now: str
     deployment: DeploymentState | None = None
     service: bool = False
-    pinned: FineTuneJob | None = None
-    """The FineTuneJob named by spec.serving.revision, when it exists."""
+    finetunejobs: tuple[FineTuneJob, ...] = ()
+    """The FineTuneJobs whose spec.model names this GPTModel: the candidates for promotion."""
+
+    def finetunejob(self, name: str) -> FineTuneJob | None:
+        return next((f for f in self.finetunejobs if f.name == name), None)
 
 
 def pod_state(pod: Mapping[str, Any]) -> PodState:
@@ -133,13 +139,15 @@ def job_state(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) ->
     labels = meta.get("labels") or {}
     status = job.get("status") or {}
     name = meta.get("name", "")
-    generation = labels.get(LABEL_GENERATION)
     mine = [p for p in pods if any(((p.get("metadata") or {}).get("labels") or {}).get(k) == name
                                    for k in JOB_NAME_LABELS)]
     return JobState(
         name=name,
         stage=labels.get(LABEL_STAGE, ""),
-        generation=int(generation) if generation and generation.isdigit() else None,
+        revision_key=labels.get(LABEL_REVISION_KEY, ""),
+        spec_key=labels.get(LABEL_SPEC_KEY, ""),
+        start_model=(meta.get("annotations") or {}).get(ANNOTATION_START_MODEL, ""),
+        created=str(meta.get("creationTimestamp") or ""),
         conditions=tuple(status.get("conditions") or ()),
         start_time=_str_or_none(status.get("startTime")),
         completion_time=_str_or_none(status.get("completionTime")),

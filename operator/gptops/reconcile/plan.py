@@ -37,14 +37,12 @@ class ApplyChild(_ChildAction):
 
 
 @dataclass(frozen=True)
-class PromoteRevision:
-    """Make a FineTuneJob the serving revision of its GPTModel: merge `status` into the GPTModel's status,
-    guarded by the resourceVersion the decision was based on (a concurrent change means: plan again)."""
+class DeleteChild:
+    """Delete a child (its Pods go with it, in the background); meeting 404 NotFound is success."""
 
-    model: str
-    finetunejob: str
-    status: dict[str, Any]
-    resource_version: str | None = None
+    kind: str
+    name: str
+    namespace: str
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ class EmitEvent:
     message: str
 
 
-Action = CreateChild | ApplyChild | PromoteRevision | EmitEvent
+Action = CreateChild | ApplyChild | DeleteChild | EmitEvent
 
 
 @dataclass(frozen=True)
