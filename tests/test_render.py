@@ -20,17 +20,23 @@ def test_renders_stage_jobs_deployment_and_service():
     result = render(*FILES)
     assert result.exit_code == 0, result.output
     objs = list(yaml.safe_load_all(result.stdout))
-    assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
-        ("Job", "tiny-gpt2-wiki-prepare-1"),
-        ("Job", "tiny-gpt2-wiki-train-1"),
-        ("Job", "tiny-gpt2-wiki-evaluate-1"),
-        ("Deployment", "tiny-gpt2"),
-        ("Service", "tiny-gpt2"),
+    kinds = [(o["kind"], o["metadata"]["name"].rsplit("-", 1)[0]) for o in objs]
+    assert kinds == [
+        ("Job", "tiny-gpt2-wiki-prepare"),
+        ("Job", "tiny-gpt2-wiki-train"),
+        ("Job", "tiny-gpt2-wiki-evaluate"),
+        ("Deployment", "tiny"),
+        ("Service", "tiny"),
     ]
+    train_args = objs[1]["spec"]["template"]["spec"]["containers"][0]["args"]
+    directory = train_args[train_args.index("--artifacts") + 1]
+    key = objs[1]["metadata"]["labels"]["gptops.io/revision-key"]
+    assert directory == f"/artifacts/default/tiny-gpt2-wiki/{key}"
+    assert f"revision {key}" in result.stderr and directory in result.stderr  # the note says where it writes
     dep = objs[3]
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-    # the example is a LoRA run: served as base model + adapter once promoted
-    assert args[args.index("--lora-modules") + 1] == "tiny-gpt2=/artifacts/default/tiny-gpt2-wiki/adapter"
+    # the example is a LoRA run: served as base model + adapter once promoted, from its revision's directory
+    assert args[args.index("--lora-modules") + 1] == f"tiny-gpt2={directory}/adapter"
     assert dep["metadata"]["labels"]["gptops.io/revision"] == "tiny-gpt2-wiki"
 
 

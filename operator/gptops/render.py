@@ -22,6 +22,7 @@ from gptops.api.artifacts import (
 from gptops.api.constants import KIND_FINETUNEJOB, KIND_GPTMODEL, STAGES
 from gptops.api.finetunejob import FineTuneJob
 from gptops.api.gptmodel import GPTModel
+from gptops.api.revisions import new_revision
 from gptops.builders import BuildError, build_deployment, build_service, build_stage_children
 from gptops.validate import is_gptops_object, load_documents
 
@@ -42,6 +43,15 @@ def _parse(doc: dict[str, Any]) -> GPTModel | FineTuneJob:
         raise RenderError(f"{doc['kind']}/{meta.get('name', '<unnamed>')}: {where}: {first['msg']}") from e
 
 
+def trained(ftj: FineTuneJob, model: GPTModel) -> FineTuneJob:
+    """`ftj` as it would be once its stages ran from the GPTModel's source: its status names its revision."""
+    if ftj.status.artifacts.directory:
+        return ftj
+    revision = new_revision(ftj, model)
+    arts = ftj.status.artifacts.model_copy(update={"revision": revision.key, "directory": revision.directory})
+    return ftj.model_copy(update={"status": ftj.status.model_copy(update={"artifacts": arts})})
+
+
 def served_for_render(model: GPTModel, ftjs: list[FineTuneJob]) -> ServedRevision | None:
     """The revision the Deployment would serve: the pinned FineTuneJob, else status, else the FineTuneJob in the
     file once promoted (the last one that asks for promotion, else the last one), else the model's own source."""
@@ -50,13 +60,13 @@ def served_for_render(model: GPTModel, ftjs: list[FineTuneJob]) -> ServedRevisio
     if pin:
         pinned = next((f for f in mine if f.name == pin), None)
         if pinned is not None:
-            return served_revision_for(pinned, model)
+            return served_revision_for(trained(pinned, model), model)
     from_status = served_revision_from_status(model)
     if from_status is not None:
         return from_status
     promoting = [f for f in mine if f.spec.evaluation.promote] or mine
     if promoting:
-        return served_revision_for(promoting[-1], model)
+        return served_revision_for(trained(promoting[-1], model), model)
     return base_served_revision(model)
 
 
@@ -72,9 +82,12 @@ def render_objects(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
         if model is None:
             raise RenderError(f"{KIND_FINETUNEJOB}/{ftj.name}: spec.model.name: GPTModel {ftj.spec.model.name!r} "
                               f"is not in the given files; pass its file too")
+        revision = new_revision(ftj, model)
+        notes.append(f"{KIND_FINETUNEJOB}/{ftj.name}: revision {revision.key} (from the GPTModel's source) writes "
+                     f"{revision.directory}; a change to its dataset, start or training fields writes another")
         for stage in STAGES:
             try:
-                out += build_stage_children(ftj, model, stage)
+                out += build_stage_children(ftj, model, stage, revision=revision)
             except BuildError as e:
                 raise RenderError(f"{KIND_FINETUNEJOB}/{ftj.name}: {e}") from e
     for model in models:

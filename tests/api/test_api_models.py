@@ -61,10 +61,13 @@ def test_bad_specs_are_refused(make, needle):
 
 def test_served_revision_full_and_lora():
     m = gm()
-    full = served_revision_for(ftj(), m)
-    assert full.model == "/artifacts/ns/j/model" and full.adapter is None
-    lora = served_revision_for(ftj(training={"method": "lora"}), m)
-    assert lora.model == "gpt2" and lora.adapter == "/artifacts/ns/j/adapter"
+    assert served_revision_for(ftj(), m) is None  # nothing trained yet
+    done = {"artifacts": {"directory": "/artifacts/ns/j/0123456789", "digest": "sha256:w"}}
+    full = served_revision_for(ftj().model_copy(update={"status": ftj().status.model_validate(done)}), m)
+    assert full.model == "/artifacts/ns/j/0123456789/model" and full.adapter is None and full.digest == "sha256:w"
+    lora_ftj = ftj(training={"method": "lora"})
+    lora = served_revision_for(lora_ftj.model_copy(update={"status": lora_ftj.status.model_validate(done)}), m)
+    assert lora.model == "gpt2" and lora.adapter == "/artifacts/ns/j/0123456789/adapter"
 
 
 def test_served_revision_from_status():

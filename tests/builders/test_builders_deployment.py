@@ -84,9 +84,12 @@ def test_lora_revision_serves_base_plus_adapter(gptmodel):
 def test_lora_from_finetunejob(gptmodel, finetunejob):
     finetunejob["spec"]["training"]["method"] = "lora"
     finetunejob["spec"]["training"]["lora"] = {"r": 24}
+    finetunejob["status"] = {"artifacts": {"directory": "/artifacts/ml/tiny-ft/0123456789", "digest": "sha256:d"}}
     served = served_revision_for(FineTuneJob.from_dict(finetunejob), GPTModel.from_dict(gptmodel))
-    args = argv(build_deployment(gptmodel, served))
-    assert opt(args, "--lora-modules") == "tiny=/artifacts/ml/tiny-ft/adapter"
+    dep = build_deployment(gptmodel, served)
+    args = argv(dep)
+    assert opt(args, "--lora-modules") == "tiny=/artifacts/ml/tiny-ft/0123456789/adapter"
+    assert dep["metadata"]["annotations"]["gptops.io/digest"] == "sha256:d"
     assert opt(args, "--max-lora-rank") == "32"
 
 

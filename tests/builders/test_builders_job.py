@@ -5,13 +5,19 @@ import re
 
 import pytest
 
+from gptops.api import FineTuneJob, GPTModel, new_revision
 from gptops.api.constants import LABEL_MANAGED_BY
 from gptops.builders import BuildError, build_rendezvous_service, build_stage_children, build_stage_job
 
 STAGES = ["prepare", "train", "evaluate"]
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 FIXED_LABEL_KEYS = {"app.kubernetes.io/managed-by", "app.kubernetes.io/name", "app.kubernetes.io/component",
-                    "gptops.io/model", "gptops.io/finetunejob", "gptops.io/stage", "gptops.io/generation"}
+                    "gptops.io/model", "gptops.io/finetunejob", "gptops.io/stage", "gptops.io/revision-key",
+                    "gptops.io/spec-key"}
+
+
+def revision(finetunejob, gptmodel, start_model=None):
+    return new_revision(FineTuneJob.from_dict(finetunejob), GPTModel.from_dict(gptmodel), start_model)
 
 
 def container(job):
@@ -29,8 +35,12 @@ def test_has_the_owner_reference(stage, finetunejob, gptmodel):
 @pytest.mark.parametrize("stage", STAGES)
 def test_name_deterministic_and_short(stage, finetunejob, gptmodel):
     job = build_stage_job(finetunejob, gptmodel, stage)
-    assert job["metadata"]["name"] == f"tiny-ft-{stage}-3"
+    rev = revision(finetunejob, gptmodel)
+    key = rev.eval_key if stage == "evaluate" else rev.key
+    assert job["metadata"]["name"] == f"tiny-ft-{stage}-{key}"
     assert job == build_stage_job(finetunejob, gptmodel, stage)
+    finetunejob["metadata"]["generation"] = 9  # a new generation of the same spec: the same Job
+    assert build_stage_job(finetunejob, gptmodel, stage)["metadata"]["name"] == job["metadata"]["name"]
     finetunejob["metadata"]["name"] = "a-very-long-fine-tune-job-name-" * 5
     long = build_stage_job(finetunejob, gptmodel, stage)["metadata"]["name"]
     assert len(long) <= 63 and DNS1123.match(long)
@@ -43,7 +53,8 @@ def test_labels_are_the_fixed_set(stage, finetunejob, gptmodel):
         assert set(labels) == FIXED_LABEL_KEYS
         assert labels[LABEL_MANAGED_BY] == "gptops"
         assert "argocd.argoproj.io/instance" not in labels
-        assert labels["gptops.io/stage"] == stage and labels["gptops.io/generation"] == "3"
+        assert labels["gptops.io/stage"] == stage
+        assert labels["gptops.io/revision-key"] == revision(finetunejob, gptmodel).key
 
 
 @pytest.mark.parametrize(("stage", "gpus"), [("prepare", None), ("train", "4"), ("evaluate", "4")])
@@ -68,7 +79,7 @@ def test_args_are_a_list_and_contain_no_shell(stage, finetunejob, gptmodel):
     assert all(isinstance(a, str) for a in argv)
     assert argv[0] not in ("sh", "bash", "/bin/sh", "/bin/bash") and "-c" not in argv
     assert argv[argv.index("-m") + 1: argv.index("-m") + 3] == ["gptops.pipeline", stage]
-    assert argv[-2:] == ["--artifacts", "/artifacts/ml/tiny-ft"]
+    assert argv[argv.index("--artifacts") + 1] == f"/artifacts/ml/tiny-ft/{revision(finetunejob, gptmodel).key}"
     ftj = json.loads(argv[argv.index("--spec-json") + 1])
     assert ftj["kind"] == "FineTuneJob" and ftj["spec"]["training"]["backoffLimit"] == 5
     model = json.loads(argv[argv.index("--model-spec-json") + 1])
@@ -77,8 +88,34 @@ def test_args_are_a_list_and_contain_no_shell(stage, finetunejob, gptmodel):
 
 
 def test_start_model_is_passed_when_the_operator_chose_one(finetunejob, gptmodel):
-    c = container(build_stage_job(finetunejob, gptmodel, "train", start_model="/artifacts/ml/prev/model"))
-    assert c["args"][c["args"].index("--start-model") + 1] == "/artifacts/ml/prev/model"
+    rev = revision(finetunejob, gptmodel, "/artifacts/ml/prev/k/model")
+    job = build_stage_job(finetunejob, gptmodel, "train", revision=rev)
+    c = container(job)
+    assert c["args"][c["args"].index("--start-model") + 1] == "/artifacts/ml/prev/k/model"
+    assert job["metadata"]["annotations"]["gptops.io/start-model"] == "/artifacts/ml/prev/k/model"
+    # Another starting point is another revision: its own directory.
+    assert c["args"][c["args"].index("--artifacts") + 1] == rev.directory != revision(finetunejob, gptmodel).directory
+
+
+def test_each_training_change_writes_its_own_directory_and_the_gate_does_not(finetunejob, gptmodel):
+    def directory():
+        c = container(build_stage_job(finetunejob, gptmodel, "train"))
+        return c["args"][c["args"].index("--artifacts") + 1]
+
+    first = directory()
+    finetunejob["spec"]["evaluation"] = {"thresholds": {"maxPerplexity": 3}, "promote": True}
+    finetunejob["spec"]["training"]["backoffLimit"] = 1  # how a Pod is retried does not change the weights
+    assert directory() == first
+    finetunejob["spec"]["training"]["learningRate"] = 0.01
+    assert directory() != first
+
+
+def test_evaluate_writes_its_report_beside_the_weights_and_prepare_sweeps_only_other_revisions(finetunejob, gptmodel):
+    rev = revision(finetunejob, gptmodel)
+    args = container(build_stage_job(finetunejob, gptmodel, "evaluate"))["args"]
+    assert args[args.index("--evaluation-dir") + 1] == f"{rev.directory}/eval-{rev.eval_key}"
+    args = container(build_stage_job(finetunejob, gptmodel, "prepare", retain=("0000000000", rev.key)))["args"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--retain"] == ["0000000000"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -142,14 +179,15 @@ def test_multi_node_train_is_an_indexed_job_with_torchrun(finetunejob, gptmodel)
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
     pod = job["spec"]["template"]["spec"]
-    assert pod["subdomain"] == svc["metadata"]["name"] == "tiny-ft-train-3"
+    assert pod["subdomain"] == svc["metadata"]["name"] == job["metadata"]["name"]
     c = pod["containers"][0]
     argv = c["command"] + c["args"]
     assert argv[0] == "torchrun"
     assert argv[argv.index("--nnodes") + 1] == "3"
     assert argv[argv.index("--nproc-per-node") + 1] == "4"
     assert argv[argv.index("--rdzv-backend") + 1] == "c10d"
-    assert argv[argv.index("--rdzv-endpoint") + 1] == "tiny-ft-train-3-0.tiny-ft-train-3:29500"
+    name = job["metadata"]["name"]
+    assert argv[argv.index("--rdzv-endpoint") + 1] == f"{name}-0.{name}:29500"
     assert argv[argv.index("-m") + 1 : argv.index("-m") + 3] == ["gptops.pipeline", "train"]
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
     labels = job["spec"]["template"]["metadata"]["labels"]
@@ -157,7 +195,7 @@ def test_multi_node_train_is_an_indexed_job_with_torchrun(finetunejob, gptmodel)
     assert svc["metadata"]["ownerReferences"][0]["uid"] == "uid-ftj"
     # prepare and evaluate stay single-node
     assert [c["kind"] for c in build_stage_children(finetunejob, gptmodel, "evaluate")] == ["Job"]
-    assert build_rendezvous_service(finetunejob)["metadata"]["name"] == "tiny-ft-train-3"
+    assert build_rendezvous_service(finetunejob, revision(finetunejob, gptmodel))["metadata"]["name"] == name
 
 
 def test_missing_artifacts_pvc_is_a_build_error(finetunejob, gptmodel):

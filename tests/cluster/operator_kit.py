@@ -3,10 +3,11 @@ examples and their artifacts volume."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +60,23 @@ class Cluster:
         return wait_for(lambda: (c := self.condition(kind, name, type_)).get("status") == status and c,
                         f"{kind}/{name} {type_}={status}", timeout)
 
+    def stage_job(self, run: str, stage: str) -> dict[str, Any] | None:
+        """The newest Job of `stage` of FineTuneJob `run` (its name ends in the revision key), or None."""
+        jobs = self.items("jobs", f"gptops.io/finetunejob={run},gptops.io/stage={stage}")
+        return max(jobs, key=lambda j: (j["metadata"]["creationTimestamp"], j["metadata"]["name"]), default=None)
+
+    def stage_job_name(self, run: str, stage: str, timeout: float = 60) -> str:
+        """Wait for the stage's Job and return its name."""
+        return wait_for(lambda: self.stage_job(run, stage), f"the {stage} Job of {run}", timeout)["metadata"]["name"]
+
     def complete_stage(self, run: str, stage: str, *, ok: bool = True, message: str = "",
-                       metrics: dict[str, float] | None = None) -> str:
+                       metrics: dict[str, float] | None = None, digest: str = "sha256:0123") -> str:
         """Let kwok finish the stage's Pod with a StageResult as its termination message; returns the message."""
-        job = f"{run}-{stage}-1"
+        job = self.stage_job_name(run, stage)
         pod = wait_for(lambda: next(iter(self.items("pods", f"job-name={job}")), None), f"a Pod of Job {job}")
         result = json.dumps({"apiVersion": "gptops.io/stage-result/v1", "stage": stage, "ok": ok,
                              "message": message or f"{stage} done", "metrics": metrics or {},
-                             "artifacts": {}, "digest": "sha256:0123"})
+                             "artifacts": {}, "digest": digest})
         annotations = [f"{RESULT_ANNOTATION}={result}"] + ([] if ok else [f"{EXIT_CODE_ANNOTATION}=1"])
         self.kubectl("annotate", "pod", pod["metadata"]["name"], *annotations)
         return result
@@ -105,3 +115,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_operator(k: Cluster, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The operator as `kubeconfig`'s user, watching only this test's namespace, in a thread of this process."""
+    from kopf.testing import KopfRunner
+
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("GPTOPS_RESYNC_SECONDS", "2")
+    monkeypatch.setenv("GPTOPS_WATCH_SERVER_TIMEOUT", "10")
+    with KopfRunner(["run", "--standalone", "-n", k.ns, "-m", "gptops.handlers"], timeout=60) as runner:
+        yield runner
+        # Delete before the runner exits, and wait: nothing of ours may hang on a finalizer.
+        k.kubectl("delete", "finetunejobs,gptmodels", "--all", "--timeout=30s")
+    assert runner.exception is None, runner.output[-4000:]
+    k.cp.kubectl("delete", "pv", f"{k.ns}-artifacts", "--wait=false", check=False)

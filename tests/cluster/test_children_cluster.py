@@ -76,7 +76,7 @@ def test_children_are_accepted_run_and_are_garbage_collected(control_plane, rest
     for child in children:
         create(control_plane, ns, child)
 
-    train = "tiny-gpt2-wiki-train-1"
+    train = next(c["metadata"]["name"] for c in children if c["kind"] == "Job" and "-train-" in c["metadata"]["name"])
     pods = wait_for("two training Pods", lambda: (lambda items: items if len(items) == 2 else None)(
         get(control_plane, ns, "pods", "-l", f"job-name={train}")["items"]))
     assert sorted(p["spec"]["hostname"] for p in pods) == [f"{train}-0", f"{train}-1"]

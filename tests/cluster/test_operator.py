@@ -4,45 +4,19 @@ the real Job, Deployment and garbage-collector controllers do the rest."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from operator_kit import EXAMPLES, GOOD, MODEL, ROOT, RUN, Cluster, example, free_port, wait_for
+from operator_kit import EXAMPLES, GOOD, MODEL, ROOT, RUN, Cluster, example, free_port, running_operator, wait_for
 
 pytestmark = pytest.mark.cluster
-
-
-@contextlib.contextmanager
-def running_operator(k: Cluster, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The operator as `kubeconfig`'s user, watching only this test's namespace, in a thread of this process."""
-    from kopf.testing import KopfRunner
-
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    monkeypatch.setenv("GPTOPS_RESYNC_SECONDS", "2")
-    monkeypatch.setenv("GPTOPS_WATCH_SERVER_TIMEOUT", "10")
-    with KopfRunner(["run", "--standalone", "-n", k.ns, "-m", "gptops.handlers"], timeout=60) as runner:
-        yield runner
-        # Delete before the runner exits, and wait: nothing of ours may hang on a finalizer.
-        k.kubectl("delete", "finetunejobs,gptmodels", "--all", "--timeout=30s")
-    assert runner.exception is None, runner.output[-4000:]
-    k.cp.kubectl("delete", "pv", f"{k.ns}-artifacts", "--wait=false", check=False)
-
-
-@pytest.fixture
-def operator(control_plane, k: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The operator as cluster admin."""
-    with running_operator(k, control_plane.kubeconfig, monkeypatch) as runner:
-        yield runner
 
 
 def run_examples_to_promotion(k: Cluster) -> None:
@@ -95,7 +69,7 @@ def test_examples_go_all_the_way_to_a_ready_gptmodel(k: Cluster, operator) -> No
     assert ftj["status"]["phase"] == "Promoted"
     assert ftj["status"]["metrics"]["perplexity"] == 42.0
     assert ftj["status"]["stages"]["prepare"]["result"]["digest"] == json.loads(prepared)["digest"]
-    job = k.get("job", f"{RUN}-train-1") or {}
+    job = k.stage_job(RUN, "train") or {}
     assert job["metadata"]["ownerReferences"][0]["name"] == RUN
     assert "argocd.argoproj.io/instance" not in job["metadata"]["labels"]
     wanted = {"JobCreated", "ThresholdsMet", "Promoted", "DeploymentCreated"}
@@ -136,9 +110,9 @@ def test_a_failed_stage_sets_failed_with_the_pods_message(k: Cluster, operator) 
 
     failed = k.wait_condition("ftj", RUN, "Failed", "True")
     assert failed["reason"] == "StageFailed"
-    assert "no column 'text' in wikitext" in failed["message"] and f"{RUN}-prepare-1" in failed["message"]
+    assert "no column 'text' in wikitext" in failed["message"] and k.stage_job_name(RUN, "prepare") in failed["message"]
     assert (k.get("ftj", RUN) or {})["status"]["phase"] == "Failed"
-    assert k.get("job", f"{RUN}-train-1") is None
+    assert k.stage_job(RUN, "train") is None
     wait_for(lambda: [e for e in k.events(RUN) if (e["type"], e["reason"]) == ("Warning", "StageFailed")],
              "a Warning event StageFailed")
 
@@ -177,12 +151,12 @@ def test_a_rollout_that_never_becomes_available_is_rolled_back(k: Cluster, opera
 
 def test_deleting_the_parents_removes_their_children(k: Cluster, operator) -> None:
     k.kubectl("apply", "-f", str(EXAMPLES / "gptmodel.yaml"), "-f", str(EXAMPLES / "finetunejob.yaml"))
-    wait_for(lambda: k.get("job", f"{RUN}-prepare-1"), "the prepare Job")
+    prepare = k.stage_job_name(RUN, "prepare")
     wait_for(lambda: k.get("deployment", MODEL) and k.get("service", MODEL), "the Deployment and Service")
 
     k.kubectl("delete", "ftj", RUN, "--timeout=30s")
-    wait_for(lambda: k.get("job", f"{RUN}-prepare-1") is None, "the garbage collector to delete the Job")
-    wait_for(lambda: not k.items("pods", f"job-name={RUN}-prepare-1"), "the stage Pods to go")
+    wait_for(lambda: k.stage_job(RUN, "prepare") is None, "the garbage collector to delete the Job")
+    wait_for(lambda: not k.items("pods", f"job-name={prepare}"), "the stage Pods to go")
     k.kubectl("delete", "gptmodel", MODEL, "--timeout=30s")
     wait_for(lambda: k.get("deployment", MODEL) is None and k.get("service", MODEL) is None,
              "the garbage collector to delete the Deployment and Service")
@@ -249,9 +223,9 @@ def test_a_finetunejob_waits_for_its_gptmodel(k: Cluster, operator) -> None:
     k.kubectl("apply", "-f", str(EXAMPLES / "finetunejob.yaml"))
     prepared = k.wait_condition("ftj", RUN, "Prepared", "False")
     wait_for(lambda: k.condition("ftj", RUN, "Prepared").get("reason") == "ModelNotFound", "ModelNotFound")
-    assert k.get("job", f"{RUN}-prepare-1") is None and MODEL in prepared["message"]
+    assert k.stage_job(RUN, "prepare") is None and MODEL in prepared["message"]
     k.kubectl("apply", "-f", str(EXAMPLES / "gptmodel.yaml"))
-    wait_for(lambda: k.get("job", f"{RUN}-prepare-1"), "the prepare Job once the GPTModel exists")
+    wait_for(lambda: k.stage_job(RUN, "prepare"), "the prepare Job once the GPTModel exists")
 
 
 def test_gptops_operator_serves_metrics_and_health(control_plane, k: Cluster) -> None:

@@ -106,7 +106,7 @@ def stage_jobs(k: Cluster) -> dict[str, dict[str, Any]]:
 
 
 def job_pods(k: Cluster, stage: str) -> list[dict[str, Any]]:
-    return k.items("pods", f"job-name={RUN}-{stage}-1")
+    return k.items("pods", f"job-name={k.stage_job_name(RUN, stage)}")
 
 
 def job_condition(job: dict[str, Any] | None, type_: str) -> bool:
@@ -118,7 +118,7 @@ def running_pod(k: Cluster, stage: str) -> dict[str, Any]:
     """The one Running Pod of a stage Job."""
     return wait_for(lambda: next((p for p in job_pods(k, stage) if p["status"].get("phase") == "Running"
                                   and not p["metadata"].get("deletionTimestamp")), None),
-                    f"a Running Pod of Job {RUN}-{stage}-1")
+                    f"a Running Pod of the {stage} Job")
 
 
 def complete_running_pod(k: Cluster, stage: str, message: str) -> None:
@@ -153,33 +153,33 @@ def our_events(k: Cluster, name: str) -> list[tuple[str, str]]:
 def test_a_killed_operator_goes_on_where_it_stopped(k: Cluster, operators) -> None:
     first = operators()
     k.kubectl("apply", "-f", str(EXAMPLES / "gptmodel.yaml"), "-f", str(EXAMPLES / "finetunejob.yaml"))
-    prepare = wait_for(lambda: k.get("job", f"{RUN}-prepare-1"), "the prepare Job")
+    prepare = wait_for(lambda: k.stage_job(RUN, "prepare"), "the prepare Job")
     running_pod(k, "prepare")
     k.wait_condition("ftj", RUN, "Prepared", "False")
     first.kill()
 
     # While nobody reconciles: the stage finishes (kwok, the Job controller), and the GPTModel's spec changes.
     k.complete_stage(RUN, "prepare")
-    wait_for(lambda: job_condition(k.get("job", f"{RUN}-prepare-1"), "Complete"), "the prepare Job to complete")
+    wait_for(lambda: job_condition(k.stage_job(RUN, "prepare"), "Complete"), "the prepare Job to complete")
     k.kubectl("patch", "gptmodel", MODEL, "--type=merge", "-p", '{"spec":{"serving":{"rolloutDeadlineSeconds":900}}}')
     assert (k.get("gptmodel", MODEL) or {})["metadata"]["generation"] == 2
-    assert k.get("job", f"{RUN}-train-1") is None  # nothing moves on without an operator
+    assert k.stage_job(RUN, "train") is None  # nothing moves on without an operator
     assert k.condition("ftj", RUN, "Prepared")["status"] == "False"  # the status the killed operator left
 
     second = operators()
-    train = wait_for(lambda: k.get("job", f"{RUN}-train-1"), "the train Job from the new operator")
+    train = wait_for(lambda: k.stage_job(RUN, "train"), "the train Job from the new operator")
     k.wait_condition("ftj", RUN, "Prepared", "True")
     assert train["metadata"]["ownerReferences"][0]["name"] == RUN
     running_pod(k, "train")
     k.complete_stage(RUN, "train")
-    wait_for(lambda: k.get("job", f"{RUN}-evaluate-1"), "the evaluate Job")
+    wait_for(lambda: k.stage_job(RUN, "evaluate"), "the evaluate Job")
     running_pod(k, "evaluate")
     second.kill()
 
     # Killed again, with the last stage about to finish: the gate, the promotion and the rollout all fall to
     # the third operator.
     k.complete_stage(RUN, "evaluate", metrics=GOOD)
-    wait_for(lambda: job_condition(k.get("job", f"{RUN}-evaluate-1"), "Complete"), "the evaluate Job to complete")
+    wait_for(lambda: job_condition(k.stage_job(RUN, "evaluate"), "Complete"), "the evaluate Job to complete")
     assert k.condition("ftj", RUN, "Passed").get("status") != "True"
 
     operators()
@@ -191,14 +191,15 @@ def test_a_killed_operator_goes_on_where_it_stopped(k: Cluster, operators) -> No
 
     # One Job per stage under its deterministic name; none made twice, no stage run twice.
     jobs = stage_jobs(k)
-    assert sorted(jobs) == sorted(f"{RUN}-{s}-1" for s in ("prepare", "train", "evaluate"))
-    assert jobs[f"{RUN}-prepare-1"]["metadata"]["uid"] == prepare["metadata"]["uid"]
-    assert jobs[f"{RUN}-train-1"]["metadata"]["uid"] == train["metadata"]["uid"]
+    names = {s: k.stage_job_name(RUN, s) for s in ("prepare", "train", "evaluate")}
+    assert sorted(jobs) == sorted(names.values())
+    assert jobs[names["prepare"]]["metadata"]["uid"] == prepare["metadata"]["uid"]
+    assert jobs[names["train"]]["metadata"]["uid"] == train["metadata"]["uid"]
     for stage in ("prepare", "train", "evaluate"):
-        assert jobs[f"{RUN}-{stage}-1"]["status"].get("succeeded") == 1, stage
+        assert jobs[names[stage]]["status"].get("succeeded") == 1, stage
         assert len(job_pods(k, stage)) == 1, stage
-    created = [m for reason, m in our_events(k, RUN) if reason == "JobCreated"]
-    assert sorted(created) == sorted(f"Created Job {RUN}-{s}-1 for the {s} stage"
+    created = [m.split(" of revision")[0] for reason, m in our_events(k, RUN) if reason == "JobCreated"]
+    assert sorted(created) == sorted(f"Created Job {names[s]} for the {s} stage"
                                      for s in ("prepare", "train", "evaluate")), created
 
     # Status rebuilt whole, for the current generations.
@@ -241,7 +242,7 @@ def test_a_lost_stage_pod_is_replaced_and_the_run_goes_on(k: Cluster, operators,
     # The Job controller makes another.
     replacement = running_pod(k, "train")
     assert replacement["metadata"]["uid"] != lost["metadata"]["uid"]
-    job = k.get("job", f"{RUN}-train-1") or {}
+    job = k.stage_job(RUN, "train") or {}
     assert not job_condition(job, "Failed"), job["status"]
 
     # Passes after the loss, from the Job's events and the resync loop, keep the run Training, not Failed.
@@ -254,14 +255,14 @@ def test_a_lost_stage_pod_is_replaced_and_the_run_goes_on(k: Cluster, operators,
     complete_running_pod(k, "train", "resumed from checkpoint-100")
     trained = k.wait_condition("ftj", RUN, "Trained", "True")
     assert trained["message"] == "resumed from checkpoint-100"
-    wait_for(lambda: k.get("job", f"{RUN}-evaluate-1"), "the evaluate Job")
+    wait_for(lambda: k.stage_job(RUN, "evaluate"), "the evaluate Job")
     k.complete_stage(RUN, "evaluate", metrics=GOOD)
     k.wait_condition("ftj", RUN, "Promoted", "True")
 
     ftj = assert_conditions_current(k, "ftj", RUN)
     assert ftj["status"]["stages"]["train"]["result"]["message"] == "resumed from checkpoint-100"
     assert k.condition("ftj", RUN, "Failed")["status"] == "False"
-    assert sorted(stage_jobs(k)) == sorted(f"{RUN}-{s}-1" for s in ("prepare", "train", "evaluate"))
+    assert sorted(stage_jobs(k)) == sorted(k.stage_job_name(RUN, s) for s in ("prepare", "train", "evaluate"))
     assert not [reason for reason, _ in our_events(k, RUN) if reason in ("JobFailed", "StageFailed")]
 
     # The served revision loses its Pod too, after its rollout: the Deployment controller replaces it, and the
@@ -306,7 +307,7 @@ def test_a_finished_run_whose_pods_are_lost_keeps_its_outcome(k: Cluster, operat
     after = (k.get("ftj", RUN) or {})["status"]
     assert after == before
     assert after["phase"] == "Promoted" and after["metrics"]["perplexity"] == 42.0
-    assert sorted(stage_jobs(k)) == sorted(f"{RUN}-{s}-1" for s in ("prepare", "train", "evaluate"))
+    assert sorted(stage_jobs(k)) == sorted(k.stage_job_name(RUN, s) for s in ("prepare", "train", "evaluate"))
 
 
 def test_deletes_while_the_operator_is_down_are_not_blocked(k: Cluster, operators) -> None:
@@ -316,10 +317,11 @@ def test_deletes_while_the_operator_is_down_are_not_blocked(k: Cluster, operator
     k.wait_condition("gptmodel", MODEL, "Ready", "True")
     k.wait_condition("ftj", RUN, "Prepared", "False")
     replicasets = k.items("replicasets", "app.kubernetes.io/managed-by=gptops")
-    assert replicasets and k.items("pods", f"job-name={RUN}-prepare-1")
+    prepare_job = k.stage_job_name(RUN, "prepare")
+    assert replicasets and k.items("pods", f"job-name={prepare_job}")
     op.kill()
 
-    for kind, name in (("ftj", RUN), ("gptmodel", MODEL), ("job", f"{RUN}-prepare-1")):
+    for kind, name in (("ftj", RUN), ("gptmodel", MODEL), ("job", prepare_job)):
         obj = k.get(kind, name) or {}
         assert not obj["metadata"].get("finalizers"), (kind, obj["metadata"])
     started = time.monotonic()
@@ -328,8 +330,8 @@ def test_deletes_while_the_operator_is_down_are_not_blocked(k: Cluster, operator
     assert time.monotonic() - started < 30
 
     # The garbage collector takes the children, and theirs, with nobody reconciling.
-    wait_for(lambda: k.get("job", f"{RUN}-prepare-1") is None, "the garbage collector to delete the Job")
-    wait_for(lambda: not k.items("pods", f"job-name={RUN}-prepare-1"), "the stage Pod to go")
+    wait_for(lambda: k.stage_job(RUN, "prepare") is None, "the garbage collector to delete the Job")
+    wait_for(lambda: not k.items("pods", f"job-name={prepare_job}"), "the stage Pod to go")
     wait_for(lambda: k.get("deployment", MODEL) is None and k.get("service", MODEL) is None,
              "the garbage collector to delete the Deployment and Service")
     wait_for(lambda: not k.items("replicasets", "app.kubernetes.io/managed-by=gptops"), "the ReplicaSets to go")

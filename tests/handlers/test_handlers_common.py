@@ -4,6 +4,7 @@ each transition, and its event, is posted once. Runs the real handlers and plann
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -13,10 +14,10 @@ import pytest
 
 from gptops import cluster, metrics
 from gptops.api import GPTModel
-from gptops.api.constants import KIND_FINETUNEJOB, PLURAL_FINETUNEJOB, PLURAL_GPTMODEL
+from gptops.api.constants import KIND_FINETUNEJOB, KIND_GPTMODEL, PLURAL_FINETUNEJOB, PLURAL_GPTMODEL
 from gptops.handlers import common
 from gptops.handlers import finetunejob as ftj_handlers
-from gptops.reconcile import JobState, ObservedFineTuneJob
+from gptops.reconcile import JobState, ObservedFineTuneJob, PodState
 
 NS = "ml"
 GPTMODEL = {
@@ -52,6 +53,7 @@ class FakeAPI:
         self.objects = {PLURAL_GPTMODEL: copy.deepcopy(GPTMODEL), PLURAL_FINETUNEJOB: copy.deepcopy(FINETUNEJOB)}
         self.jobs: dict[str, JobState] = {}
         self.events: list[tuple[str, str]] = []
+        self.woken: list[str] = []
         self.guard = threading.Lock()
 
     def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -74,7 +76,7 @@ class FakeAPI:
             jobs = dict(self.jobs)
         time.sleep(0.05)
         return ObservedFineTuneJob(now="2026-01-01T00:00:00Z", jobs=jobs, services=frozenset(),
-                                   model=GPTModel.from_dict(self.objects[PLURAL_GPTMODEL]), model_resource_version="1")
+                                   model=GPTModel.from_dict(self.objects[PLURAL_GPTMODEL]))
 
     def post_event(self, body: Any, event: Any) -> None:
         with self.guard:
@@ -86,7 +88,8 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAPI]:
     fake = FakeAPI()
     for name in ("get_object", "patch_status", "create", "observe_finetunejob", "post_event"):
         monkeypatch.setattr(cluster, name, getattr(fake, name))
-    monkeypatch.setattr(cluster, "pins", lambda *_: False)
+    # A FineTuneJob pass with news wakes its GPTModel; here only that it asked is recorded.
+    monkeypatch.setitem(common.PASSES, KIND_GPTMODEL, lambda ns, name: fake.woken.append(name) or [])
     yield fake
     metrics.forget_finetunejob(NS, "tiny-ft")  # the passes counted it by phase
 
@@ -119,18 +122,26 @@ def test_concurrent_passes_post_each_event_once(api: FakeAPI) -> None:
         common.wake(KIND_FINETUNEJOB, NS, "tiny-ft")
 
     at_once(kopf_handler, woken, woken)
-    assert list(api.jobs) == ["tiny-ft-prepare-1"]
+    [prepare] = api.jobs
+    assert prepare.startswith("tiny-ft-prepare-")
     assert [reason for reason, _ in api.events] == ["JobCreated"]
 
     # The prepare Job succeeds: one Prepared=True event, one train Job and its event.
-    api.jobs["tiny-ft-prepare-1"] = JobState(name="tiny-ft-prepare-1", stage="prepare", succeeded=1,
-                                             conditions=({"type": "Complete", "status": "True"},))
+    api.jobs[prepare] = JobState(name=prepare, stage="prepare", succeeded=1,
+                                 conditions=({"type": "Complete", "status": "True"},),
+                                 pods=(PodState(name=f"{prepare}-x", phase="Succeeded",
+                                                message=json.dumps({"apiVersion": "gptops.io/stage-result/v1",
+                                                                    "stage": "prepare", "ok": True,
+                                                                    "message": f"Job {prepare} succeeded"})),))
     at_once(woken, kopf_handler, woken)
+    train = next(j for j in api.jobs if j != prepare)
+    key = prepare.rsplit("-", 1)[1]
     assert sorted(api.events) == sorted([
-        ("JobCreated", "Created Job tiny-ft-prepare-1 for the prepare stage"),
-        ("JobCreated", "Created Job tiny-ft-train-1 for the train stage"),
-        ("JobSucceeded", "Prepared=True: Job tiny-ft-prepare-1 succeeded"),
+        ("JobCreated", f"Created Job {prepare} for the prepare stage of revision {key}"),
+        ("JobCreated", f"Created Job {train} for the train stage of revision {key}"),
+        ("JobSucceeded", f"Prepared=True: Job {prepare} succeeded"),
     ])
+    assert set(api.woken) == {"tiny"}  # its GPTModel heard of the news
     conditions = {c["type"]: c["status"] for c in api.objects[PLURAL_FINETUNEJOB]["status"]["conditions"]}
     assert conditions["Prepared"] == "True"
 

@@ -1,6 +1,7 @@
 """`gptops run` end to end on CPU, through the real command line: the quickstart (shrunk so a test can afford it)
-trained, gated, served on 127.0.0.1 and queried with the openai client; resume after an interruption; a changed spec;
---no-serve; a gate that rejects; a spec the cluster would refuse.
+trained, gated, served on 127.0.0.1 and queried with the openai client; resume after an interruption within its
+revision; a changed spec in a new revision directory while the served one stays untouched; --no-serve; a gate that
+rejects (a pin does not serve it); a spec the cluster would refuse.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
+
+from gptops.local.state import revision_key, spec_digest
+from gptops.pipeline.revisions import weights_digest
 
 pytestmark = pytest.mark.slow
 
@@ -108,6 +112,11 @@ def test_quickstart_trains_gates_serves_and_answers_the_openai_client(spec, tmp_
         assert reply.choices[0].finish_reason in ("stop", "length")
         state = json.loads((runs / "_models" / "pydoc-gpt.json").read_text())
         assert (state["serving_revision"], state["previous_revision"]) == ("pydoc-qa", "pydoc-pretrain")
+        # What is served is the sealed weights of the revision that passed, with their digest and when it passed.
+        assert state["serving_artifact"] == qa["artifacts"]["model"] == str(Path(qa["directory"], "model"))
+        assert state["serving_digest"] == qa["digest"] == weights_digest(Path(qa["artifacts"]["model"]))
+        assert state["previous_digest"] == pretrain["digest"] and pretrain["digest"].startswith("sha256:")
+        assert state["previous_passed_at"] == pretrain["passedAt"] <= state["serving_passed_at"] == qa["passedAt"]
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the run stops its server and exits
         try:
@@ -130,39 +139,87 @@ def _alive(pid: int) -> bool:
         return f.read().split(") ")[1].split()[0] != "Z"
 
 
-def test_an_interrupted_run_resumes_after_its_last_finished_stage(spec, tmp_path):
+def key_of(docs: list[dict[str, Any]], name: str) -> str:
+    """The revision key (directory name) `gptops run` gives FineTuneJob `name` of these documents."""
+    model = next(d for d in docs if d["kind"] == "GPTModel")
+    ftj = next(d for d in docs if d["kind"] == "FineTuneJob" and d["metadata"]["name"] == name)
+    return revision_key(spec_digest(ftj["spec"], model["spec"]))
+
+
+def files_of(directory: Path) -> dict[str, int]:
+    """Every file under `directory` with its mtime (ns): what "untouched" means."""
+    return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_an_interrupted_run_resumes_in_its_revision_and_a_changed_spec_leaves_the_served_one_alone(spec, tmp_path):
     runs = tmp_path / "runs"
+    docs = list(yaml.safe_load_all(spec.read_text()))
+    pretrain_dir = runs / "pydoc-pretrain" / key_of(docs, "pydoc-pretrain")
     # 1. Interrupted after prepare (stop-after is how a test interrupts at a known point).
     code, doc, _ = gptops_run(spec, runs, "--stop-after", "prepare", "--no-serve")
     assert code == 0
     assert jobs(doc)["pydoc-pretrain"]["decision"] == "Stopped"
-    dataset = runs / "pydoc-pretrain" / "dataset" / "manifest.json"
+    assert jobs(doc)["pydoc-pretrain"]["directory"] == str(pretrain_dir)
+    dataset = pretrain_dir / "dataset" / "manifest.json"
     written = dataset.stat().st_mtime_ns
 
-    # 2. Rerun: prepare is not redone, the rest runs; --no-serve stops after the gate and says what it would serve.
-    code, doc, _ = gptops_run(spec, runs, "--no-serve")
-    assert code == 0
-    pretrain = jobs(doc)["pydoc-pretrain"]
-    assert pretrain["state"] == "resumed"
-    assert pretrain["stages"]["prepare"]["resumed"] is True
-    assert pretrain["stages"]["train"]["resumed"] is False
-    assert dataset.stat().st_mtime_ns == written
-    assert doc["serving"] is None and doc["servingNote"].startswith("--no-serve: would serve GPTModel pydoc-gpt")
-
-    # 3. A changed FineTuneJob starts that job over and leaves the other alone.
-    docs = list(yaml.safe_load_all(spec.read_text()))
-    docs[2]["spec"]["training"]["maxSteps"] += 1
-    write_spec(spec, docs)
+    # 2. Rerun: prepare is not redone, the rest runs in the same revision directory; --no-serve stops after the
+    #    gate and says what it would serve.
     code, doc, _ = gptops_run(spec, runs, "--no-serve")
     assert code == 0
     pretrain, qa = jobs(doc)["pydoc-pretrain"], jobs(doc)["pydoc-qa"]
+    assert pretrain["state"] == "resumed" and pretrain["directory"] == str(pretrain_dir)
+    assert pretrain["stages"]["prepare"]["resumed"] is True
+    assert pretrain["stages"]["train"]["resumed"] is False
+    assert dataset.stat().st_mtime_ns == written
+    assert [p.name for p in (runs / "pydoc-pretrain").iterdir()] == [pretrain_dir.name]
+    assert doc["serving"] is None and doc["servingNote"].startswith("--no-serve: would serve GPTModel pydoc-gpt")
+    served_dir = Path(qa["directory"])
+    served_files, served_digest = files_of(served_dir), qa["digest"]
+    assert served_digest == weights_digest(served_dir / "model")
+
+    # 3. A changed FineTuneJob (and a gate it cannot pass) is a new revision in a new directory: it starts over,
+    #    the other job is left alone, the served revision's files are untouched and it stays served.
+    docs[2]["spec"]["training"]["maxSteps"] += 1
+    docs[2]["spec"]["evaluation"]["thresholds"] = {"maxPerplexity": 1.5}
+    write_spec(spec, docs)
+    code, doc, _ = gptops_run(spec, runs, "--no-serve")
+    assert code == 3
+    pretrain, qa = jobs(doc)["pydoc-pretrain"], jobs(doc)["pydoc-qa"]
     assert all(s["resumed"] for s in pretrain["stages"].values())
+    # pydoc-pretrain passed before the served pydoc-qa did: the promotion order keeps pydoc-qa.
+    assert pretrain["decision"] == "Passed" and "comes later in the promotion order" in pretrain["notPromoted"]
     assert qa["state"] == "changed" and not any(s["resumed"] for s in qa["stages"].values())
+    assert qa["decision"] == "Rejected"
+    rejected_dir = Path(qa["directory"])
+    assert rejected_dir.parent == served_dir.parent and rejected_dir.name == key_of(docs, "pydoc-qa") != \
+        served_dir.name
+    assert files_of(served_dir) == served_files and weights_digest(served_dir / "model") == served_digest
+    state = json.loads((runs / "_models" / "pydoc-gpt.json").read_text())
+    assert (state["serving_artifact"], state["serving_digest"]) == (str(served_dir / "model"), served_digest)
+
+    # 4. The same change with a gate it passes: another revision, promoted; the one it replaces is kept, untouched,
+    #    as previous; the rejected revision is removed by retention.
+    docs[2]["spec"]["evaluation"]["thresholds"] = {}
+    write_spec(spec, docs)
+    code, doc, _ = gptops_run(spec, runs, "--no-serve")
+    assert code == 0
+    qa = jobs(doc)["pydoc-qa"]
+    assert qa["decision"] == "Promoted" and qa["start"] == "revision pydoc-pretrain"
+    new_dir = Path(qa["directory"])
+    assert qa["removedRevisions"] == [rejected_dir.name] and not rejected_dir.exists()
+    assert sorted(p.name for p in (runs / "pydoc-qa").iterdir()) == sorted([served_dir.name, new_dir.name])
+    assert files_of(served_dir) == served_files
+    state = json.loads((runs / "_models" / "pydoc-gpt.json").read_text())
+    assert (state["serving_artifact"], state["serving_digest"]) == (str(new_dir / "model"), qa["digest"])
+    assert (state["previous_artifact"], state["previous_digest"]) == (str(served_dir / "model"), served_digest)
+    assert qa["digest"] == weights_digest(new_dir / "model") != served_digest
 
 
-def test_a_rejected_model_is_not_promoted_or_served(tmp_path):
+def test_a_rejected_model_is_not_promoted_or_served_even_when_pinned(tmp_path):
     docs = shrink(list(yaml.safe_load_all(QUICKSTART.read_text())))[:2]
     docs[1]["spec"]["evaluation"]["thresholds"] = {"maxPerplexity": 1.5}  # no model gets there in a few steps
+    docs[0]["spec"].setdefault("serving", {})["revision"] = "pydoc-pretrain"  # a pin serves only what passed
     spec = write_spec(tmp_path / "spec" / "strict.yaml", docs)
     code, doc, _ = gptops_run(spec, tmp_path / "runs")
     assert code == 3
@@ -194,7 +251,8 @@ def test_training_killed_midway_resumes_from_its_checkpoint(tmp_path):
     docs[1]["spec"]["training"]["checkpointEverySteps"] = 5
     spec = write_spec(tmp_path / "spec" / "pretrain.yaml", docs)
     runs = tmp_path / "runs"
-    checkpoints = runs / "pydoc-pretrain" / "checkpoints"
+    revision = runs / "pydoc-pretrain" / key_of(docs, "pydoc-pretrain")
+    checkpoints = revision / "checkpoints"
     proc = subprocess.Popen([GPTOPS, "run", str(spec), "--runs-dir", str(runs), "--no-serve"], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -208,12 +266,13 @@ def test_training_killed_midway_resumes_from_its_checkpoint(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    state = json.loads((runs / "pydoc-pretrain" / "state.json").read_text())
+    state = json.loads((revision / "state.json").read_text())
     assert list(state["stages"]) == ["prepare"]
 
     code, doc, _ = gptops_run(spec, runs, "--no-serve")
     assert code == 0
     job = jobs(doc)["pydoc-pretrain"]
+    assert job["state"] == "resumed" and job["directory"] == str(revision)
     assert job["stages"]["prepare"]["resumed"] is True
     assert "resumed from checkpoint-" in job["stages"]["train"]["result"]["message"]
     assert job["stages"]["train"]["result"]["metrics"]["steps"] == 400

@@ -57,7 +57,7 @@ def test_start_from_the_served_revision(tmp_path):
     ({"dataset": {"source": {"local": {"path": "a"}}, "preprocessing": {"dedupe": "fuzzy"}}}, SCRATCH,
      "dataset.preprocessing.dedupe"),
     ({"dataset": {"source": {"local": {"path": "a"}}}}, {"source": {"scratch": {"hidden": 100, "heads": 3}}},
-     "source.scratch.hidden"),
+     "source.scratch: hidden (100) must be divisible"),
     ({"dataset": {"source": {"local": {"path": "a"}}}, "training": {"method": "lora"}}, SCRATCH, "training.method"),
     ({"dataset": {"source": {"local": {"path": "a"}}}, "training": {"learningRate": 0}}, SCRATCH, "training.learningRate"),
     ({"dataset": {"source": {"local": {"path": "a"}}}, "evaluation": {"metrics": ["rouge"]}}, SCRATCH,
@@ -74,7 +74,7 @@ def test_results_are_trimmed_under_4_kib():
                        metrics={f"m{i}": i for i in range(300)})
     text = render(huge)
     doc = json.loads(text)
-    assert len(text.encode()) <= MAX_BYTES < 4096
+    assert len(text.encode()) <= MAX_BYTES <= 4096  # what the kubelet keeps of a termination message
     assert doc["ok"] is False and doc["message"].startswith("/data/x.jsonl: line 3:")
 
 
@@ -85,3 +85,25 @@ def test_emit_writes_the_termination_log_and_stdout(tmp_path, monkeypatch, capsy
     written = json.loads(Path(log).read_text())
     assert written["metrics"] == {"steps": 3}
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == written
+
+
+def test_emit_fails_when_the_result_cannot_be_written(tmp_path, monkeypatch, capsys):
+    """The operator reads the result from the termination log: a stage that cannot write it must not exit 0."""
+    monkeypatch.setenv("GPTOPS_TERMINATION_LOG", str(tmp_path / "missing-dir" / "termination-log"))
+    assert emit(StageResult(stage="train", ok=True, message="done")) is False
+    assert "cannot write the stage result" in capsys.readouterr().err
+
+
+def test_the_stage_exits_2_when_its_result_cannot_be_written(tmp_path, monkeypatch):
+    from gptops.pipeline.__main__ import main
+
+    monkeypatch.setenv("GPTOPS_TERMINATION_LOG", str(tmp_path / "missing-dir" / "termination-log"))
+    # A bad spec fails fast (exit 1 when the result is written); unwritable, the exit says so.
+    assert main(["prepare", "--spec-json", "{}", "--model-spec-json", "{}", "--artifacts", str(tmp_path)]) == 2
+
+
+def test_warmup_ratio_follows_the_api_bounds(tmp_path):
+    spec = {"dataset": {"source": {"local": {"path": "d.txt"}}}, "training": {"warmupRatio": 0.99}}
+    assert configs_from_spec(spec, SCRATCH, tmp_path).train.warmup_ratio == 0.99
+    with pytest.raises(ValueError, match="training.warmupRatio"):
+        configs_from_spec({**spec, "training": {"warmupRatio": 1.0}}, SCRATCH, tmp_path)

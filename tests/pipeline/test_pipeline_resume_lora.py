@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,7 +69,13 @@ def test_a_killed_run_resumes_from_the_newest_complete_checkpoint(tmp_path, corp
 def test_resume_never_starts_over(tmp_path, corpus_file):
     configs = _configs(tmp_path / "run", corpus_file, maxSteps=10, resume="never")
     run_prepare(configs.prepare)
-    run_train(configs.train)
+    first = run_train(configs.train)
+    # A stage run again over sealed weights (a retried Pod) reports them: a revision's files are written once.
+    retried = run_train(configs.train)
+    assert retried.digest == first.digest and retried.digest.startswith("sha256:")
+    assert "already trained" in retried.message
+    # Killed after its checkpoints, before the weights were sealed: resume: never trains from step 0 again.
+    shutil.rmtree(configs.train.output_dir)
     again = run_train(configs.train)
     assert again.resumed_from is None and again.steps == 10
 

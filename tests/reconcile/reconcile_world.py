@@ -12,13 +12,13 @@ from gptops.api import FineTuneJob, GPTModel
 from gptops.reconcile import (
     ApplyChild,
     CreateChild,
+    DeleteChild,
     DeploymentState,
     JobState,
     ObservedFineTuneJob,
     ObservedGPTModel,
     Plan,
     PodState,
-    PromoteRevision,
     plan_finetunejob,
     plan_gptmodel,
 )
@@ -54,6 +54,26 @@ def stage_result(stage: str, ok: bool = True, message: str = "", **extra: Any) -
                        "message": message or f"{stage} done", **extra})
 
 
+def passed_finetunejob(name: str, *, passed_at: str = NOW, promote: bool = False,
+                       training: dict[str, Any] | None = None, artifacts: dict[str, Any] | None = None,
+                       passed: str = "True") -> dict[str, Any]:
+    """A FineTuneJob of GPTMODEL whose current revision finished and whose gate decided (`passed`), as its own pass
+    records it: the candidates and pins the GPTModel pass observes."""
+    root = f"/artifacts/ml/{name}/0123456789"
+    return {
+        "apiVersion": "gptops.io/v1alpha1", "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": "ml", "generation": 1},
+        "spec": {"model": {"name": "tiny"}, "dataset": {"source": {"pvc": {"claimName": "d", "path": "x"}}},
+                 "training": training or {}, "evaluation": {"promote": promote}},
+        "status": {"observedGeneration": 1,
+                   "conditions": [{"type": "Trained", "status": "True", "reason": "JobSucceeded"},
+                                  {"type": "Passed", "status": passed, "reason": "ThresholdsMet",
+                                   "observedGeneration": 1, "lastTransitionTime": passed_at}],
+                   "artifacts": {"revision": "0123456789", "directory": root, "digest": f"sha256:{name}",
+                                 **(artifacts or {})}},
+    }
+
+
 def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     """RFC 7386 JSON merge patch, as the API server applies kopf's status patches."""
     out = copy.deepcopy(target)
@@ -78,23 +98,28 @@ class World:
     services: set[str] = field(default_factory=set)
     deployment: DeploymentState | None = None
     deployment_manifest: dict[str, Any] | None = None
+    _created: int = 0
     finetunejobs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    model_resource_version: int = 1
+    """Other FineTuneJobs of the GPTModel (the one in `ftj` is always observed too)."""
 
     # --- observing ---
     def observe_ftj(self) -> ObservedFineTuneJob:
         return ObservedFineTuneJob(
             now=self.now, jobs=dict(self.jobs), services=frozenset(self.services),
             model=GPTModel.from_dict(self.model) if self.model else None,
-            model_resource_version=str(self.model_resource_version),
         )
 
     def observe_model(self) -> ObservedGPTModel:
         assert self.model is not None
-        pin = self.model["spec"].get("serving", {}).get("revision")
-        pinned = self.finetunejobs.get(pin) if pin else None
+        ftjs = {self.ftj["metadata"]["name"]: self.ftj, **self.finetunejobs}
         return ObservedGPTModel(now=self.now, deployment=self.deployment, service=bool(self.services),
-                                pinned=FineTuneJob.from_dict(pinned) if pinned else None)
+                                finetunejobs=tuple(FineTuneJob.from_dict(f) for f in ftjs.values()))
+
+    def job(self, stage: str) -> str:
+        """The name of the current revision's Job of `stage` (the newest of that stage the operator created)."""
+        mine = [j for j in self.jobs.values() if j.stage == stage]
+        assert mine, f"no {stage} Job yet"
+        return max(mine, key=lambda j: (j.created, j.name)).name
 
     # --- planning ---
     def plan_ftj(self) -> Plan:
@@ -118,16 +143,19 @@ class World:
         for action in plan.changes:
             if isinstance(action, CreateChild | ApplyChild):
                 self._create(action.manifest)
-            elif isinstance(action, PromoteRevision):
-                assert self.model is not None
-                self.model["status"] = merge_patch(self.model.get("status") or {}, action.status)
-                self.model_resource_version += 1
+            elif isinstance(action, DeleteChild):
+                self.jobs.pop(action.name, None)
 
     def _create(self, manifest: dict[str, Any]) -> None:
         name, kind = manifest["metadata"]["name"], manifest["kind"]
         if kind == "Job":
-            labels = manifest["metadata"]["labels"]
-            self.jobs.setdefault(name, JobState(name=name, stage=labels["gptops.io/stage"], active=1))
+            meta = manifest["metadata"]
+            labels = meta["labels"]
+            self._created += 1
+            self.jobs.setdefault(name, JobState(
+                name=name, stage=labels["gptops.io/stage"], revision_key=labels["gptops.io/revision-key"],
+                spec_key=labels["gptops.io/spec-key"], start_model=meta["annotations"]["gptops.io/start-model"],
+                created=f"{self.now}#{self._created:04d}", active=1))
         elif kind == "Service":
             self.services.add(name)
         elif kind == "Deployment":

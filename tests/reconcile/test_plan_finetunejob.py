@@ -5,25 +5,41 @@ from __future__ import annotations
 
 import pytest
 
-from gptops.reconcile import CreateChild, EmitEvent, PromoteRevision
-from reconcile_world import World, conditions, settle, stage_result
+from gptops.api import FineTuneJob, GPTModel, new_revision
+from gptops.api.constants import STAGES
+from gptops.builders import stage_job_name
+from gptops.reconcile import CreateChild, DeleteChild, EmitEvent
+from reconcile_world import FINETUNEJOB, GPTMODEL, World, conditions, settle, stage_result
 
-PREPARE, TRAIN, EVALUATE = "tiny-ft-prepare-3", "tiny-ft-train-3", "tiny-ft-evaluate-3"
+REVISION = new_revision(FineTuneJob.from_dict(FINETUNEJOB), GPTModel.from_dict(GPTMODEL))
+PREPARE, TRAIN, EVALUATE = (stage_job_name(FineTuneJob.from_dict(FINETUNEJOB), s, REVISION) for s in STAGES)
 GOOD = {"perplexity": 20.0, "baselinePerplexity": 40.0}
 BAD = {"perplexity": 80.0, "baselinePerplexity": 90.0}
 
 
-def run_to_evaluation(world: World, metrics: dict[str, float]) -> None:
-    """Drive the three stages to success, settling after each step."""
+def run_to_evaluation(world: World, metrics: dict[str, float], weights: str = "sha256:w1") -> str:
+    """Drive the three stages to success, settling after each step; returns the revision's directory."""
     settle(world, "ftj")
-    world.finish_job(PREPARE, stage_result("prepare", digest="sha256:abc",
-                                           artifacts={"dataset": "/artifacts/ml/tiny-ft/dataset"}))
+    root = world.ftj["status"]["artifacts"]["directory"]
+    world.finish_job(world.job("prepare"), stage_result("prepare", digest="sha256:abc",
+                                                        artifacts={"dataset": f"{root}/dataset"}))
     settle(world, "ftj")
-    world.finish_job(TRAIN, stage_result("train", artifacts={"model": "/artifacts/ml/tiny-ft/model",
-                                                              "checkpoint": "/artifacts/ml/tiny-ft/checkpoints/c-10"}))
+    adapter = world.ftj["spec"].get("training", {}).get("method") == "lora"
+    world.finish_job(world.job("train"), stage_result(
+        "train", digest=weights, artifacts={"adapter" if adapter else "model": f"{root}/{'adapter' if adapter else 'model'}",
+                                            "checkpoint": f"{root}/checkpoints/c-10"}))
     settle(world, "ftj")
-    world.finish_job(EVALUATE, stage_result("evaluate", metrics=metrics,
-                                            artifacts={"report": "/artifacts/ml/tiny-ft/eval/report.json"}))
+    world.finish_job(world.job("evaluate"), stage_result("evaluate", metrics=metrics,
+                                                         artifacts={"report": f"{root}/eval/report.json"}))
+    return root
+
+
+def promote(world: World) -> None:
+    """The FineTuneJob pass records the gate; the GPTModel's own pass decides what it serves; the FineTuneJob reads
+    the outcome."""
+    settle(world, "ftj")
+    world.apply_model(world.plan_model())
+    settle(world, "ftj")
 
 
 def created(plan) -> list[str]:
@@ -76,8 +92,9 @@ def test_a_finished_stage_starts_the_next(world: World, finished, next_job, done
     assert any(e.reason == "JobSucceeded" for e in plan.events)
 
 
-def test_a_passing_evaluation_promotes_into_the_gptmodel(world: World) -> None:
-    run_to_evaluation(world, GOOD)
+def test_a_passing_evaluation_is_served_by_the_gptmodels_own_pass(world: World) -> None:
+    root = run_to_evaluation(world, GOOD)
+    assert root == REVISION.directory == f"/artifacts/ml/tiny-ft/{REVISION.key}"
     plan = world.plan_ftj()
     cond = conditions(plan.status)
     assert cond["Evaluated"]["status"] == "True"
@@ -85,45 +102,57 @@ def test_a_passing_evaluation_promotes_into_the_gptmodel(world: World) -> None:
     assert "perplexity 20.00" in cond["Passed"]["message"] and "50.00" in cond["Passed"]["message"]
     assert "50.0%" in cond["Passed"]["message"]  # relative to the base: (40 - 20) / 40
     assert plan.status["metrics"] == GOOD
-    [promotion] = [a for a in plan.actions if isinstance(a, PromoteRevision)]
-    assert promotion.model == "tiny" and promotion.resource_version == "1"
-    assert promotion.status["servingRevision"] == "tiny-ft"
-    assert promotion.status["servingArtifact"] == "/artifacts/ml/tiny-ft/model"
-    assert promotion.status["previousRevision"] is None  # it served its source before
-    assert promotion.status["previousArtifact"] == "sshleifer/tiny-gpt2"
-    assert cond["Promoted"]["status"] == "True"
-    assert plan.status["phase"] == "Promoted"
-    assert any(e.reason == "Promoted" and "tiny-ft" in e.message for e in plan.events)
-
+    # The FineTuneJob never writes the GPTModel: it waits for the GPTModel's pass.
+    assert cond["Promoted"]["status"] == "False" and cond["Promoted"]["reason"] == "Waiting"
+    assert plan.status["phase"] == "Passed"
     world.apply_ftj(plan)
-    assert world.model["status"]["servingRevision"] == "tiny-ft"
-    again = settle(world, "ftj")
-    assert again.actions == ()
-    assert world.ftj["status"]["lineage"]["servedBy"] == "tiny"
+    assert "servingRevision" not in (world.model.get("status") or {})
+
+    model_plan = world.plan_model()
+    status = model_plan.status
+    assert status["servingRevision"] == "tiny-ft"
+    assert status["servingArtifact"] == f"{root}/model" and status["servingDigest"] == "sha256:w1"
+    assert status["servingPassedAt"] == cond["Passed"]["lastTransitionTime"]
+    assert status["previousRevision"] is None  # it served its source before
+    assert status["previousArtifact"] == "sshleifer/tiny-gpt2"
+    assert any(e.reason == "Promoted" and "tiny-ft" in e.message for e in model_plan.events)
+    world.apply_model(model_plan)
+    annotations = world.deployment_manifest["metadata"]["annotations"]
+    assert annotations["gptops.io/artifact"] == f"{root}/model" and annotations["gptops.io/digest"] == "sha256:w1"
+
+    plan = world.plan_ftj()
+    assert conditions(plan.status)["Promoted"]["status"] == "True"
+    assert plan.status["phase"] == "Promoted"
+    assert any(e.reason == "Promoted" for e in plan.events)
+    world.apply_ftj(plan)
+    assert settle(world, "ftj").actions == ()
+    lineage = world.ftj["status"]["lineage"]
+    assert lineage["servedBy"] == "tiny" and lineage["weightsDigest"] == "sha256:w1" and lineage["directory"] == root
 
 
 def test_promotion_keeps_the_previous_revision(world: World) -> None:
-    world.model["status"] = {"servingRevision": "older", "servingArtifact": "/artifacts/ml/older/model"}
+    world.model["status"] = {"servingRevision": "older", "servingArtifact": "/artifacts/ml/older/abc/model"}
+    world.ftj["spec"]["startFrom"] = "source"
     run_to_evaluation(world, GOOD)
-    [promotion] = [a for a in world.plan_ftj().actions if isinstance(a, PromoteRevision)]
-    assert promotion.status["previousRevision"] == "older"
-    assert promotion.status["previousArtifact"] == "/artifacts/ml/older/model"
+    promote(world)
+    status = world.model["status"]
+    assert status["servingRevision"] == "tiny-ft"
+    assert status["previousRevision"] == "older"
+    assert status["previousArtifact"] == "/artifacts/ml/older/abc/model"
 
 
 @pytest.mark.parametrize(("rank", "max_lora_rank"), [(8, "8"), (96, "128"), (300, "320"), (512, "512")])
 def test_a_promoted_lora_run_records_its_rank_for_the_deployment(world: World, rank, max_lora_rank) -> None:
     world.ftj["spec"]["training"] = {"method": "lora", "lora": {"r": rank}}
+    world.ftj["spec"]["startFrom"] = "source"
     world.model["status"] = {"servingRevision": "older", "servingArtifact": "sshleifer/tiny-gpt2",
-                             "servingAdapter": "/artifacts/ml/older/adapter", "servingLoraRank": 16}
-    run_to_evaluation(world, GOOD)
-    plan = world.plan_ftj()
-    [promotion] = [a for a in plan.actions if isinstance(a, PromoteRevision)]
-    assert promotion.status["servingLoraRank"] == rank
-    assert promotion.status["servingAdapter"] == "/artifacts/ml/tiny-ft/adapter"
-    assert promotion.status["previousLoraRank"] == 16
-    world.apply_ftj(plan)
-    # The GPTModel's next pass knows the run only from its status.
-    world.apply_model(world.plan_model())
+                             "servingAdapter": "/artifacts/ml/older/abc/adapter", "servingLoraRank": 16}
+    root = run_to_evaluation(world, GOOD)
+    promote(world)
+    status = world.model["status"]
+    assert status["servingLoraRank"] == rank
+    assert status["servingAdapter"] == f"{root}/adapter"
+    assert status["previousLoraRank"] == 16
     args = world.deployment_manifest["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--max-lora-rank") + 1] == max_lora_rank
 
@@ -143,11 +172,13 @@ def test_a_run_starts_from_what_is_served_a_lora_revision_from_its_adapter(world
 
 def test_promoting_a_full_run_over_a_lora_run_clears_the_rank(world: World) -> None:
     world.model["status"] = {"servingRevision": "older", "servingArtifact": "sshleifer/tiny-gpt2",
-                             "servingAdapter": "/artifacts/ml/older/adapter", "servingLoraRank": 16}
+                             "servingAdapter": "/artifacts/ml/older/abc/adapter", "servingLoraRank": 16}
+    world.ftj["spec"]["startFrom"] = "source"
     run_to_evaluation(world, GOOD)
-    [promotion] = [a for a in world.plan_ftj().actions if isinstance(a, PromoteRevision)]
-    assert promotion.status["servingAdapter"] is None and promotion.status["servingLoraRank"] is None
-    assert promotion.status["previousAdapter"] == "/artifacts/ml/older/adapter"
+    promote(world)
+    status = world.model["status"]
+    assert "servingAdapter" not in status and "servingLoraRank" not in status
+    assert status["previousAdapter"] == "/artifacts/ml/older/abc/adapter"
 
 
 def test_a_failing_gate_rejects_with_the_numbers_and_leaves_serving_alone(world: World) -> None:
@@ -163,6 +194,7 @@ def test_a_failing_gate_rejects_with_the_numbers_and_leaves_serving_alone(world:
     assert plan.status["phase"] == "Rejected"
     assert [e.type for e in plan.events if e.reason == "ThresholdsNotMet"] == ["Warning"]
     world.apply_ftj(plan)
+    world.apply_model(world.plan_model())
     assert world.model["status"]["servingRevision"] == "older"
 
 
@@ -175,6 +207,8 @@ def test_passing_without_promote_does_not_promote(world: World) -> None:
     assert cond["Passed"]["status"] == "True"
     assert cond["Promoted"]["status"] == "False" and cond["Promoted"]["reason"] == "PromotionNotRequested"
     assert plan.status["phase"] == "Passed"
+    promote(world)
+    assert "servingRevision" not in world.model["status"]
 
 
 def test_no_thresholds_passes(world: World) -> None:
@@ -183,14 +217,15 @@ def test_no_thresholds_passes(world: World) -> None:
     assert conditions(world.plan_ftj().status)["Passed"]["reason"] == "NoThresholds"
 
 
-def test_a_superseded_promotion_is_not_repeated(world: World) -> None:
+def test_a_superseded_revision_says_so(world: World) -> None:
     run_to_evaluation(world, GOOD)
-    settle(world, "ftj")
-    world.model["status"].update(servingRevision="newer", servingArtifact="/artifacts/ml/newer/model")
+    promote(world)
+    world.model["status"].update(servingRevision="newer", servingArtifact="/artifacts/ml/newer/abc/model",
+                                 servingPassedAt="2026-01-01T01:00:00Z")
     plan = world.plan_ftj()
     assert plan.changes == ()
     promoted = conditions(plan.status)["Promoted"]
-    assert promoted["status"] == "True" and promoted["reason"] == "Superseded"
+    assert promoted["status"] == "False" and promoted["reason"] == "Superseded"
     assert "newer" in promoted["message"]
 
 
@@ -248,10 +283,11 @@ def test_a_model_without_artifacts_storage_is_refused(world: World) -> None:
 def test_multi_node_training_gets_its_rendezvous_service(world: World) -> None:
     world.ftj["spec"]["training"] = {"resources": {"gpus": 8, "nodes": 2}}
     settle(world, "ftj")
-    world.finish_job(PREPARE, stage_result("prepare"))
+    world.finish_job(world.job("prepare"), stage_result("prepare"))
     plan = world.plan_ftj()
     kinds = [(a.kind, a.name) for a in plan.actions if isinstance(a, CreateChild)]
-    assert kinds == [("Service", TRAIN), ("Job", TRAIN)]
+    train = kinds[-1][1]
+    assert kinds == [("Service", train), ("Job", train)] and train.startswith("tiny-ft-train-")
     world.apply_ftj(plan)
     assert settle(world, "ftj").actions == ()
 
@@ -260,8 +296,10 @@ def test_start_from_serving_trains_on_the_served_revision(world: World) -> None:
     world.model["status"] = {"servingRevision": "older", "servingArtifact": "/artifacts/ml/older/model"}
     plan = world.plan_ftj()
     args = plan.actions[0].manifest["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "/artifacts/ml/older/model" in " ".join(args)
+    assert args[args.index("--start-model") + 1] == "/artifacts/ml/older/model"
     assert plan.status["artifacts"]["baseModel"] == "/artifacts/ml/older/model"
+    # The starting point is part of the revision: another start, another directory.
+    assert plan.status["artifacts"]["revision"] != REVISION.key
 
 
 def test_start_from_serving_waits_while_nothing_is_served(world: World) -> None:
@@ -282,16 +320,72 @@ def test_last_transition_time_moves_only_with_the_status(world: World) -> None:
     assert conditions(world.ftj["status"])["Prepared"]["lastTransitionTime"] == "2026-01-01T00:05:00Z"
 
 
-def test_a_new_generation_runs_again_under_new_names(world: World) -> None:
-    run_to_evaluation(world, GOOD)
+def test_an_edit_of_the_gate_alone_re_runs_only_the_gate(world: World) -> None:
+    run_to_evaluation(world, BAD)
     settle(world, "ftj")
+    assert world.ftj["status"]["phase"] == "Rejected"
     world.ftj["metadata"]["generation"] = 4
+    world.ftj["spec"]["evaluation"]["thresholds"] = {"maxPerplexity": 100}
     plan = world.plan_ftj()
-    assert created(plan) == ["tiny-ft-prepare-4"]
+    assert plan.changes == ()  # the same weights, the same evaluation: no Job
+    cond = conditions(plan.status)
+    assert cond["Passed"]["status"] == "True" and cond["Passed"]["observedGeneration"] == 4
+    assert plan.status["artifacts"]["revision"] == REVISION.key
+
+
+def test_a_training_edit_writes_a_new_revision_and_retires_the_old_one(world: World) -> None:
+    old_root = run_to_evaluation(world, GOOD)
+    settle(world, "ftj")  # passed, but never served
+    old_jobs = set(world.jobs)
+    world.ftj["metadata"]["generation"] = 4
+    world.ftj["spec"]["training"] = {"learningRate": 0.001}
+    plan = world.plan_ftj()
+    [prepare] = [a for a in plan.actions if isinstance(a, CreateChild)]
+    assert prepare.name.startswith("tiny-ft-prepare-") and prepare.name != PREPARE
+    args = prepare.manifest["spec"]["template"]["spec"]["containers"][0]["args"]
+    new_root = args[args.index("--artifacts") + 1]
+    assert new_root != old_root and new_root.startswith("/artifacts/ml/tiny-ft/")
+    assert sorted(a.name for a in plan.actions if isinstance(a, DeleteChild)) == sorted(old_jobs)
     world.apply_ftj(plan)
     status = world.ftj["status"]
+    assert status["artifacts"]["directory"] == new_root
     assert set(status["stages"]) == {"prepare"} and "completionTime" not in status["stages"]["prepare"]
     assert status["metrics"] == {}
+
+
+def test_the_served_revision_keeps_its_jobs_and_files_when_the_spec_moves_on(world: World) -> None:
+    old_root = run_to_evaluation(world, GOOD)
+    promote(world)
+    assert world.model["status"]["servingArtifact"] == f"{old_root}/model"
+    world.ftj["metadata"]["generation"] = 4
+    world.ftj["spec"]["training"] = {"learningRate": 0.001}
+    plan = world.plan_ftj()
+    assert not [a for a in plan.actions if isinstance(a, DeleteChild)]
+    [prepare] = [a for a in plan.actions if isinstance(a, CreateChild)]
+    args = prepare.manifest["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--retain") + 1] == REVISION.key
+    # The served revision stays served (and Promoted says so) while the new one trains.
+    world.apply_ftj(plan)
+    world.apply_model(world.plan_model())
+    assert world.model["status"]["servingArtifact"] == f"{old_root}/model"
+
+
+def test_a_complete_stage_without_a_readable_result_fails_instead_of_waiting(world: World) -> None:
+    settle(world, "ftj")
+    world.finish_job(PREPARE, "")
+    cond = conditions(world.plan_ftj().status)
+    assert cond["Failed"]["status"] == "True" and cond["Failed"]["reason"] == "ResultMissing"
+    assert f"Pod {PREPARE}-abcde" in cond["Failed"]["message"]
+
+
+def test_a_complete_stage_whose_pods_are_gone_unread_fails(world: World) -> None:
+    from dataclasses import replace
+
+    settle(world, "ftj")
+    world.finish_job(PREPARE, "")
+    world.jobs[PREPARE] = replace(world.jobs[PREPARE], pods=())
+    failed = conditions(world.plan_ftj().status)["Failed"]
+    assert failed["reason"] == "ResultMissing" and "none is left" in failed["message"]
 
 
 def test_the_whole_lifecycle_settles_at_every_step(world: World) -> None:
@@ -300,7 +394,7 @@ def test_the_whole_lifecycle_settles_at_every_step(world: World) -> None:
     steps = [
         lambda: None,
         lambda: world.finish_job(PREPARE, stage_result("prepare", digest="sha256:abc")),
-        lambda: world.finish_job(TRAIN, stage_result("train", artifacts={"model": "/artifacts/ml/tiny-ft/model"})),
+        lambda: world.finish_job(TRAIN, stage_result("train", digest="sha256:w1")),
         lambda: world.finish_job(EVALUATE, stage_result("evaluate", metrics=GOOD)),
     ]
     seen_events: list[str] = []
@@ -316,7 +410,8 @@ def test_the_whole_lifecycle_settles_at_every_step(world: World) -> None:
         third = world.plan_ftj()
         world.apply_ftj(third)
         assert third.actions == () and world.ftj["status"] == before
-    assert seen_events.count("Promoted") == 1
+    assert world.ftj["status"]["phase"] == "Passed"
+    promote(world)
     assert world.ftj["status"]["phase"] == "Promoted"
 
 
@@ -327,8 +422,8 @@ def test_a_finished_run_keeps_its_status_when_its_gptmodel_is_deleted(world: Wor
     plan = world.plan_ftj()
     assert plan.changes == ()
     cond = conditions(plan.status)
-    assert all(cond[t]["status"] == "True" for t in ("Prepared", "Trained", "Evaluated", "Passed", "Promoted"))
-    assert cond["Promoted"]["reason"] == "Superseded"
+    assert all(cond[t]["status"] == "True" for t in ("Prepared", "Trained", "Evaluated", "Passed"))
+    assert cond["Promoted"]["status"] == "False" and cond["Promoted"]["reason"] == "ModelNotFound"
 
 
 def test_a_running_stage_is_still_read_while_the_gptmodel_is_gone(world: World) -> None:

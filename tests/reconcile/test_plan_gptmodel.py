@@ -4,7 +4,7 @@ and that planning again after applying a plan changes nothing."""
 from __future__ import annotations
 
 import pytest
-from reconcile_world import World, conditions, settle
+from reconcile_world import World, conditions, passed_finetunejob, settle
 
 from gptops.reconcile import ApplyChild, CreateChild
 from gptops.reconcile.gptmodel import ANNOTATION_ROLLED_BACK_FROM, ANNOTATION_ROLLOUT_STARTED
@@ -89,19 +89,20 @@ def test_a_promoted_revision_is_rolled_out(world: World) -> None:
 def test_a_pin_wins_over_promotion(world: World) -> None:
     world.model["status"] = dict(PROMOTED)
     world.model["spec"]["serving"]["revision"] = "ft-0"
-    world.finetunejobs["ft-0"] = {
-        "metadata": {"name": "ft-0", "namespace": "ml"},
-        "spec": {"model": {"name": "tiny"}, "dataset": {"source": {"pvc": {"claimName": "d", "path": "x"}}}},
-        "status": {"conditions": [{"type": "Trained", "status": "True", "reason": "JobSucceeded"}],
-                   "artifacts": {"model": "/artifacts/ml/ft-0/model"}},
-    }
+    world.finetunejobs["ft-0"] = passed_finetunejob("ft-0", artifacts={"model": "/artifacts/ml/ft-0/k/model"})
+    # A newer passed candidate does not beat the pin.
+    world.finetunejobs["ft-3"] = passed_finetunejob("ft-3", promote=True, passed_at="2026-01-01T00:30:00Z")
     plan = world.plan_model()
-    assert plan.status["servingRevision"] == "ft-0"
+    assert plan.status["servingRevision"] == "ft-0" and plan.status["servingDigest"] == "sha256:ft-0"
     assert plan.status["previousRevision"] == "ft-1"
     assert plan.status["previousArtifact"] == "/artifacts/ml/ft-1/model"
     world.apply_model(plan)
-    assert revision(world) == "ft-0" and "/artifacts/ml/ft-0/model" in args(world)
+    assert revision(world) == "ft-0" and "/artifacts/ml/ft-0/k/model" in args(world)
     assert settle(world, "model").changes == ()
+    # The pin removed, the promotion order resumes: ft-3 passed after ft-0.
+    world.model["spec"]["serving"].pop("revision")
+    plan = world.plan_model()
+    assert plan.status["servingRevision"] == "ft-3" and plan.status["previousRevision"] == "ft-0"
 
 
 def test_a_pin_on_a_missing_or_unfinished_run_keeps_serving_and_says_why(world: World) -> None:
@@ -120,7 +121,13 @@ def test_a_pin_on_a_missing_or_unfinished_run_keeps_serving_and_says_why(world: 
     cond = conditions(plan.status)
     assert plan.changes == () and cond["Degraded"]["status"] == "False"
     assert cond["Progressing"]["status"] == "True" and cond["Progressing"]["reason"] == "Waiting"
-    assert "finish training" in cond["Progressing"]["message"]
+    assert "pass its gate" in cond["Progressing"]["message"]
+    assert revision(world) == "source"
+    # Trained but rejected by its gate: a pin does not serve it (the operator and gptops run share this rule).
+    world.finetunejobs["ft-9"] = passed_finetunejob("ft-9", passed="False")
+    plan = world.plan_model()
+    cond = conditions(plan.status)
+    assert plan.changes == () and cond["Degraded"]["reason"] == "GateNotPassed"
     assert revision(world) == "source"
 
 
@@ -187,11 +194,7 @@ def test_a_rolled_out_revision_that_loses_pods_later_is_not_rolled_back(world: W
 
 def test_a_pin_on_a_rolled_back_revision_is_not_retried_until_it_changes(world: World) -> None:
     serve_source(world)
-    world.finetunejobs["ft-1"] = {
-        "metadata": {"name": "ft-1", "namespace": "ml"},
-        "spec": {"model": {"name": "tiny"}, "dataset": {"source": {"pvc": {"claimName": "d", "path": "x"}}}},
-        "status": {"conditions": [{"type": "Trained", "status": "True", "reason": "JobSucceeded"}]},
-    }
+    world.finetunejobs["ft-1"] = passed_finetunejob("ft-1")
     world.model["spec"]["serving"]["revision"] = "ft-1"
     settle(world, "model")
     assert revision(world) == "ft-1"
@@ -275,13 +278,9 @@ def test_a_rollback_to_a_lora_revision_keeps_its_rank(world: World) -> None:
 def test_a_pin_on_a_lora_run_records_its_rank_and_the_one_it_replaces(world: World) -> None:
     world.model["status"] = lora_status("serving", "ft-1", 16)
     world.model["spec"]["serving"]["revision"] = "ft-2"
-    world.finetunejobs["ft-2"] = {
-        "metadata": {"name": "ft-2", "namespace": "ml"},
-        "spec": {"model": {"name": "tiny"}, "dataset": {"source": {"pvc": {"claimName": "d", "path": "x"}}},
-                 "training": {"method": "lora", "lora": {"r": 100}}},
-        "status": {"conditions": [{"type": "Trained", "status": "True", "reason": "JobSucceeded"}],
-                   "artifacts": {"adapter": "/artifacts/ml/ft-2/adapter", "baseModel": LORA_BASE}},
-    }
+    world.finetunejobs["ft-2"] = passed_finetunejob(
+        "ft-2", training={"method": "lora", "lora": {"r": 100}},
+        artifacts={"adapter": "/artifacts/ml/ft-2/k/adapter", "baseModel": LORA_BASE})
     plan = world.plan_model()
     assert plan.status["servingLoraRank"] == 100 and plan.status["previousLoraRank"] == 16
     world.apply_model(plan)

@@ -101,12 +101,24 @@ class DatasetFields(SpecModel):
     completion: Name = "completion"
 
 
+#: The stop-word lists the stop-words package ships: a language name or its two-letter code (the prepare stage
+#: refuses any other, so the CRD does too).
+StopWordsLanguage = Literal[
+    "arabic", "bulgarian", "catalan", "czech", "danish", "dutch", "english", "finnish", "french", "german",
+    "gujarati", "hebrew", "hindi", "hungarian", "indonesian", "malaysian", "italian", "norwegian", "polish",
+    "portuguese", "romanian", "russian", "slovak", "spanish", "swedish", "turkish", "ukrainian", "vietnamese",
+    "persian", "greek", "chinese", "japanese", "korean", "ar", "bg", "ca", "cs", "da", "nl", "en", "fi", "fr", "de",
+    "gu", "he", "hi", "hu", "id", "ms", "it", "nb", "pl", "pt", "ro", "ru", "sk", "es", "sv", "tr", "uk", "vi", "fa",
+    "el", "zh", "ja", "ko",
+]
+
+
 class Preprocessing(SpecModel):
     """Cleaning and tokenization applied by the prepare stage."""
 
     lowercase: bool = False
     remove_stop_words: bool = False
-    stop_words_language: Name = "english"
+    stop_words_language: StopWordsLanguage = "english"
     sentence_segmentation: bool = False
     dedupe: Literal["none", "exact", "normalized"] = "exact"
     min_chars: int = Field(default=1, ge=0, le=100_000_000)

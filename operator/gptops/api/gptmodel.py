@@ -52,7 +52,7 @@ class S3Source(SpecModel):
 class LocalSource(SpecModel):
     """gptops run only: a path on this machine, relative to the spec file."""
 
-    path: Path
+    path: Path = Field(pattern=r"^[^\x00]*$")  # no NUL byte: no filesystem path has one
 
 
 class TokenizerSettings(SpecModel):

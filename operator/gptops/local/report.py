@@ -153,14 +153,15 @@ def render_outcome(out: Outcome) -> Panel:
         why = out.gate.message
         promo = ("promoted: GPTModel serves it now" if out.promoted else
                  "serving untouched" if not out.gate.passed else
-                 f"not promoted (GPTModel pins revision {out.pinned})" if out.pinned else
-                 "not promoted (evaluation.promote is false)")
+                 f"not promoted ({out.not_promoted or 'evaluation.promote is false'})")
         lines.append(f"Decision: {decision} ({out.gate.reason}): {why}; {promo}")
     else:
         lines.append(f"Decision: {decision} before the gate")
     arts = Table.grid(padding=(0, 2))
     for k, v in out.artifacts.items():
         arts.add_row(f"[dim]{k}[/]", str(v))
+    if out.digest:
+        arts.add_row("[dim]digest[/]", out.digest)
     arts.add_row("[dim]state[/]", str(out.directory / "state.json"))
     lines.append(arts)
     title = f"[bold]{out.name}[/]" + (f" — started from {out.start}" if out.start else "")
@@ -182,12 +183,17 @@ def to_json(outcomes: list[Outcome], serving: dict[str, Any] | None, answers: li
             "state": o.state,
             "start": o.start,
             "directory": str(o.directory),
+            "revision": o.revision,
+            "digest": o.digest,
+            "passedAt": o.passed_at,
+            "removedRevisions": o.removed,
             "stages": {s: {"resumed": st.resumed, "seconds": round(st.seconds, 1), "result": st.result}
                        for s, st in o.stages.items()},
             "metrics": o.metrics,
             "perplexityImprovement": perplexity_improvement(o.metrics),
             "gate": o.gate.to_dict() if o.gate else None,
             "promoted": o.promoted,
+            "notPromoted": o.not_promoted or None,
             "artifacts": o.artifacts,
         } for o in outcomes],
         "serving": serving,

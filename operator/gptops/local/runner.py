@@ -1,5 +1,7 @@
 """Runs the FineTuneJobs of a spec file on this machine: prepare, train, evaluate (in-process), the gate, promotion
-into the local GPTModel state, then serving. Resumes after the last finished stage; a changed spec starts over.
+into the local GPTModel state (the operator's rule, gptops.reconcile.promotion), then serving. Each spec is a
+revision with its own directory, `<runs>/<ftj>/<key>/`: a rerun resumes after its last finished stage, a changed spec
+starts a new revision and leaves the others (the served one above all) as they are.
 
 Rendering lives in gptops.local.report; this module decides and records.
 """
@@ -16,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptops.api.artifacts import ServedRevision
+from gptops.api.conditions import now_rfc3339
 from gptops.local import corpora, specs
-from gptops.reconcile import gate
 from gptops.local.state import DATA_DIR, STAGES, ModelState, open_run, spec_digest
+from gptops.pipeline.revisions import sealed, sweep
+from gptops.reconcile import gate, promotion
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,8 @@ class InvalidSpec(RunFailed):
 class Options:
     runs_dir: Path = Path("runs")
     fresh: bool = False
-    """Start every FineTuneJob of the file over, even when its state matches."""
+    """Start every FineTuneJob of the file over, even when its state matches (in a new directory when the GPTModel
+    serves, or keeps as previous, the matching revision)."""
     stop_after: str | None = None
     """Stop after this stage (prepare, train, evaluate): for tests and for looking at intermediate artifacts."""
     threads: int = 1
@@ -61,8 +67,9 @@ class Outcome:
     name: str
     model: str
     directory: Path
+    """The revision's directory, `<runs>/<ftj>/<key>`."""
     state: str
-    """new, resumed, changed or fresh: how the run directory was found."""
+    """new, resumed, changed or fresh: how the revision was found."""
     start: str
     """What training started from: the GPTModel's source, or a served revision's model directory."""
     stages: dict[str, StageOutcome] = field(default_factory=dict)
@@ -72,7 +79,20 @@ class Outcome:
     promoted: bool = False
     pinned: str | None = None
     """GPTModel.spec.serving.revision, when set."""
+    digest: str | None = None
+    """sha256 of the trained weights, as the train stage sealed them."""
+    passed_at: str | None = None
+    """When the gate passed (RFC 3339), the promotion order."""
+    not_promoted: str = ""
+    """Why a passed run was not promoted, for people."""
+    removed: list[str] = field(default_factory=list)
+    """Revision directories of this FineTuneJob that retention removed."""
     error: str | None = None
+
+    @property
+    def revision(self) -> str:
+        """The revision key (the directory's name)."""
+        return self.directory.name
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -167,9 +187,12 @@ def run_one(item: specs.RunItem, options: Options, progress: Progress) -> Outcom
     spec = item.finetunejob.get("spec") or {}
     model_spec = item.model.get("spec") or {}
     model_state = ModelState.load(runs_dir, item.model_name)
-    state, how = open_run(runs_dir / item.name, spec_digest(spec, model_spec), options.fresh)
+    ftj_dir = runs_dir / item.name
+    state, how = open_run(ftj_dir, spec_digest(spec, model_spec), options.fresh, model_state.retained_keys(ftj_dir))
     out = Outcome(item.name, item.model_name, state.directory, how, "",
                   promote=bool((spec.get("evaluation") or {}).get("promote", False)))
+    # Retention: this FineTuneJob's other revisions go, but never the served or the previous one.
+    out.removed = sweep(state.directory, model_state.retained_keys(ftj_dir))
     try:
         if not state.stages:  # where a run starts is decided once, when it begins
             state.start_model, state.start_description = _start_model(item, model_state)
@@ -214,26 +237,63 @@ def run_one(item: specs.RunItem, options: Options, progress: Progress) -> Outcom
 
     thresholds = (spec.get("evaluation") or {}).get("thresholds") or {}
     out.gate = gate.decide(thresholds, out.metrics)
-    state.gate = out.gate.to_dict()
-    state.save()
-    # A pin (GPTModel.spec.serving.revision) wins over automatic promotion, as in the cluster.
+    decided = out.gate.to_dict()
+    if out.gate.passed:  # when the gate passed: kept from the first decision, so a rerun does not move it
+        earlier = state.gate or {}
+        decided["passedAt"] = earlier.get("passedAt") if earlier.get("passed") and earlier.get("passedAt") \
+            else now_rfc3339()
+        out.passed_at = decided["passedAt"]
+    if state.gate != decided:  # a finished revision's directory is not written again
+        state.gate = decided
+        state.save()
     out.pinned = (model_spec.get("serving") or {}).get("revision")
-    if out.gate.passed and (out.pinned == item.name or (out.promote and not out.pinned)):
-        _promote(item, out, model_state, configs.train.method, start)
+    train = out.stages.get("train")
+    out.digest = (train.result.get("digest") if train else None) or sealed(configs.train.output_dir)
+    this = _served_revision(item, out, configs.train.method, start) if out.gate.passed else None
+    current = model_state.served()
+    # The operator's rule (gptops.reconcile.promotion): only a revision that passed its gate is served; a pin wins;
+    # otherwise the one that passed last among those with promote: true. No rollback happens on this machine.
+    choice = promotion.choose(current, [this] if this is not None and out.promote else [], pin=out.pinned,
+                              pinned=this if out.pinned == item.name else None)
+    if this is not None and this.same_files(choice.serve):
+        _promote(item, model_state, this, configs.train.method)
         model_state.save(runs_dir)
         out.promoted = True
+        out.removed += sweep(state.directory, model_state.retained_keys(ftj_dir))
+    elif this is not None:
+        out.not_promoted = _why_not(out, current)
     return out
 
 
-def _promote(item: specs.RunItem, out: Outcome, model_state: ModelState, method: str, start: str | None) -> None:
+def _served_revision(item: specs.RunItem, out: Outcome, method: str, start: str | None) -> ServedRevision:
+    """This run's revision as the promotion rule sees it: its weights, digest and when its gate passed."""
     arts = out.artifacts
     if method == "lora":
-        base = arts.get("baseModel") or start
-        if not base:
+        return ServedRevision(revision=item.name, model=arts.get("baseModel") or start or "",
+                              adapter=arts.get("adapter") or str(out.directory / "adapter"), digest=out.digest,
+                              passed_at=out.passed_at)
+    return ServedRevision(revision=item.name, model=arts.get("model") or str(out.directory / "model"),
+                          digest=out.digest, passed_at=out.passed_at)
+
+
+def _promote(item: specs.RunItem, model_state: ModelState, this: ServedRevision, method: str) -> None:
+    if method == "lora":
+        if not this.model:
             raise RunFailed(f"FineTuneJob {item.name}: a LoRA adapter needs a loadable base model to be served")
-        model_state.promote(item.name, arts.get("adapter") or str(out.directory / "adapter"), "lora", base)
+        model_state.promote(item.name, this.adapter or "", "lora", this.model, this.digest, this.passed_at)
     else:
-        model_state.promote(item.name, arts.get("model") or str(out.directory / "model"))
+        model_state.promote(item.name, this.model, digest=this.digest, passed_at=this.passed_at)
+
+
+def _why_not(out: Outcome, current: ServedRevision | None) -> str:
+    """Why the rule kept a passed run from being served: the pin, promote: false, or a revision that passed later."""
+    if out.pinned:
+        return f"GPTModel {out.model} pins revision {out.pinned}"
+    if not out.promote:
+        return "evaluation.promote is false"
+    served = current.revision if current else "its source"
+    return (f"GPTModel {out.model} serves {served}, which comes later in the promotion order (passed its gate "
+            f"{current.passed_at if current else '-'})")
 
 
 def _is_pipeline_error(e: Exception) -> bool:
@@ -300,8 +360,7 @@ def serving_target(outcomes: list[Outcome], runs_dir: Path) -> tuple[ModelState 
     if last.decision == "Rejected":
         return None, f"not serving: FineTuneJob {last.name} did not pass its gate ({last.gate.message})"
     if not last.promoted:
-        why = (f"GPTModel {last.model} pins revision {last.pinned}" if last.pinned
-               else "evaluation.promote is false")
+        why = last.not_promoted or "evaluation.promote is false"
         return None, f"not serving: FineTuneJob {last.name} passed, but {why}, so GPTModel {last.model} was not changed"
     model_state = ModelState.load(runs_dir, last.model)
     return model_state, f"serving GPTModel {last.model} revision {model_state.serving_revision}"

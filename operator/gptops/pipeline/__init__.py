@@ -63,10 +63,12 @@ def run_evaluate(config: EvalConfig, progress: ProgressFn | None = None) -> Eval
     see gptops.pipeline.evaluate."""
     from gptops.pipeline import evaluate
 
-    try:
-        digest = revisions.verify(config.output_dir)
-    except ValueError as e:
-        raise PipelineError(str(e)) from e
+    digest = None
+    if config.output_dir.exists():  # else evaluate.run says what is missing, the dataset first
+        try:
+            digest = revisions.verify(config.output_dir)
+        except ValueError as e:
+            raise PipelineError(str(e)) from e
     report = evaluate.run(config, progress)
     report.digest = digest
     return report

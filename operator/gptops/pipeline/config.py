@@ -472,7 +472,7 @@ def _parse(cls: type[FineTuneJobSpec] | type[GPTModelSpec], doc: dict[str, Any])
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "spec"
-        raise ValueError(f"{where}: {first['msg']}") from None
+        raise ValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def _unwrap(obj: dict[str, Any] | None) -> dict[str, Any]:

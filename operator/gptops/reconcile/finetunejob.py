@@ -276,7 +276,7 @@ def _gate_and_promotion(ftj: FineTuneJob, model: GPTModel | None, evaluation: St
     promote = ftj.spec.evaluation.promote
     if evaluation is None:
         if failed is not None:
-            return (Want(PASSED, FALSE, failed.reason, "not evaluated: a stage failed"),
+            return (Want(PASSED, UNKNOWN, failed.reason, "not evaluated: a stage failed"),
                     Want(PROMOTED, FALSE, failed.reason, "not promoted: a stage failed"))
         wait = Want(PASSED, UNKNOWN, Reason.WAITING, "waiting for the evaluate stage")
         if not promote:
@@ -297,6 +297,11 @@ def _gate_and_promotion(ftj: FineTuneJob, model: GPTModel | None, evaluation: St
     pin = model.spec.serving.revision
     was = get_condition(ftj.status.conditions, PROMOTED)
     now_serving = serving.revision if serving is not None else "its source"
+    if serving is not None and serving.revision == ftj.name and promote:
+        earlier = revision_key_of(serving.adapter or serving.model) or "an earlier revision"
+        return passed, Want(PROMOTED, FALSE, Reason.WAITING,
+                            f"GPTModel {model.name} serves this run's revision {earlier}; this one passed and waits "
+                            "to be served")
     if was is not None and was.status == TRUE:
         return passed, Want(PROMOTED, FALSE, Reason.SUPERSEDED, f"GPTModel {model.name} now serves {now_serving}")
     if pin and pin != ftj.name:
@@ -326,7 +331,8 @@ def _lineage(results: dict[str, StageResult], artifacts: RunArtifacts, model: GP
         "directory": artifacts.directory,
         "checkpoint": artifacts.checkpoint or artifacts.model or artifacts.adapter,
         "weightsDigest": artifacts.digest,
-        "evaluation": (evaluation.artifacts.get("report") or evaluation.digest) if evaluation else None,
+        "evaluation": (evaluation.artifacts.get("evaluation") or evaluation.artifacts.get("report"))
+        if evaluation else None,
         "servedBy": model.name if model is not None and promoted.status == TRUE
         and promoted.reason == Reason.PROMOTED else None,
     }
