@@ -167,3 +167,13 @@ def test_the_promotion_rule_from_the_local_state():
     assert choose(current, [later], pin="qa", pinned=later).serve == later
     assert choose(current, [later]).serve == later
     assert choose(current, [earlier]).serve == current
+
+
+def test_an_edit_of_the_gate_alone_keeps_the_revision() -> None:
+    """Thresholds and promote are decided again on the same results; anything the stages read is a new revision."""
+    spec = {"dataset": {"source": {"local": {"path": "d.txt"}}}, "evaluation": {"metrics": ["perplexity"]}}
+    model = {"source": {"scratch": {}}}
+    gate = {**spec, "evaluation": {**spec["evaluation"], "thresholds": {"maxPerplexity": 5}, "promote": True}}
+    assert spec_digest(gate, model) == spec_digest(spec, model)
+    measured = {**spec, "evaluation": {"metrics": ["perplexity", "bleu"]}}
+    assert spec_digest(measured, model) != spec_digest(spec, model)

@@ -30,7 +30,7 @@ def ask(base_url: str, model: str, question: str, max_tokens: int = 64) -> str:
 def run(
     file: Annotated[Path, typer.Argument(help="A FineTuneJob YAML (its GPTModel in the same file or a sibling file).",
                                          exists=True, dir_okay=False)],
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where state and artifacts go: <runs-dir>/<ftj>/.")]
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where state and artifacts go: <runs-dir>/<ftj>/<revision>/.")]
     = Path("runs"),
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the promoted model after the gate.")] = True,
     fresh: Annotated[bool, typer.Option("--fresh", help="Start over instead of resuming earlier runs.")] = False,

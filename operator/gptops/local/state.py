@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gptops.api.artifacts import ServedRevision
-from gptops.api.revisions import KEY_LENGTH
+from gptops.api.revisions import GATE_ONLY_EVALUATION_FIELDS, KEY_LENGTH
 
 STAGES = ("prepare", "train", "evaluate")
 STATE_FILE = "state.json"
@@ -39,8 +39,11 @@ def now_precise() -> str:
 
 
 def spec_digest(ftj_spec: dict[str, Any], model_spec: dict[str, Any]) -> str:
-    """sha256 of what decides a run's outputs: the FineTuneJob's spec and the GPTModel's source (not its serving)."""
-    doc = {"finetunejob": ftj_spec, "source": model_spec.get("source")}
+    """sha256 of what decides a run's outputs: the FineTuneJob's spec but the gate (thresholds and promote are
+    decided again on the same results, as in the cluster) and the GPTModel's source (not its serving)."""
+    evaluation = {k: v for k, v in (ftj_spec.get("evaluation") or {}).items()
+                  if k not in GATE_ONLY_EVALUATION_FIELDS}
+    doc = {"finetunejob": {**ftj_spec, "evaluation": evaluation}, "source": model_spec.get("source")}
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
