@@ -188,3 +188,12 @@ def test_examples_parse_with_the_models(path):
     for doc in yaml.safe_load_all(path.read_text()):
         if isinstance(doc, dict) and doc.get("kind") in ("GPTModel", "FineTuneJob"):
             (GPTModel if doc["kind"] == "GPTModel" else FineTuneJob).from_dict(doc)
+
+
+def test_patterns_match_as_the_api_server_does():
+    """RE2 semantics: a trailing newline does not satisfy `$` (Python's re would admit it, the cluster refuses)."""
+    from gptops.validate import check_schema
+
+    schema = {"type": "string", "pattern": "^[0-9]+$"}
+    assert check_schema("4", schema, "spec.x") == []
+    assert check_schema("4\n", schema, "spec.x")

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
+import re2
 import typer
 import yaml
 
@@ -142,7 +143,8 @@ def check_schema(value: Any, schema: Schema, path: str) -> list[tuple[str, str]]
                                  f"should be at least {schema['minLength']} chars long"))
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             errors.append((path, f"Too long: may not be more than {schema['maxLength']} bytes"))
-        if "pattern" in schema and not re.search(schema["pattern"], value):
+        # RE2, as the API server: Python's `$` would also match before a trailing newline.
+        if "pattern" in schema and not re2.search(schema["pattern"], value):
             errors.append((path, f"Invalid value: {json.dumps(value)}: should match '{schema['pattern']}'"))
     if isinstance(value, list):
         if "minItems" in schema and len(value) < schema["minItems"]:

@@ -481,9 +481,12 @@ def _unwrap(obj: dict[str, Any] | None) -> dict[str, Any]:
     return obj["spec"] if isinstance(obj.get("spec"), dict) else obj
 
 
-def _local(path: str, base_dir: Path) -> str:
-    p = Path(path).expanduser()
-    return str(p if p.is_absolute() else (base_dir / p).resolve())
+def _local(path: str, base_dir: Path, field_name: str) -> str:
+    try:
+        p = Path(path).expanduser()
+        return str(p if p.is_absolute() else (base_dir / p).resolve())
+    except (RuntimeError, OSError) as e:  # ~user that does not exist, a path the OS refuses
+        raise ValueError(f"{field_name}: {path!r} is not a usable path on this machine ({e})") from None
 
 
 def _data_source(source: DatasetSourceSpec, base_dir: Path) -> DataSource:
@@ -500,7 +503,7 @@ def _data_source(source: DatasetSourceSpec, base_dir: Path) -> DataSource:
     if source.config_map is not None:
         return DataSource(kind="path", location=str(configmap_path(source.config_map.name, source.config_map.key)))
     assert source.local is not None  # the model validated exactly one source
-    return DataSource(kind="path", location=_local(source.local.path, base_dir))
+    return DataSource(kind="path", location=_local(source.local.path, base_dir, "dataset.source.local.path"))
 
 
 def _model_source(source: ModelSourceSpec, base_dir: Path) -> ModelSource:
@@ -511,7 +514,7 @@ def _model_source(source: ModelSourceSpec, base_dir: Path) -> ModelSource:
     if source.s3 is not None:
         return ModelSource(kind="s3", location=source.s3.uri, endpoint_url=source.s3.endpoint_url)
     if source.local is not None:
-        return ModelSource(kind="path", location=_local(source.local.path, base_dir))
+        return ModelSource(kind="path", location=_local(source.local.path, base_dir, "source.local.path"))
     scratch = source.scratch
     assert scratch is not None  # the model validated exactly one source
     return ModelSource(kind="scratch", architecture=scratch.architecture, layers=scratch.layers, heads=scratch.heads,
