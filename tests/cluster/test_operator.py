@@ -53,7 +53,9 @@ def test_examples_go_all_the_way_to_a_ready_gptmodel(k: Cluster, operator) -> No
     assert model["status"]["previousArtifact"] == "sshleifer/tiny-gpt2"  # it served its source before
     wait_for(lambda: "--enable-lora" in k.deployment_args(MODEL), "the LoRA revision in the Deployment")
     args = k.deployment_args(MODEL)
-    assert args[args.index("--lora-modules") + 1] == f"{MODEL}=/artifacts/{k.ns}/{RUN}/adapter"
+    directory = (k.get("ftj", RUN) or {})["status"]["artifacts"]["directory"]
+    assert directory.startswith(f"/artifacts/{k.ns}/{RUN}/")  # the revision's own directory
+    assert args[args.index("--lora-modules") + 1] == f"{MODEL}={directory}/adapter"
     assert args[args.index("--model") + 1] == "sshleifer/tiny-gpt2"
     assert model["status"]["servingLoraRank"] == 8 and args[args.index("--max-lora-rank") + 1] == "8"
     wait_for(lambda: k.condition("gptmodel", MODEL, "Progressing").get("reason") == "RolloutComplete",
