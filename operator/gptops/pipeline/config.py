@@ -159,7 +159,8 @@ class PrepareConfig:
     max_chars: int | None = None
     """Documents longer than this are dropped; None keeps all."""
     packing: bool = True
-    """Concatenate documents (EOS-separated) into fixed blocks of `block_size`: no padding, no waste."""
+    """Pack documents (EOS-separated) into blocks of `block_size`. text: plain concatenation into full blocks; chat and
+    prompt-completion: whole documents per block, with position ids restarting at each one so none attends to another."""
     block_size: int | None = None
     """Tokens per block; None means the model's context length, capped at 1024."""
     completion_only_loss: bool = True
@@ -248,6 +249,10 @@ class TrainConfig:
     """AdamW weight decay."""
     precision: str = "auto"
     """auto (bf16 where the GPU supports it, else fp32), bf16, fp16 or fp32."""
+    compile: bool = True
+    """torch.compile the model on a CUDA GPU (ignored on CPU, where compiling costs more than tiny runs gain)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of storing them: less memory, about 1/3 more compute."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA settings, used when method is lora."""
     checkpoint_every_steps: int = 200
@@ -420,6 +425,8 @@ def configs_from_spec(
         warmup_ratio=float(training.get("warmupRatio", 0.0)),
         weight_decay=float(training.get("weightDecay", 0.0)),
         precision=training.get("precision", "auto"),
+        compile=bool(training.get("compile", True)),
+        gradient_checkpointing=bool(training.get("gradientCheckpointing", False)),
         lora=LoraConfig(
             r=int(lora.get("r", 8)),
             alpha=int(lora.get("alpha", 16)),
