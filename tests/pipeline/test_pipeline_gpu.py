@@ -46,8 +46,8 @@ def test_full_training_on_cuda_uses_bf16_fused_adamw_and_compile(tmp_path, corpu
 
 
 def test_compile_false_in_the_spec_trains_eagerly(tmp_path, corpus_file):
-    report, seen, _ = _train(tmp_path, corpus_file, compile=False, gradientCheckpointing=True)
-    assert not seen.args.torch_compile and seen.args.gradient_checkpointing
+    report, seen, _ = _train(tmp_path, corpus_file, compile=False, activationCheckpointing=True)
+    assert not seen.args.torch_compile and seen.args.activation_checkpointing
     assert report.final_loss < report.first_loss
 
 

@@ -251,7 +251,7 @@ class TrainConfig:
     """auto (bf16 where the GPU supports it, else fp32), bf16, fp16 or fp32."""
     compile: bool = True
     """torch.compile the model on a CUDA GPU (ignored on CPU, where compiling costs more than tiny runs gain)."""
-    gradient_checkpointing: bool = False
+    activation_checkpointing: bool = False
     """Recompute activations in the backward pass instead of storing them: less memory, about 1/3 more compute."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA settings, used when method is lora."""
@@ -426,7 +426,7 @@ def configs_from_spec(
         weight_decay=float(training.get("weightDecay", 0.0)),
         precision=training.get("precision", "auto"),
         compile=bool(training.get("compile", True)),
-        gradient_checkpointing=bool(training.get("gradientCheckpointing", False)),
+        activation_checkpointing=bool(training.get("activationCheckpointing", False)),
         lora=LoraConfig(
             r=int(lora.get("r", 8)),
             alpha=int(lora.get("alpha", 16)),

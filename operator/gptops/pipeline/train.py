@@ -169,9 +169,7 @@ def _training_arguments(config: TrainConfig, dtype: torch.dtype) -> TrainingArgu
         # Liger's Triton kernels (fused linear cross-entropy: no [tokens, vocab] logits in memory, RMSNorm, RoPE, SwiGLU)
         # need CUDA; they are an optional install, patched in only for the architectures Liger knows.
         use_liger_kernel=cuda and importlib.util.find_spec("liger_kernel") is not None,
-        gradient_checkpointing=config.gradient_checkpointing,
-        # Non-reentrant checkpointing works with frozen inputs (a LoRA base) and with torch.compile.
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        activation_checkpointing=config.activation_checkpointing,  # non-reentrant by default: fine with a frozen base
         save_strategy="steps",
         save_steps=config.checkpoint_every_steps,
         save_total_limit=config.keep_checkpoints,
