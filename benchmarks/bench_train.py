@@ -132,6 +132,8 @@ def peak_memory_mib() -> tuple[float, str]:
 
 def run_pipeline(work: Path, shape: dict, batch: int, steps: int, compile_model: bool) -> dict:
     """The train stage as a FineTuneJob runs it (full fine-tune of the base model), at `batch` blocks per step."""
+    import torch
+
     from gptops.pipeline import train
     from gptops.pipeline.config import ModelSource, TrainConfig
 
@@ -141,7 +143,8 @@ def run_pipeline(work: Path, shape: dict, batch: int, steps: int, compile_model:
                          max_steps=steps, batch_size=batch, learning_rate=3e-4, compile=compile_model,
                          checkpoint_every_steps=10**6, resume="never", logging_steps=10**6)
     train.run(config, callbacks=[meter])
-    return summarize(meter, shape, {"batch": batch, "gradientAccumulation": 1, "compile": compile_model,
+    compiled = compile_model and torch.cuda.is_available()  # the train stage compiles on CUDA only
+    return summarize(meter, shape, {"batch": batch, "gradientAccumulation": 1, "compile": compiled,
                                     "attendedLength": shape["context"]})
 
 
@@ -359,7 +362,7 @@ def main() -> None:
         "config": {"model": {"architecture": "gpt2", **{k: shape[k] for k in ("layers", "heads", "hidden", "context",
                                                                               "vocab")}},
                    "tokenizerVocab": shape["tokenizer_vocab"], "pipelineBatch": batch, "steps": steps,
-                   "warmupSteps": shape["warmup"], "searchSteps": SEARCH_STEPS, "compile": args.compile,
+                   "warmupSteps": shape["warmup"], "searchSteps": SEARCH_STEPS, "compile": pipeline["compile"],
                    "precision": pipeline["precision"],
                    "optimizer": "adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
                    "torch": torch.__version__, "threads": args.threads or torch.get_num_threads()},

@@ -7,7 +7,7 @@
 # logits test), bench-train-124m.json and bench-train-355m.json (benchmarks/bench_train.py, GPT-2 shapes, context 1024),
 # bench-prepare.json (benchmarks/bench_prepare.py on every core), and summary.json (each step's exit code and seconds;
 # 124 means its timeout cut it). Every step has its own timeout inside the 8 minutes and a failed step does not stop the
-# others. GPTOPS_GPU_CHECK_TINY=1 runs the same steps with tiny shapes, to try the script on a CPU machine.
+# others. GPTOPS_GPU_CHECK_TINY=1 runs the same steps with tiny shapes and 3x the time limits, to try the script on a CPU.
 set -uo pipefail
 
 if [ $# -ne 1 ]; then
@@ -26,11 +26,15 @@ export PYTHONPATH="$ROOT/operator${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_NO_INDEX=1 GPTOPS_SKIP_CLUSTER=1
 export TOKENIZERS_PARALLELISM=true
 
+# SCALE stretches every time limit: the tiny run on a CPU checks the steps work end to end, not the GPU's timing.
 if [ "${GPTOPS_GPU_CHECK_TINY:-0}" = 1 ]; then
-  SHAPES=(tiny tiny) NAMES=(124m 355m) TRAIN_ARGS=(--steps 8) PREPARE_ARGS=(--docs 2000 --repeats 1)
+  SHAPES=(tiny tiny) NAMES=(124m 355m) TRAIN_ARGS=(--steps 8 --docs 1500) PREPARE_ARGS=(--docs 2000 --repeats 1)
+  SCALE=3
 else
   SHAPES=(124m 355m) NAMES=(124m 355m) TRAIN_ARGS=(--steps 20 --docs 10000) PREPARE_ARGS=(--docs 20000 --repeats 3)
+  SCALE=1
 fi
+TOTAL_SECONDS=$((TOTAL_SECONDS * SCALE))
 
 STEPS_JSON=""
 # step NAME BUDGET_SECONDS OUTFILE COMMAND...: runs COMMAND with stdout to OUTFILE (stderr to NAME.log), under the
@@ -39,6 +43,7 @@ step() {
   local name=$1 budget=$2 outfile=$3
   shift 3
   local left=$((TOTAL_SECONDS - (SECONDS - STARTED)))
+  budget=$((budget * SCALE))
   local limit=$((budget < left ? budget : left))
   local began=$SECONDS rc
   if [ "$limit" -lt 5 ]; then

@@ -145,6 +145,9 @@ def run(config: PrepareConfig, progress: ProgressFn | None = None) -> PrepareRep
                                        config.num_proc)
         token_counts[name] = int(flat.size)
         if by_document:
+            if (longer := int((lengths > block_size).sum())):
+                log.warning("Truncating documents longer than a block split=%s count=%d blockSize=%d",
+                            name, longer, block_size)
             layout = _pack_documents(lengths, block_size)
             packed[name] = _gather(flat, layout)
             positions[name] = [np.concatenate([np.arange(n, dtype=np.int32) for _, n in block]) for block in layout]

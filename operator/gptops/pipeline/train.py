@@ -260,9 +260,10 @@ class PackedCollator:
     a block-diagonal causal mask; flash attention: varlen sequences), and a document's first token gets label -100, so
     neither attention nor the loss crosses from one document to the next. Such rows are right-padded without an
     attention mask: under causal attention no real token sees the padding after it, and the padding is a segment of
-    its own (positions from 0 again) with label -100. transformers reads the boundaries only when the model runs
-    without a KV cache, as the Trainer runs it (TrainingArguments.use_cache=False); callers outside it pass
-    use_cache=False."""
+    its own (positions from 0 again) with label -100. transformers (5.24) reads the boundaries in create_causal_mask,
+    which GPT-2 and Llama use, only when the model runs without a KV cache, as the Trainer runs it
+    (TrainingArguments.use_cache=False); callers outside it pass use_cache=False. tests/pipeline/test_pipeline_packing.py
+    checks both families on CPU, so a 4D block-diagonal mask of our own is not needed for them."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
