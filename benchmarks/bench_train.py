@@ -6,8 +6,8 @@ and initial weights, same data, same precision (bf16 where the device has it) an
 The pipeline trains on packed 1024-token (tiny: 256) blocks of `format: text`; the baseline takes one document per row,
 padded to the longest in the batch by DataCollatorForLanguageModeling, its defaults otherwise. The baseline runs twice:
   - equal memory: its batch is searched (doubling, then bisection) for the largest whose peak memory is at most the
-    pipeline's; each trial starts from fresh weights (CUDA: in one process with the peak counter reset; CPU: one
-    process per trial, as peak RSS cannot be reset);
+    pipeline's; each trial starts from the saved weights (CUDA: all baseline runs in one process, the peak counter
+    reset before each; CPU: a process per run, as peak RSS cannot be reset);
   - equal tokens: as many rows per optimizer step as hold the pipeline's tokens per step on average, with gradient
     accumulation over micro-batches of the equal-memory size.
 Throughput counts non-padding tokens only, over the steps after the warm-up (which includes compiling). MFU is model
@@ -205,8 +205,8 @@ def summarize(meter, shape: dict, extra: dict) -> dict:
 
 
 def search_batch(measure, target_mib: float, start: int, limit: int = MAX_PLAIN_BATCH) -> tuple[int, list[dict]]:
-    """The largest batch whose peak memory is at most `target_mib`: double from `start` while it fits, then bisect.
-    `measure(batch)` returns the peak in MiB, or None when the batch ran out of memory."""
+    """The largest batch (to within 1/8) whose peak memory is at most `target_mib`: double from `start` while it fits,
+    then bisect. `measure(batch)` returns the peak in MiB, or None when the batch ran out of memory."""
     trials: list[dict] = []
 
     def fits(batch: int) -> bool:
@@ -226,7 +226,7 @@ def search_batch(measure, target_mib: float, start: int, limit: int = MAX_PLAIN_
         while batch >= 1 and not fits(batch):
             bad, batch = batch, batch // 2
         good = max(batch, 1)
-    while bad is not None and bad - good > 1:
+    while bad is not None and bad - good > max(1, good // 8):  # to within 1/8: fewer trials, still under
         middle = (good + bad) // 2
         if fits(middle):
             good = middle
@@ -235,18 +235,28 @@ def search_batch(measure, target_mib: float, start: int, limit: int = MAX_PLAIN_
     return good, trials
 
 
-def cuda_search(work: Path, shape: dict, target_mib: float, start: int) -> dict:
-    """The search in this process: each trial's peak is its own after reset_peak_memory_stats."""
+def plain_baselines(run, target_mib: float, start: int, limit: int, rows: int, steps: int) -> dict:
+    """Both baseline runs. `run(batch, accumulation, steps)` measures one ({"outOfMemory": True} when it did not fit).
+    Same memory: the searched batch. Same tokens: `rows` rows per optimizer step, in micro-batches that fit."""
+    best, trials = search_batch(lambda b: run(b, 1, SEARCH_STEPS).get("peakMemoryMiB"), target_mib, start, limit)
+    same_memory = run(best, 1, steps)
+    accumulation = math.ceil(rows / best)
+    same_tokens = run(math.ceil(rows / accumulation), accumulation, steps)
+    return {"sameMemory": {**same_memory, "searchTrials": trials}, "sameTokens": same_tokens}
+
+
+def cuda_plain_baselines(work: Path, shape: dict, target_mib: float, start: int, rows: int, steps: int) -> dict:
+    """The baselines in this one process (no process start per trial): each run's peak is its own after
+    reset_peak_memory_stats, and each starts from the saved weights."""
     import torch
 
-    def measure(batch: int) -> float | None:
+    def run(batch: int, accumulation: int, run_steps: int) -> dict:
         try:
-            return run_plain(work, shape, batch, 1, SEARCH_STEPS)["peakMemoryMiB"]
+            return run_plain(work, shape, batch, accumulation, run_steps)
         except torch.OutOfMemoryError:
-            return None
+            return {"outOfMemory": True}
 
-    best, trials = search_batch(measure, target_mib, start)
-    return {"batch": best, "trials": trials}
+    return plain_baselines(run, target_mib, start, MAX_PLAIN_BATCH, rows, steps)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -304,7 +314,7 @@ def run_child(args, shape: dict) -> dict:
         return run_pipeline(args.work, shape, spec["batch"], spec["steps"], spec["compile"])
     if mode == "plain":
         return run_plain(args.work, shape, spec["batch"], spec["accumulation"], spec["steps"])
-    return cuda_search(args.work, shape, spec["target"], spec["start"])
+    return cuda_plain_baselines(args.work, shape, **spec)
 
 
 def main() -> None:
@@ -336,21 +346,15 @@ def main() -> None:
         args.work = Path(tmp)
         dataset = prepare_data(args.work, shape, args.docs or shape["docs"])
         pipeline = child(args, "pipeline", batch=batch, steps=steps, compile=args.compile)
-        target = pipeline["peakMemoryMiB"]
-        if torch.cuda.is_available():
-            search = child(args, "search", target=target, start=batch)
-            same_memory_batch, trials = search["batch"], search["trials"]
-        else:
-            def measure(b: int) -> float | None:
-                return child(args, "plain", batch=b, accumulation=1, steps=SEARCH_STEPS).get("peakMemoryMiB")
-
-            same_memory_batch, trials = search_batch(measure, target, batch, CPU_SEARCH_LIMIT * batch)
-        same_memory = child(args, "plain", batch=same_memory_batch, accumulation=1, steps=steps)
-        # Equal tokens per optimizer step: rows holding the pipeline's tokens on average, in micro-batches that fit.
+        # Equal tokens per optimizer step: as many rows as hold the pipeline's tokens per step on average.
         rows = math.ceil(pipeline["tokensPerStep"] / dataset["docTokens"]["mean"])
-        accumulation = math.ceil(rows / same_memory_batch)
-        micro = math.ceil(rows / accumulation)
-        same_tokens = child(args, "plain", batch=micro, accumulation=accumulation, steps=steps)
+        if torch.cuda.is_available():
+            plain = child(args, "baselines", target_mib=pipeline["peakMemoryMiB"], start=batch, rows=rows, steps=steps)
+        else:
+            def run(b: int, accumulation: int, run_steps: int) -> dict:
+                return child(args, "plain", batch=b, accumulation=accumulation, steps=run_steps)
+
+            plain = plain_baselines(run, pipeline["peakMemoryMiB"], batch, CPU_SEARCH_LIMIT * batch, rows, steps)
 
     def versus(plain: dict) -> dict:
         return {"speedup": round(pipeline["tokensPerSecond"] / plain["tokensPerSecond"], 2),
@@ -368,8 +372,8 @@ def main() -> None:
                    "torch": torch.__version__, "threads": args.threads or torch.get_num_threads()},
         "dataset": dataset,
         "pipeline": pipeline,
-        "plainSameMemory": {**same_memory, "searchTrials": trials, **versus(same_memory)},
-        "plainSameTokensPerStep": {**same_tokens, **versus(same_tokens)},
+        "plainSameMemory": {**plain["sameMemory"], **versus(plain["sameMemory"])},
+        "plainSameTokensPerStep": {**plain["sameTokens"], **versus(plain["sameTokens"])},
         "seconds": round(time.monotonic() - started, 1),
     }, indent=2))
 

@@ -28,10 +28,10 @@ export TOKENIZERS_PARALLELISM=true
 
 # SCALE stretches every time limit: the tiny run on a CPU checks the steps work end to end, not the GPU's timing.
 if [ "${GPTOPS_GPU_CHECK_TINY:-0}" = 1 ]; then
-  SHAPES=(tiny tiny) NAMES=(124m 355m) TRAIN_ARGS=(--steps 8 --docs 1500) PREPARE_ARGS=(--docs 2000 --repeats 1)
+  SHAPES=(tiny tiny) NAMES=(124m 355m) TRAIN_ARGS=(--steps 6 --docs 800 --batch 2) PREPARE_ARGS=(--docs 2000 --repeats 1)
   SCALE=3
 else
-  SHAPES=(124m 355m) NAMES=(124m 355m) TRAIN_ARGS=(--steps 20 --docs 10000) PREPARE_ARGS=(--docs 20000 --repeats 3)
+  SHAPES=(124m 355m) NAMES=(124m 355m) TRAIN_ARGS=(--steps 15 --docs 10000) PREPARE_ARGS=(--docs 20000 --repeats 3)
   SCALE=1
 fi
 TOTAL_SECONDS=$((TOTAL_SECONDS * SCALE))
