@@ -1,5 +1,5 @@
 """The train stage's CUDA paths: bf16, fused AdamW, torch.compile (and switching it off), LoRA on the GPU, and packed
-documents kept apart under compile and bf16. Marked `gpu`: skipped with the reason where CUDA is missing."""
+documents kept apart under torch.compile. Marked `gpu`: skipped with the reason where CUDA is missing."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import TINY_MODEL, ftj_spec
 from safetensors.torch import load_file
+from test_pipeline_packing import examples, packed_rows, tiny_model, unpacked_mean_loss
 from transformers import TrainerCallback
 
 from gptops.pipeline import configs_from_spec, run_evaluate, run_prepare, run_train
@@ -65,8 +66,6 @@ def test_lora_on_cuda_keeps_the_frozen_base_in_bf16(tmp_path, trained_run, corpu
 def test_packed_documents_stay_apart_when_compiled(architecture):
     """torch.compile traces the model: the boundaries found from position ids must survive it (fp32, so that a leak
     across documents stands out from rounding)."""
-    from test_pipeline_packing import examples, packed_rows, tiny_model, unpacked_mean_loss
-
     model, items = tiny_model(architecture), examples()
     expected = unpacked_mean_loss(model, items)
     batch = {k: v.cuda() for k, v in PackedCollator(pad_token_id=0)(packed_rows(items, block_size=40)).items()}
