@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: all venv controlplane test test-fast demo lint clean
+.PHONY: all venv controlplane test test-fast test-gpu demo lint clean
 
 all: test
 
@@ -30,6 +30,10 @@ test: venv controlplane
 # Pure and pipeline tests only, no control plane.
 test-fast: venv
 	GPTOPS_SKIP_CLUSTER=1 $(PY) -m pytest -m "not cluster and not slow" $(PYTEST_ARGS)
+
+# The tests marked gpu (CUDA paths of the train stage); without CUDA they are skipped with the reason.
+test-gpu: venv
+	GPTOPS_SKIP_CLUSTER=1 $(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
 demo: venv
 	$(VENV)/bin/gptops run examples/quickstart/quickstart.yaml --ask 'What is the "with" statement?'

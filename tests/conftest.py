@@ -126,3 +126,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     plane = getattr(item, "funcargs", {}).get("control_plane")
     if report.failed and isinstance(plane, ControlPlane):
         report.sections.append(("control plane logs", plane.log_tails()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` need CUDA: without it they are skipped, with the reason (not failed, not silently passed)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    try:
+        import torch
+    except ImportError:
+        reason = "needs a CUDA GPU: torch is not installed (the train extra)"
+    else:
+        if torch.cuda.is_available():
+            return
+        reason = "needs a CUDA GPU: torch.cuda.is_available() is False on this machine"
+    for item in gpu_items:
+        item.add_marker(pytest.mark.skip(reason=reason))

@@ -21,9 +21,26 @@ def test_defaults_follow_the_api_contract(tmp_path):
     assert (c.train.method, c.train.epochs, c.train.max_steps, c.train.learning_rate) == ("full", 1.0, None, 5e-5)
     assert (c.train.batch_size, c.train.checkpoint_every_steps, c.train.resume, c.train.seed) == (8, 200, "auto", 42)
     assert (c.train.lora.r, c.train.lora.alpha, c.train.lora.target_modules) == (8, 16, [])
+    assert (c.train.compile, c.train.activation_checkpointing) == (True, False)
     assert (c.evaluate.metrics, c.evaluate.compare_with_base, c.evaluate.max_new_tokens) == (["perplexity"], True, 64)
     m = c.train.model
     assert (m.architecture, m.layers, m.heads, m.hidden, m.context_length, m.vocab_size) == ("gpt2", 4, 4, 256, 256, 8000)
+
+
+def test_compile_and_activation_checkpointing_reach_the_trainer_and_cpu_never_compiles(tmp_path, monkeypatch):
+    import torch
+
+    from gptops.pipeline.train import _training_arguments
+
+    spec = {"dataset": {"source": {"local": {"path": "d.txt"}}},
+            "training": {"compile": False, "activationCheckpointing": True}}
+    off = configs_from_spec(spec, SCRATCH, tmp_path / "run", base_dir=tmp_path).train
+    assert (off.compile, off.activation_checkpointing) == (False, True)
+    on = configs_from_spec({"dataset": spec["dataset"]}, SCRATCH, tmp_path / "run", base_dir=tmp_path).train
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = _training_arguments(on, torch.float32)  # compile: true, but CPU runs stay eager (the gpu tests cover CUDA)
+    assert not cpu.torch_compile and cpu.optim == "adamw_torch" and not cpu.use_liger_kernel
+    assert _training_arguments(off, torch.float32).activation_checkpointing
 
 
 def test_whole_objects_and_mounted_sources(tmp_path, monkeypatch):

@@ -186,6 +186,8 @@ class Training(SpecModel):
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0, le=1)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    compile: bool = True  # torch.compile on a CUDA GPU; ignored on CPU
+    activation_checkpointing: bool = False
     lora: LoraSettings | None = None
     checkpoint_every_steps: int = Field(default=200, ge=1, le=100_000_000)
     resume: Literal["auto", "never"] = "auto"

@@ -16,7 +16,8 @@ from gptops.api.gptmodel import GPTModel
 
 KEY_LENGTH = 10
 #: spec.training fields that decide only where and how a Pod runs, never the weights it writes.
-RUN_ONLY_TRAINING_FIELDS = ("nodeSelector", "tolerations", "backoffLimit", "resume", "checkpointEverySteps")
+RUN_ONLY_TRAINING_FIELDS = ("nodeSelector", "tolerations", "backoffLimit", "resume", "checkpointEverySteps", "compile",
+                            "activationCheckpointing")
 #: spec.training.resources fields that do not change the weights (gpus and nodes do: they set the global batch).
 RUN_ONLY_RESOURCE_FIELDS = ("cpu", "memory")
 #: spec.evaluation fields that only the gate reads: changing them re-runs the gate, not the evaluate stage.

@@ -166,7 +166,8 @@ class PrepareConfig:
     max_chars: int | None = None
     """Documents longer than this are dropped; None keeps all."""
     packing: bool = True
-    """Concatenate documents (EOS-separated) into fixed blocks of `block_size`: no padding, no waste."""
+    """Pack documents (EOS-separated) into blocks of `block_size`. text: plain concatenation into full blocks; chat and
+    prompt-completion: whole documents per block, with position ids restarting at each one so none attends to another."""
     block_size: int | None = None
     """Tokens per block; None means the model's context length, capped at 1024."""
     completion_only_loss: bool = True
@@ -255,6 +256,10 @@ class TrainConfig:
     """AdamW weight decay."""
     precision: str = "auto"
     """auto (bf16 where the GPU supports it, else fp32), bf16, fp16 or fp32."""
+    compile: bool = True
+    """torch.compile the model on a CUDA GPU (ignored on CPU, where compiling costs more than tiny runs gain)."""
+    activation_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of storing them: less memory, about 1/3 more compute."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA settings, used when method is lora."""
     checkpoint_every_steps: int = 200
@@ -442,6 +447,8 @@ def configs_from_spec(
         warmup_ratio=training.warmup_ratio,
         weight_decay=training.weight_decay,
         precision=training.precision,
+        compile=training.compile,
+        activation_checkpointing=training.activation_checkpointing,
         lora=LoraConfig(r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=list(lora.target_modules)),
         checkpoint_every_steps=training.checkpoint_every_steps,
         resume=training.resume,

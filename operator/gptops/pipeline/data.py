@@ -1,12 +1,14 @@
 """The prepare stage: load raw records, clean them, dedupe, filter, split, tokenize and pack into fixed blocks.
 
-Writes `<root>/dataset/` (a DatasetDict with train and validation, an `input_ids` column, and for chat and
-prompt-completion with completion-only loss a `labels` column: the ids, -100 where no loss is taken), `eval_pairs.jsonl`
-(prompt/reference pairs for BLEU), `manifest.json` (counts and a content digest), and `<root>/tokenizer/`.
+Writes `<root>/dataset/` (a DatasetDict with train and validation, an `input_ids` column; for chat and
+prompt-completion with completion-only loss a `labels` column, the ids with -100 where no loss is taken; for packed chat
+and prompt-completion a `position_ids` column restarting at 0 per document, so packed documents do not attend to each
+other), `eval_pairs.jsonl` (BLEU prompt/reference pairs), `manifest.json` (counts, digest), and `<root>/tokenizer/`.
 """
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import io
@@ -126,8 +128,12 @@ def run(config: PrepareConfig, progress: ProgressFn | None = None) -> PrepareRep
     # 6. Tokenize (the Rust tokenizer, numProc calls at a time), EOS after each document, then pack. With
     # completion-only loss each token also gets a label: its id where it overlaps a completion (assistant) span of
     # the rendered text, -100 elsewhere; the labels are packed the same way, so a block carries its own mask.
+    # Text pretraining packs by plain concatenation (a document may run on into the next block, as in GPT-2). Chat and
+    # prompt-completion pack whole documents and record where each starts (position ids): an answer must be learned
+    # from its own prompt, never from the end of another conversation.
     masked = config.completion_only_loss and config.format != "text"
-    token_counts, label_counts, packed, labels = {}, {}, {}, {}
+    by_document = config.packing and config.format != "text"
+    token_counts, label_counts, packed, labels, positions = {}, {}, {}, {}, {}
     for name, ds in splits.items():
         if masked:
             flat, mask, lengths = _token_ids_and_mask(_offsets_encoder(tokenizer), _column(ds, "text"),
@@ -138,14 +144,25 @@ def run(config: PrepareConfig, progress: ProgressFn | None = None) -> PrepareRep
             flat, lengths = _token_ids(_ids_encoder(tokenizer), _column(ds, "text"), tokenizer.eos_token_id,
                                        config.num_proc)
         token_counts[name] = int(flat.size)
-        packed[name] = _pack(flat, lengths, block_size, config.packing, keep_remainder=(name == "validation"))
-        if masked:
-            labels[name] = _pack(flat_labels, lengths, block_size, config.packing,
-                                 keep_remainder=(name == "validation"))
-            if name == "train":  # a block without one completion token adds nothing to the loss: leave it out
-                keep = [i for i, block in enumerate(labels[name]) if (block[1:] != IGNORE_INDEX).any()]
-                packed[name] = [packed[name][i] for i in keep]
-                labels[name] = [labels[name][i] for i in keep]
+        if by_document:
+            if (longer := int((lengths > block_size).sum())):
+                log.warning("Truncating documents longer than a block split=%s count=%d blockSize=%d",
+                            name, longer, block_size)
+            layout = _pack_documents(lengths, block_size)
+            packed[name] = _gather(flat, layout)
+            positions[name] = [np.concatenate([np.arange(n, dtype=np.int32) for _, n in block]) for block in layout]
+            if masked:
+                labels[name] = _gather(flat_labels, layout)
+        else:
+            packed[name] = _pack(flat, lengths, block_size, config.packing, keep_remainder=(name == "validation"))
+            if masked:
+                labels[name] = _pack(flat_labels, lengths, block_size, config.packing,
+                                     keep_remainder=(name == "validation"))
+        if masked and name == "train":  # a block without one completion token adds nothing to the loss: leave it out
+            keep = [i for i, block in enumerate(labels[name]) if (block[1:] != IGNORE_INDEX).any()]
+            for columns in (packed, labels, positions):
+                if name in columns:
+                    columns[name] = [columns[name][i] for i in keep]
     if len(packed["train"]) == 0:
         what = " with a completion token" if masked else ""
         raise PipelineError(
@@ -158,8 +175,9 @@ def run(config: PrepareConfig, progress: ProgressFn | None = None) -> PrepareRep
     # 7. Save: the DatasetDict, BLEU pairs, and the manifest with its digest.
     from datasets import Dataset, DatasetDict
 
-    digest = _digest(packed, labels)
-    out = DatasetDict({name: Dataset(_table(blocks, labels.get(name))) for name, blocks in packed.items()})
+    digest = _digest(packed, labels, positions)
+    out = DatasetDict({name: Dataset(_table(blocks, labels.get(name), positions.get(name)))
+                       for name, blocks in packed.items()})
     tmp = dataset_dir.with_name("dataset.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -172,6 +190,7 @@ def run(config: PrepareConfig, progress: ProgressFn | None = None) -> PrepareRep
         "format": config.format,
         "blockSize": block_size,
         "packing": config.packing,
+        "documentBoundaries": by_document,
         "completionOnlyLoss": masked,
         "tokenizer": str(tokenizer_dir),
         "vocabSize": len(tokenizer),
@@ -725,8 +744,39 @@ def _pack(flat: np.ndarray, lengths: np.ndarray, block_size: int, packing: bool,
     return [flat[s: s + min(n, block_size)] for s, n in zip(starts, lengths, strict=True) if n >= 2]
 
 
-def _table(blocks: list[np.ndarray], labels: list[np.ndarray] | None = None) -> pa.Table:
-    """input_ids (and labels, cut the same way) as Arrow list<int32> columns."""
+def _pack_documents(lengths: np.ndarray, block_size: int) -> list[list[tuple[int, int]]]:
+    """Best-fit decreasing: each document, truncated to a block, goes whole into the fullest block it still fits.
+    Returns each block as its documents' (start in the flat ids, length), in document order. Blocks come out at most
+    `block_size` long (the collator pads a batch to its longest); documents of one token are left out, as unpacked."""
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    sizes = np.minimum(lengths, block_size)
+    blocks: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # (free positions, block index), sorted: bisect finds the best fit
+    for i in np.argsort(-sizes, kind="stable"):
+        n = int(sizes[i])
+        if n < 2:
+            continue
+        at = bisect.bisect_left(room, (n, -1))
+        if at == len(room):
+            blocks.append([int(i)])
+            free, b = block_size - n, len(blocks) - 1
+        else:
+            free, b = room.pop(at)
+            blocks[b].append(int(i))
+            free -= n
+        if free >= 2:
+            bisect.insort(room, (free, b))
+    return [[(int(starts[i]), int(sizes[i])) for i in sorted(block)] for block in blocks]
+
+
+def _gather(flat: np.ndarray, layout: list[list[tuple[int, int]]]) -> list[np.ndarray]:
+    """The blocks of a `_pack_documents` layout, cut from `flat` (ids or labels)."""
+    return [np.concatenate([flat[s: s + n] for s, n in block]) for block in layout]
+
+
+def _table(blocks: list[np.ndarray], labels: list[np.ndarray] | None = None,
+           positions: list[np.ndarray] | None = None) -> pa.Table:
+    """input_ids (and labels and position_ids, cut the same way) as Arrow list<int32> columns."""
     lengths = np.array([len(b) for b in blocks], dtype=np.int64)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
 
@@ -737,12 +787,15 @@ def _table(blocks: list[np.ndarray], labels: list[np.ndarray] | None = None) -> 
     columns = {"input_ids": column(blocks)}
     if labels is not None:
         columns["labels"] = column(labels)
+    if positions is not None:
+        columns["position_ids"] = column(positions)
     return pa.table(columns)
 
 
-def _digest(packed: dict[str, list[np.ndarray]], labels: dict[str, list[np.ndarray]] | None = None) -> str:
-    """sha256 over the tokenized blocks of each split (names, lengths, ids, and the labels when there are any):
-    equal digests mean equal training data, loss mask included."""
+def _digest(packed: dict[str, list[np.ndarray]], labels: dict[str, list[np.ndarray]] | None = None,
+            positions: dict[str, list[np.ndarray]] | None = None) -> str:
+    """sha256 over the tokenized blocks of each split (names, lengths, ids, and the labels and position ids when there
+    are any): equal digests mean equal training data, loss mask and document boundaries included."""
     h = hashlib.sha256()
     for name in sorted(packed):
         h.update(name.encode() + b"\0")
@@ -752,6 +805,10 @@ def _digest(packed: dict[str, list[np.ndarray]], labels: dict[str, list[np.ndarr
         if labels and name in labels:
             h.update(b"labels\0")
             for block in labels[name]:
+                h.update(np.ascontiguousarray(block, dtype="<i4").tobytes())
+        if positions and name in positions:
+            h.update(b"positions\0")
+            for block in positions[name]:
                 h.update(np.ascontiguousarray(block, dtype="<i4").tobytes())
     return "sha256:" + h.hexdigest()
 

@@ -21,6 +21,7 @@ from gptops.pipeline import models
 from gptops.pipeline.config import EvalConfig
 from gptops.pipeline.errors import PipelineError
 from gptops.api.stageresult import StageResult
+from gptops.pipeline.train import PackedCollator
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +59,22 @@ def run(config: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
     blocks = validation["input_ids"][:]
     # Completion-only loss: perplexity on the tokens training learned (the completions), not the prompts.
     labels = validation["labels"][:] if "labels" in validation.column_names else None
+    positions = validation["position_ids"][:] if "position_ids" in validation.column_names else None
     pairs = _read_pairs(dataset_dir / "eval_pairs.jsonl", config.max_samples) if "bleu" in config.metrics else []
     tokenizer = models.load_tokenizer(root / "tokenizer")
     device, dtype = models.device(), models.pick_dtype(config.precision)
 
     # The trained model; for LoRA the base with the adapter on top (the base is then the adapter switched off).
     model = _load_trained(config, tokenizer, dtype).to(device).eval()
-    results = {"model": _score(model, "model", blocks, labels, pairs, tokenizer, config, device, say)}
+    results = {"model": _score(model, "model", blocks, labels, positions, pairs, tokenizer, config, device, say)}
     if config.compare_with_base:
         if config.method == "lora":
             with model.disable_adapter():
-                results["base"] = _score(model, "base", blocks, labels, pairs, tokenizer, config, device, say)
+                results["base"] = _score(model, "base", blocks, labels, positions, pairs, tokenizer, config, device, say)
         else:
             del model
             base = _load_base(config, tokenizer, dtype).to(device).eval()
-            results["base"] = _score(base, "base", blocks, labels, pairs, tokenizer, config, device, say)
+            results["base"] = _score(base, "base", blocks, labels, positions, pairs, tokenizer, config, device, say)
 
     metrics = _headline(results)
     report = {
@@ -94,11 +96,11 @@ def run(config: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
     return EvalReport(metrics, report, report_path, time.monotonic() - started)
 
 
-def _score(model, name: str, blocks, labels, pairs, tokenizer, config: EvalConfig, device,
+def _score(model, name: str, blocks, labels, positions, pairs, tokenizer, config: EvalConfig, device,
            say: ProgressFn) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "perplexity" in config.metrics:
-        ppl, nll, tokens = perplexity(model, blocks, config.batch_size, device, labels)
+        ppl, nll, tokens = perplexity(model, blocks, config.batch_size, device, labels, positions)
         out.update(perplexity=ppl, loss=nll, tokens=tokens)
         say("perplexity", {"model": name, "perplexity": ppl})
     if "bleu" in config.metrics:
@@ -117,28 +119,25 @@ def _score(model, name: str, blocks, labels, pairs, tokenizer, config: EvalConfi
 
 
 @torch.no_grad()
-def perplexity(model, blocks: list[list[int]], batch_size: int, device,
-               labels: list[list[int]] | None = None) -> tuple[float, float, int]:
+def perplexity(model, blocks: list[list[int]], batch_size: int, device, labels: list[list[int]] | None = None,
+               positions: list[list[int]] | None = None) -> tuple[float, float, int]:
     """exp(mean NLL) over every predicted token of every block (token-weighted, not a mean of block means); with
-    `labels` (prepare's completion mask) only over the tokens whose label is not -100.
+    `labels` (prepare's completion mask) only over the tokens whose label is not -100; with `positions` (packed
+    documents) each document on its own, batched the way training batches them.
     Returns (perplexity, mean NLL, number of predicted tokens)."""
+    collate = PackedCollator(pad_token_id=0)
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        rows = [i for i in range(start, min(start + batch_size, len(blocks))) if len(blocks[i]) >= 2]
+        rows = [{"input_ids": blocks[i],
+                 **({"labels": labels[i]} if labels is not None else {}),
+                 **({"position_ids": positions[i]} if positions is not None else {})}
+                for i in range(start, min(start + batch_size, len(blocks))) if len(blocks[i]) >= 2]
         if not rows:
             continue
-        longest = max(len(blocks[i]) for i in rows)
-        ids = torch.zeros((len(rows), longest), dtype=torch.long)
-        mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        learned = torch.zeros((len(rows), longest), dtype=torch.bool)
-        for row, i in enumerate(rows):
-            n = len(blocks[i])
-            ids[row, :n] = torch.as_tensor(blocks[i])
-            mask[row, :n] = 1
-            learned[row, :n] = torch.as_tensor(labels[i]) != -100 if labels is not None else True
-        ids, mask, learned = ids.to(device), mask.to(device), learned.to(device)
-        uniform = bool(mask.all())
-        logits = model(input_ids=ids, attention_mask=None if uniform else mask).logits  # [b, t, vocab]
+        batch = {k: v.to(device) for k, v in collate(rows).items()}
+        ids, learned = batch["input_ids"], batch.pop("labels") != -100
+        # No KV cache: with one, transformers ignores position ids as document boundaries (and perplexity needs none).
+        logits = model(**batch, use_cache=False).logits  # [b, t, vocab]
         # Position t predicts token t+1: drop the last logit and the first target.
         logits, targets, weights = logits[:, :-1].float(), ids[:, 1:], learned[:, 1:].float()
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")

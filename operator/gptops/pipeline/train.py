@@ -7,6 +7,7 @@ Works the same under torchrun: the Trainer reads WORLD_SIZE/RANK/LOCAL_RANK; onl
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -86,33 +87,73 @@ def run(config: TrainConfig, progress: ProgressFn | None = None, callbacks: list
     """Train (resuming when a complete checkpoint exists and resume is auto) and save the result."""
     started = time.monotonic()
     say = progress or (lambda event, fields: None)
-    root = config.artifact_root
-    dataset_dir, tokenizer_dir, checkpoints = root / "dataset", root / "tokenizer", root / "checkpoints"
-    if not (dataset_dir / "dataset_dict.json").exists():
-        raise PipelineError(f"{dataset_dir}: no prepared dataset; expected the output of the prepare stage")
-    train_data = load_from_disk(str(dataset_dir))["train"]
-    tokenizer = models.load_tokenizer(tokenizer_dir)
+    train_data, tokenizer = _load_data(config)
     set_seed(config.seed)
 
     # Precision: bf16 autocast where the GPU has it. Full training keeps fp32 master weights; a LoRA base is
     # frozen, so it is loaded straight in the compute dtype (half the memory).
-    cuda = torch.cuda.is_available()
     dtype = models.pick_dtype(config.precision)
     model, base_ref = _build_model(config, tokenizer, dtype)
     base_revision = config.model.revision if config.model.kind == "huggingface" else None
     say("model", {"parameters": sum(p.numel() for p in model.parameters()),
                   "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "dtype": str(dtype)})
 
-    # Resume: the newest checkpoint with its trainer state; a torn one (the Pod died mid-save) is removed.
+    resume_from = _resume_point(config, say)
+    collator = PackedCollator(pad_token_id=tokenizer.pad_token_id)
+    logger = _ProgressCallback(say)
+    trainer = Trainer(model=model, args=_training_arguments(config, dtype), train_dataset=train_data,
+                      data_collator=collator, processing_class=tokenizer, callbacks=[logger, *(callbacks or [])])
+    output, train_seconds = _train(trainer, resume_from)
+    output_dir = _save(config, trainer, tokenizer, base_ref, base_revision)
+
+    checkpoints = config.artifact_root / "checkpoints"
+    report = TrainReport(
+        steps=output.global_step,
+        first_loss=logger.losses[0][1] if logger.losses else None,
+        final_loss=logger.losses[-1][1] if logger.losses else None,
+        losses=logger.losses,
+        tokens=collator.tokens,
+        tokens_per_second=collator.tokens * int(os.environ.get("WORLD_SIZE", 1)) / max(train_seconds, 1e-9),
+        seconds=time.monotonic() - started,
+        resumed_from=str(resume_from) if resume_from else None,
+        output_dir=output_dir,
+        method=config.method,
+        base_model=base_ref,
+        base_revision=base_revision,
+        checkpoint=str(c) if (c := _newest_complete_checkpoint(checkpoints)) else None,
+    )
+    say("saved", {"output": str(output_dir), "steps": report.steps})
+    log.info("Trained steps=%d loss=%s output=%s", report.steps, report.final_loss, output_dir)
+    return report
+
+
+def _load_data(config: TrainConfig):
+    """The packed training split and the tokenizer prepare wrote."""
+    dataset_dir = config.artifact_root / "dataset"
+    if not (dataset_dir / "dataset_dict.json").exists():
+        raise PipelineError(f"{dataset_dir}: no prepared dataset; expected the output of the prepare stage")
+    return load_from_disk(str(dataset_dir))["train"], models.load_tokenizer(config.artifact_root / "tokenizer")
+
+
+def _resume_point(config: TrainConfig, say: ProgressFn) -> Path | None:
+    """The newest complete checkpoint to resume from (resume: auto); resume: never removes the old ones instead.
+    A torn checkpoint (the Pod died mid-save) is removed."""
+    checkpoints = config.artifact_root / "checkpoints"
     resume_from = _newest_complete_checkpoint(checkpoints) if config.resume == "auto" else None
     if config.resume == "never" and checkpoints.exists() and _is_main():
         shutil.rmtree(checkpoints)
     if resume_from:
         log.info("Resuming checkpoint=%s", resume_from)
         say("resume", {"checkpoint": str(resume_from)})
+    return resume_from
 
-    args = TrainingArguments(
-        output_dir=str(checkpoints),
+
+def _training_arguments(config: TrainConfig, dtype: torch.dtype) -> TrainingArguments:
+    """The Trainer's settings. The speed options act only on CUDA (fused AdamW, torch.compile, Liger kernels where
+    installed), so CPU runs, and the tests on them, train exactly as before."""
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(config.artifact_root / "checkpoints"),
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
@@ -124,6 +165,13 @@ def run(config: TrainConfig, progress: ProgressFn | None = None, callbacks: list
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         optim="adamw_torch_fused" if cuda else "adamw_torch",
+        # Compiling costs tens of seconds once and pays back within a few hundred steps on a GPU; on CPU it would
+        # mostly cost the compile time.
+        torch_compile=cuda and config.compile,
+        # Liger's Triton kernels (fused linear cross-entropy: no [tokens, vocab] logits in memory, RMSNorm, RoPE, SwiGLU)
+        # need CUDA; they are an optional install, patched in only for the architectures Liger knows.
+        use_liger_kernel=cuda and importlib.util.find_spec("liger_kernel") is not None,
+        activation_checkpointing=config.activation_checkpointing,  # non-reentrant by default: fine with a frozen base
         save_strategy="steps",
         save_steps=config.checkpoint_every_steps,
         save_total_limit=config.keep_checkpoints,
@@ -137,18 +185,19 @@ def run(config: TrainConfig, progress: ProgressFn | None = None, callbacks: list
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,
     )
-    collator = PackedCollator(pad_token_id=tokenizer.pad_token_id)
-    logger = _ProgressCallback(say)
-    trainer = Trainer(model=model, args=args, train_dataset=train_data, data_collator=collator,
-                      processing_class=tokenizer, callbacks=[logger, *(callbacks or [])])
 
+
+def _train(trainer: Trainer, resume_from: Path | None):
+    """trainer.train(), and its wall time in seconds."""
     train_started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    train_seconds = time.monotonic() - train_started
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    return output, time.monotonic() - train_started
 
-    # Save where vLLM (and evaluate) look: model/ with safetensors, config and tokenizer; or adapter/.
-    output_dir = root / ("model" if config.method == "full" else "adapter")
+
+def _save(config: TrainConfig, trainer: Trainer, tokenizer, base_ref: str, base_revision: str | None) -> Path:
+    """Save where vLLM (and evaluate) look: model/ with safetensors, config and tokenizer; or adapter/. Rank 0 writes,
+    through a .tmp directory renamed at the end, so the result appears whole or not at all."""
+    output_dir = config.artifact_root / ("model" if config.method == "full" else "adapter")
     if _is_main():
         tmp = output_dir.with_name(output_dir.name + ".tmp")
         if tmp.exists():
@@ -162,25 +211,7 @@ def run(config: TrainConfig, progress: ProgressFn | None = None, callbacks: list
             shutil.rmtree(output_dir)
         tmp.rename(output_dir)
     trainer.accelerator.wait_for_everyone()
-
-    report = TrainReport(
-        steps=output.global_step,
-        first_loss=logger.losses[0][1] if logger.losses else None,
-        final_loss=logger.losses[-1][1] if logger.losses else None,
-        losses=logger.losses,
-        tokens=collator.tokens,
-        tokens_per_second=collator.tokens * world / max(train_seconds, 1e-9),
-        seconds=time.monotonic() - started,
-        resumed_from=str(resume_from) if resume_from else None,
-        output_dir=output_dir,
-        method=config.method,
-        base_model=base_ref,
-        base_revision=base_revision,
-        checkpoint=str(c) if (c := _newest_complete_checkpoint(checkpoints)) else None,
-    )
-    say("saved", {"output": str(output_dir), "steps": report.steps})
-    log.info("Trained steps=%d loss=%s output=%s", report.steps, report.final_loss, output_dir)
-    return report
+    return output_dir
 
 
 def _build_model(config: TrainConfig, tokenizer, dtype: torch.dtype):
@@ -224,7 +255,17 @@ class PackedCollator:
     """Stacks packed blocks into [batch, block] without padding or attention mask (full blocks, causal SDPA fast path).
     Rows of unequal length (packing off, or a short tail) are right-padded, masked, and their padding ignored by the loss.
     Labels are the rows' own `labels` column when prepare wrote one (completion-only loss: -100 on prompt tokens),
-    else the ids. Counts the non-padding tokens it hands out, for throughput figures."""
+    else the ids. Counts the non-padding tokens it hands out, for throughput figures.
+
+    Rows with `position_ids` (packed chat and prompt-completion: positions restart at 0 for each document) pass them on,
+    as transformers' DataCollatorWithFlattening does: the models turn a restart into a document boundary (SDPA and eager:
+    a block-diagonal causal mask; flash attention: varlen sequences), and a document's first token gets label -100, so
+    neither attention nor the loss crosses from one document to the next. Such rows are right-padded without an
+    attention mask: under causal attention no real token sees the padding after it, and the padding is a segment of
+    its own (positions from 0 again) with label -100. transformers (5.24) reads the boundaries in create_causal_mask,
+    which GPT-2 and Llama use, only when the model runs without a KV cache, as the Trainer runs it
+    (TrainingArguments.use_cache=False); callers outside it pass use_cache=False. tests/pipeline/test_pipeline_packing.py
+    checks both families on CPU, so a 4D block-diagonal mask of our own is not needed for them."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -236,17 +277,26 @@ class PackedCollator:
                    for r, s in zip(rows, seqs, strict=True)]
         lengths = [len(s) for s in seqs]
         self.tokens += sum(lengths)
-        if len(set(lengths)) == 1:
+        documents = "position_ids" in rows[0]
+        if len(set(lengths)) == 1 and not documents:
             input_ids = torch.stack(seqs)  # [batch, block]
             return {"input_ids": input_ids, "labels": torch.stack(targets).clone()}
         longest = max(lengths)
         input_ids = torch.full((len(seqs), longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(seqs), longest), -100, dtype=torch.long)
-        mask = torch.zeros((len(seqs), longest), dtype=torch.long)
         for i, (s, t) in enumerate(zip(seqs, targets, strict=True)):
             input_ids[i, : len(s)] = s
             labels[i, : len(t)] = t
-            mask[i, : len(s)] = 1
+        if documents:
+            positions = torch.zeros((len(seqs), longest), dtype=torch.long)
+            for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+                positions[i, :n] = torch.as_tensor(row["position_ids"], dtype=torch.long)
+                positions[i, n:] = torch.arange(longest - n)
+            labels[positions == 0] = -100  # else a document's first token is learned from the one before
+            return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
+        mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+        for i, n in enumerate(lengths):
+            mask[i, :n] = 1
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
