@@ -215,3 +215,11 @@ def test_configmap_dataset_is_mounted(finetunejob, gptmodel):
     pod = build_stage_job(finetunejob, gptmodel, "prepare")["spec"]["template"]["spec"]
     mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert "/etc/gptops/configmaps/corpus" in mounts
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_that_reported_failure_is_not_retried_but_a_lost_pod_is(stage, finetunejob, gptmodel):
+    rules = build_stage_job(finetunejob, gptmodel, stage)["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert rules[1] == {"action": "FailJob",
+                        "onExitCodes": {"containerName": stage, "operator": "In", "values": [1]}}

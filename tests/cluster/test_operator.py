@@ -106,12 +106,16 @@ def test_a_failed_threshold_leaves_serving_untouched(k: Cluster, operator) -> No
 
 def test_a_failed_stage_sets_failed_with_the_pods_message(k: Cluster, operator) -> None:
     run = example("finetunejob.yaml")
-    run["spec"]["training"]["backoffLimit"] = 0
+    assert run["spec"]["training"]["backoffLimit"] == 2
     k.apply(example("gptmodel.yaml"), run)
     k.complete_stage(RUN, "prepare", ok=False, message="dataset.fields.text: no column 'text' in wikitext")
 
     failed = k.wait_condition("ftj", RUN, "Failed", "True")
     assert failed["reason"] == "StageFailed"
+    # ok: false is final: the Job fails on its first Pod, backoffLimit left unused.
+    prepare = k.stage_job(RUN, "prepare") or {}
+    assert next(c for c in prepare["status"]["conditions"] if c["type"] == "Failed")["reason"] == "PodFailurePolicy"
+    assert len(k.items("pods", f"job-name={prepare['metadata']['name']}")) == 1
     assert "no column 'text' in wikitext" in failed["message"] and k.stage_job_name(RUN, "prepare") in failed["message"]
     assert (k.get("ftj", RUN) or {})["status"]["phase"] == "Failed"
     assert k.stage_job(RUN, "train") is None

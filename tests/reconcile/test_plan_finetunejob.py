@@ -248,7 +248,10 @@ def test_a_failed_stage_fails_the_run_with_the_pods_message(world: World, messag
     assert cond["Failed"]["status"] == "True" and cond["Failed"]["reason"] == reason
     assert expected in cond["Failed"]["message"] and PREPARE in cond["Failed"]["message"]
     assert cond["Prepared"]["status"] == "False"
-    assert cond["Trained"]["reason"] == "Waiting"
+    # Nothing waits on a failed run: the later stages say why they did not run, the gate and promotion too.
+    assert cond["Trained"]["reason"] == reason and cond["Trained"]["message"] == "not run: the prepare stage failed"
+    assert cond["Evaluated"]["message"] == "not run: the prepare stage failed"
+    assert (cond["Passed"]["status"], cond["Promoted"]["status"]) == ("False", "False")
     assert plan.status["phase"] == "Failed"
     assert [e.type for e in plan.events if e.reason == reason] == ["Warning"]
     world.apply_ftj(plan)

@@ -216,6 +216,30 @@ def test_a_pin_on_a_rolled_back_revision_is_not_retried_until_it_changes(world: 
     assert conditions(world.model["status"])["Degraded"]["status"] == "False"
 
 
+def test_a_spec_change_after_a_rollback_retries_and_degraded_clears_when_the_cause_is_gone(world: World) -> None:
+    serve_source(world)
+    world.finetunejobs["ft-1"] = passed_finetunejob("ft-1")
+    world.model["spec"]["serving"]["revision"] = "ft-1"
+    settle(world, "model")
+    world.stall()  # e.g. more GPUs asked for than any node has
+    world.apply_model(world.plan_model())
+    world.roll_out()
+    settle(world, "model")
+    assert revision(world) == "source" and conditions(world.model["status"])["Degraded"]["status"] == "True"
+
+    # The cause fixed (a spec change: a new generation): the revision is tried again, Degraded no longer says so.
+    world.model["spec"]["serving"]["resources"] = {"gpus": 1}
+    world.model["metadata"]["generation"] = 2
+    plan = world.plan_model()
+    assert plan.status["servingRevision"] == "ft-1"
+    world.apply_model(plan)
+    assert revision(world) == "ft-1"
+    assert conditions(world.model["status"])["Degraded"]["status"] == "False"
+    world.roll_out()
+    settle(world, "model")
+    assert conditions(world.model["status"])["Progressing"]["reason"] == "RolloutComplete"
+
+
 def test_a_spec_change_updates_the_deployment_in_place(world: World) -> None:
     serve_source(world)
     world.model["spec"]["serving"]["replicas"] = 3

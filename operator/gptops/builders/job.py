@@ -42,6 +42,10 @@ from gptops.builders.common import (
     tolerations,
 )
 
+#: The exit code of a stage that reported ok: false (gptops.pipeline.__main__).
+STAGE_FAILED_EXIT_CODE = 1
+
+
 def stage_job_name(ftj: FineTuneJob | Mapping[str, Any], stage: str, revision: Revision) -> str:
     """`<ftj>-<stage>-<key>`: the revision's key (the evaluation key for evaluate), DNS-safe and short enough for
     Indexed Pod hostnames. The same spec gives the same names, so an edit of the gate alone starts no Job."""
@@ -201,8 +205,13 @@ def build_stage_job(
     job_spec: dict[str, Any] = {
         "backoffLimit": training.backoff_limit,
         # A Pod lost to a disruption (node drained or gone, preemption, eviction) is retried without counting
-        # against backoffLimit: training resumes from its checkpoint, so a lost node is not a failed run.
-        "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]},
+        # against backoffLimit: training resumes from its checkpoint, so a lost node is not a failed run. A stage
+        # that reported ok: false exits 1: bad input fails the same way every time, so the Job fails at once.
+        "podFailurePolicy": {"rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In",
+                                                  "values": [STAGE_FAILED_EXIT_CODE]}},
+        ]},
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
     if nodes > 1:

@@ -63,6 +63,7 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
     status: dict[str, Any] = {"observedGeneration": gen}
     wants: list[Want] = []
     failed: Want | None = None
+    failed_stage: str | None = None
     results: dict[str, StageResult] = {}
     stages_status: dict[str, Any] = {}
 
@@ -82,10 +83,13 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
     previous_done = True
     for stage in STAGES:
         cond_type = STAGE_CONDITION[stage]
-        if failed is not None or not previous_done:
+        if failed is not None:
+            wants.append(Want(cond_type, FALSE, failed.reason, f"not run: {failed_stage or 'a'} stage failed"))
+            previous_done = False
+            continue
+        if not previous_done:
             prev = STAGES[STAGES.index(stage) - 1]
             wants.append(Want(cond_type, FALSE, Reason.WAITING, f"waiting for the {prev} stage"))
-            previous_done = False
             continue
         name = stage_job_name(ftj, stage, revision) if revision is not None else None
         job = observed.jobs.get(name) if name else None
@@ -100,7 +104,7 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
                 children = build_stage_children(ftj, model, stage, revision=revision,
                                                 retain=_protected(ftj, model, revision))
             except BuildError as err:
-                failed = Want(FAILED, TRUE, Reason.INVALID_SPEC, str(err))
+                failed, failed_stage = Want(FAILED, TRUE, Reason.INVALID_SPEC, str(err)), None
                 wants.append(Want(cond_type, FALSE, Reason.INVALID_SPEC, str(err)))
                 previous_done = False
                 continue
@@ -117,7 +121,7 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
         if outcome.result is not None:
             results[stage] = outcome.result
         if outcome.failed is not None:
-            failed = outcome.failed
+            failed, failed_stage = outcome.failed, f"the {stage}"
         previous_done = outcome.done
 
     artifacts = _artifacts(revision, results)
@@ -128,8 +132,9 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
     wants += [passed_want, promoted_want, failed or Want(FAILED, FALSE, Reason.AS_EXPECTED, "no stage failed")]
 
     conditions = rebuild(ftj.status.conditions, wants, generation=gen, now=observed.now)
+    # A failed run's Passed=False is not a rejection: its Failed=True event says what happened.
     actions += transition_events(ftj.status.conditions, conditions, warn_when_true=(FAILED,),
-                                 warn_when_false=(PASSED,))
+                                 warn_when_false=(PASSED,) if failed is None else ())
     status.update(
         phase=derive_phase(conditions, started=bool(stages_status)),
         stages=stages_status,
@@ -276,7 +281,7 @@ def _gate_and_promotion(ftj: FineTuneJob, model: GPTModel | None, evaluation: St
     promote = ftj.spec.evaluation.promote
     if evaluation is None:
         if failed is not None:
-            return (Want(PASSED, UNKNOWN, failed.reason, "not evaluated: a stage failed"),
+            return (Want(PASSED, FALSE, failed.reason, "not evaluated: a stage failed"),
                     Want(PROMOTED, FALSE, failed.reason, "not promoted: a stage failed"))
         wait = Want(PASSED, UNKNOWN, Reason.WAITING, "waiting for the evaluate stage")
         if not promote:

@@ -45,6 +45,8 @@ ANNOTATION_ROLLOUT_STARTED = f"{GROUP}/rollout-started"
 ANNOTATION_ROLLED_BACK_FROM = f"{GROUP}/rolled-back-from"
 ANNOTATION_ROLLED_BACK_ARTIFACT = f"{GROUP}/rolled-back-artifact"
 ANNOTATION_ROLLED_BACK_ADAPTER = f"{GROUP}/rolled-back-adapter"
+#: The GPTModel's generation when it rolled back: a later spec change (a fixed cause, a changed pin) retries.
+ANNOTATION_ROLLED_BACK_GENERATION = f"{GROUP}/rolled-back-generation"
 ANNOTATION_ROLLBACK_REASON = f"{GROUP}/rollback-reason"
 SOURCE_REVISION = "source"
 
@@ -61,7 +63,7 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
 
     pin = model.spec.serving.revision
     current = recorded_revision(serving, "serving")
-    rolled_back = _rolled_back_from(dep)
+    rolled_back = _rolled_back_from(dep, model.metadata.generation)
     pinned = None
     if pin:
         ftj = observed.finetunejob(pin)
@@ -106,7 +108,8 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
         back = previous.revision or SOURCE_REVISION
         serving.update(serving_status(previous, None))
         # The way back is not watched: there is nothing further to roll back to.
-        rollback = _deployment(model, previous, started=None, rolled_back=served, rollback_reason=failure)
+        rollback = _deployment(model, previous, started=None, rolled_back=served, rollback_reason=failure,
+                               rolled_back_generation=model.metadata.generation)
         if not observed.service:
             actions.append(CreateChild(build_service(model)))
         actions.append(ApplyChild(rollback))  # the Degraded=True transition is its (Warning) event
@@ -123,8 +126,9 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     desired = _deployment(
         model, served,
         started=None if complete else kept.get(ANNOTATION_ROLLOUT_STARTED) if same else now,
-        rolled_back=_rolled_back_from(dep) if same else None,
+        rolled_back=rolled_back if same else None,
         rollback_reason=kept.get(ANNOTATION_ROLLBACK_REASON),
+        rolled_back_generation=model.metadata.generation if rolled_back is not None else None,
     )
     if not observed.service:
         actions.append(CreateChild(build_service(model)))
@@ -180,9 +184,10 @@ def _deployed(dep: DeploymentState) -> ServedRevision | None:
     return _annotated(dep.annotations, ANNOTATION_REVISION, ANNOTATION_ARTIFACT, ANNOTATION_ADAPTER)
 
 
-def _rolled_back_from(dep: DeploymentState | None) -> ServedRevision | None:
-    """The revision this Deployment was rolled back from, as its annotations name it."""
-    if dep is None:
+def _rolled_back_from(dep: DeploymentState | None, generation: int) -> ServedRevision | None:
+    """The revision this Deployment was rolled back from, as its annotations name it, while the GPTModel's spec is
+    the one that rolled back (any change since, a fixed cause or a new pin, deserves another try)."""
+    if dep is None or dep.annotations.get(ANNOTATION_ROLLED_BACK_GENERATION) != str(generation):
         return None
     return _annotated(dep.annotations, ANNOTATION_ROLLED_BACK_FROM, ANNOTATION_ROLLED_BACK_ARTIFACT,
                       ANNOTATION_ROLLED_BACK_ADAPTER)
@@ -197,11 +202,13 @@ def spec_hash(manifest: dict[str, Any]) -> str:
 
 
 _OURS = (ANNOTATION_SPEC_HASH, ANNOTATION_ROLLOUT_STARTED, ANNOTATION_ROLLED_BACK_FROM,
-         ANNOTATION_ROLLED_BACK_ARTIFACT, ANNOTATION_ROLLED_BACK_ADAPTER, ANNOTATION_ROLLBACK_REASON)
+         ANNOTATION_ROLLED_BACK_ARTIFACT, ANNOTATION_ROLLED_BACK_ADAPTER, ANNOTATION_ROLLED_BACK_GENERATION,
+         ANNOTATION_ROLLBACK_REASON)
 
 
 def _deployment(model: GPTModel, served: ServedRevision, *, started: str | None,
-                rolled_back: ServedRevision | None = None, rollback_reason: str | None = None) -> dict[str, Any]:
+                rolled_back: ServedRevision | None = None, rollback_reason: str | None = None,
+                rolled_back_generation: int | None = None) -> dict[str, Any]:
     """The builders' Deployment plus the rollout bookkeeping annotations (absent ones are removed by the apply)."""
     manifest = build_deployment(model, served)
     annotations = manifest["metadata"].setdefault("annotations", {})
@@ -211,6 +218,7 @@ def _deployment(model: GPTModel, served: ServedRevision, *, started: str | None,
                        (ANNOTATION_ROLLED_BACK_FROM, (back.revision or SOURCE_REVISION) if back else None),
                        (ANNOTATION_ROLLED_BACK_ARTIFACT, back.model if back else None),
                        (ANNOTATION_ROLLED_BACK_ADAPTER, back.adapter if back else None),
+                       (ANNOTATION_ROLLED_BACK_GENERATION, str(rolled_back_generation) if back else None),
                        (ANNOTATION_ROLLBACK_REASON, rollback_reason if back else None)):
         if value:
             annotations[key] = value
