@@ -8,7 +8,7 @@ import pytest
 from gptops.api import FineTuneJob, GPTModel, new_revision
 from gptops.api.constants import STAGES
 from gptops.builders import stage_job_name
-from gptops.reconcile import CreateChild, DeleteChild, EmitEvent
+from gptops.reconcile import CreateChild, DeleteChild, EmitEvent, PodState
 from reconcile_world import FINETUNEJOB, GPTMODEL, World, conditions, settle, stage_result
 
 REVISION = new_revision(FineTuneJob.from_dict(FINETUNEJOB), GPTModel.from_dict(GPTMODEL))
@@ -447,3 +447,26 @@ def test_later_stages_start_from_where_the_run_started(world: World) -> None:
     [train] = [a for a in world.plan_ftj().actions if isinstance(a, CreateChild)]
     assert "/artifacts/ml/other/model" not in " ".join(train.manifest["spec"]["template"]["spec"]["containers"][0]
                                                        ["args"])
+
+
+@pytest.mark.parametrize(("pod", "reason", "said"), [
+    (PodState(name="p", phase="Pending", unschedulable="0/2 nodes are available: 2 Insufficient nvidia.com/gpu."),
+     "Unschedulable", "Pod p cannot be scheduled: 0/2 nodes are available"),
+    (PodState(name="p", phase="Pending", waiting="ImagePullBackOff", waiting_message='Back-off pulling "x:1"'),
+     "ImagePullBackOff", 'Pod p is waiting: ImagePullBackOff: Back-off pulling "x:1"'),
+    (PodState(name="p", phase="Failed", reason="OOMKilled", exit_code=137),
+     "AttemptFailed", "attempt 1 failed (OOMKilled, exit code 137); retrying"),
+    (PodState(name="p", phase="Failed", reason="Error", exit_code=3, message="CUDA error: an illegal memory access"),
+     "AttemptFailed", "attempt 1 failed (Error, exit code 3): CUDA error: an illegal memory access; retrying"),
+], ids=["unschedulable", "image-pull", "oom-killed", "failed-attempt"])
+def test_a_pod_level_cause_reaches_the_condition_and_one_warning_in_one_pass(world: World, pod, reason, said) -> None:
+    from dataclasses import replace
+
+    settle(world, "ftj")
+    world.jobs[PREPARE] = replace(world.jobs[PREPARE], pods=(pod,), active=0 if pod.phase == "Failed" else 1)
+    plan = world.plan_ftj()
+    prepared = conditions(plan.status)["Prepared"]
+    assert prepared["status"] == "False" and prepared["reason"] == reason and said in prepared["message"]
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", reason)]
+    world.apply_ftj(plan)
+    assert world.plan_ftj().events == ()  # the same cause is not news twice

@@ -38,6 +38,7 @@ class Reason:
     JOB_CREATED = "JobCreated"
     JOB_DELETED = "JobDeleted"
     JOB_RUNNING = "JobRunning"
+    ATTEMPT_FAILED = "AttemptFailed"
     JOB_SUCCEEDED = "JobSucceeded"
     JOB_FAILED = "JobFailed"
     STAGE_FAILED = "StageFailed"

@@ -117,6 +117,14 @@ def wake_owner(kind: str, body: Mapping[str, Any]) -> None:
         wake(kind, meta.get("namespace", ""), owner["name"])
 
 
+def wake_labelled(kind: str, body: Mapping[str, Any], label: str) -> None:
+    """Wake the object of `kind` that a grandchild's label names (a stage Pod names its FineTuneJob), if known."""
+    meta = body.get("metadata") or {}
+    key = (kind, meta.get("namespace", ""), (meta.get("labels") or {}).get(label, ""))
+    if key in KNOWN:
+        wake(*key)
+
+
 def wake_all(keys: list[Key]) -> None:
     for key in keys:
         try:

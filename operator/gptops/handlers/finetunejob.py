@@ -52,6 +52,14 @@ def stage_job_changed(body: kopf.Body, type: str, **_: Any) -> None:
         common.wake_owner(KIND_FINETUNEJOB, body)
 
 
+@kopf.on.event("", "v1", "pods", labels=CHILDREN)
+def stage_pod_changed(body: kopf.Body, type: str, **_: Any) -> None:
+    """A stage Pod moved without its Job (unschedulable, pulling its image, an attempt failed): reconcile its
+    FineTuneJob now, so the cause reaches its condition in one pass."""
+    if type != "DELETED":
+        common.wake_labelled(KIND_FINETUNEJOB, body, LABEL_FINETUNEJOB)
+
+
 def one_pass(namespace: str, name: str) -> list[common.Key]:
     """One pass; returns what to wake next: the GPTModel when a condition moved (a passed gate is a promotion
     candidate; the GPTModel's own pass decides, as the only writer of its status)."""

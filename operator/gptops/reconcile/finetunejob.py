@@ -53,6 +53,8 @@ class _Stage:
     failed: Want | None = None
     result: StageResult | None = None
     status: dict[str, Any] | None = None
+    warn: bool = False
+    """A Pod-level problem (unschedulable, image pull, a failed attempt): worth a Warning event when it is new."""
 
 
 def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
@@ -64,6 +66,7 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
     wants: list[Want] = []
     failed: Want | None = None
     failed_stage: str | None = None
+    problems: list[Want] = []
     results: dict[str, StageResult] = {}
     stages_status: dict[str, Any] = {}
 
@@ -116,6 +119,8 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
                                          f"Created {child['kind']} {child['metadata']['name']} for the {stage} stage"
                                          f" of revision {revision.key}"))
         wants.append(outcome.want)
+        if outcome.warn:
+            problems.append(outcome.want)
         if outcome.status:
             stages_status[stage] = outcome.status
         if outcome.result is not None:
@@ -132,6 +137,10 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
     wants += [passed_want, promoted_want, failed or Want(FAILED, FALSE, Reason.AS_EXPECTED, "no stage failed")]
 
     conditions = rebuild(ftj.status.conditions, wants, generation=gen, now=observed.now)
+    # A Pod-level cause is news when it changes, though the condition stays False.
+    before = {c.type: c for c in ftj.status.conditions}
+    actions += [EmitEvent("Warning", w.reason, f"{w.type}={w.status}: {w.message}") for w in problems
+                if (b := before.get(w.type)) is None or (b.reason, b.message) != (w.reason, w.message)]
     # A failed run's Passed=False is not a rejection: its Failed=True event says what happened.
     actions += transition_events(ftj.status.conditions, conditions, warn_when_true=(FAILED,),
                                  warn_when_false=(PASSED,) if failed is None else ())
@@ -254,6 +263,18 @@ def _stage_outcome(stage: str, name: str, job: JobState | None, recorded: StageS
         message = result.message if result is not None and result.message else f"Job {name} succeeded"
         return _Stage(Want(cond_type, TRUE, Reason.JOB_SUCCEEDED, _cut(message)), done=True, result=result,
                       status=timing)
+    problem = next((found for pod in job.pods if (found := pod.problem()) is not None), None)
+    if problem is not None:
+        return _Stage(Want(cond_type, FALSE, problem[0], _cut(f"Job {name}: {problem[1]}")), status=timing, warn=True)
+    attempts = sorted((p for p in job.pods if p.phase == "Failed"), key=lambda p: (p.created, p.name))
+    if attempts:
+        last = attempts[-1]
+        said = parse_stage_result(last.message, stage=stage)
+        told = said.message if said is not None else last.message.strip()
+        how = f"{last.reason or 'Error'}, exit code {last.exit_code}" if last.exit_code is not None else last.reason
+        message = (f"Job {name}: attempt {len(attempts)} failed ({how or 'Failed'})" + (f": {told}" if told else "")
+                   + "; retrying")
+        return _Stage(Want(cond_type, FALSE, Reason.ATTEMPT_FAILED, _cut(message)), status=timing, warn=True)
     return _Stage(Want(cond_type, FALSE, Reason.JOB_RUNNING, f"Job {name} is running ({job.active} active Pods)"),
                   status=timing)
 

@@ -24,6 +24,23 @@ class PodState:
     message: str = ""
     reason: str = ""
     exit_code: int | None = None
+    waiting: str = ""
+    """Why its container has not started (ErrImagePull, ImagePullBackOff, CreateContainerConfigError, ...)."""
+    waiting_message: str = ""
+    unschedulable: str = ""
+    """The scheduler's message while the Pod cannot be placed (PodScheduled=False, reason Unschedulable)."""
+    deleted: bool = False
+    """A deletionTimestamp is set: the Pod is going (and its Job replaces it)."""
+
+    def problem(self) -> tuple[str, str] | None:
+        """(reason, message) of what keeps a live Pod from running, or None."""
+        if self.deleted or self.phase not in ("Pending", "Running", ""):
+            return None
+        if self.unschedulable:
+            return "Unschedulable", f"Pod {self.name} cannot be scheduled: {self.unschedulable}"
+        if self.waiting and self.waiting not in ("ContainerCreating", "PodInitializing"):
+            return self.waiting, f"Pod {self.name} is waiting: {self.waiting}: {self.waiting_message}".rstrip(": ")
+        return None
 
 
 @dataclass(frozen=True)
@@ -113,8 +130,10 @@ def pod_state(pod: Mapping[str, Any]) -> PodState:
     """A PodState from a v1 Pod dict (camelCase, as the API returns it)."""
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
-    message, reason, exit_code = "", "", None
+    message, reason, exit_code, waiting, waiting_message = "", "", None, "", ""
     for cs in status.get("containerStatuses") or ():
+        if (w := (cs.get("state") or {}).get("waiting")) and not waiting:
+            waiting, waiting_message = w.get("reason") or "", w.get("message") or ""
         terminated = ((cs.get("state") or {}).get("terminated")
                       or (cs.get("lastState") or {}).get("terminated"))
         if terminated:
@@ -130,6 +149,12 @@ def pod_state(pod: Mapping[str, Any]) -> PodState:
         message=message,
         reason=reason,
         exit_code=exit_code,
+        waiting=waiting,
+        waiting_message=waiting_message,
+        unschedulable=next((c.get("message") or "no node fits" for c in status.get("conditions") or ()
+                            if c.get("type") == "PodScheduled" and c.get("status") == "False"
+                            and c.get("reason") == "Unschedulable"), ""),
+        deleted=bool(meta.get("deletionTimestamp")),
     )
 
 
