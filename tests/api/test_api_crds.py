@@ -126,7 +126,7 @@ def test_names_columns_and_subresources(kind):
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
     assert version["subresources"] == {"status": {}}
     columns = [col["name"] for col in version["additionalPrinterColumns"]]
-    expected = {"GPTModel": ["Serving", "Ready", "Endpoint", "Age"],
+    expected = {"GPTModel": ["Serving", "Ready", "Progressing", "Degraded", "Endpoint", "Age"],
                 "FineTuneJob": ["Model", "Phase", "Perplexity", "Passed", "Promoted", "Age"]}[kind]
     assert columns == expected
 

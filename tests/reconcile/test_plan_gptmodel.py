@@ -240,6 +240,14 @@ def test_a_spec_change_after_a_rollback_retries_and_degraded_clears_when_the_cau
     assert conditions(world.model["status"])["Progressing"]["reason"] == "RolloutComplete"
 
 
+def test_what_kubectl_get_shows_names_the_source_and_the_revision(world: World) -> None:
+    serve_source(world)
+    assert (world.model["status"]["serving"], world.model["status"]["ready"]) == ("source", "1/1")
+    world.finetunejobs["ft-1"] = passed_finetunejob("ft-1", promote=True)
+    plan = world.plan_model()
+    assert plan.status["serving"] == "ft-1 (0123456789)" and plan.status["ready"] == "1/1"
+
+
 def test_a_spec_change_updates_the_deployment_in_place(world: World) -> None:
     serve_source(world)
     world.model["spec"]["serving"]["replicas"] = 3

@@ -178,6 +178,8 @@ class GPTModelStatus(StatusModel):
     previous_digest: str | None = None
     previous_passed_at: str | None = None
     endpoint: str | None = None
+    serving: str | None = None
+    ready: str | None = None
     ready_replicas: int | None = None
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)

@@ -20,6 +20,7 @@ from gptops.api.artifacts import (
     ServedRevision,
     base_served_revision,
     recorded_revision,
+    revision_key_of,
     serving_status,
 )
 from gptops.api.conditions import DEGRADED, FALSE, PROGRESSING, READY, TRUE, Reason, get_condition
@@ -278,10 +279,13 @@ def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], 
         wants = [pin_note if w.type == pin_note.type and w.status == FALSE else w for w in wants]
     conditions = rebuild(model.status.conditions, wants, generation=model.metadata.generation, now=observed.now)
     actions += transition_events(model.status.conditions, conditions, warn_when_true=(DEGRADED,))
+    served = _served(model, serving)
     status: dict[str, Any] = {
         "observedGeneration": model.metadata.generation,
         "endpoint": endpoint,
         "readyReplicas": ready_replicas,
+        "serving": _display(served) if endpoint else None,
+        "ready": f"{ready_replicas}/{model.spec.serving.replicas}",
         "conditions": [c.to_dict() for c in conditions],
     }
     # Written only when this pass changes them, so a pass that changes nothing patches only what it observed.
@@ -289,6 +293,16 @@ def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], 
     if any(before.get(k) != serving[k] for k in SERVING_STATUS_FIELDS):
         status.update(serving)
     return Plan(actions=tuple(actions), status=status)
+
+
+def _display(served: ServedRevision | None) -> str | None:
+    """What `kubectl get gm` shows as served: the FineTuneJob and its revision key, or the source."""
+    if served is None:
+        return None
+    if served.revision is None:
+        return SOURCE_REVISION
+    key = revision_key_of(served.adapter or served.model)
+    return f"{served.revision} ({key})" if key else served.revision
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:
