@@ -1,6 +1,7 @@
 -- Argo CD health check for gptops.io/FineTuneJob (argocd-cm: resource.customizations.health.gptops.io_FineTuneJob).
--- Degraded when a stage failed; Healthy once evaluated (a rejected run is a finished run, reported in its message);
--- else Progressing.
+-- Degraded: a stage failed, the gate rejected the run, or its GPTModel does not exist. Healthy: the run passed its
+-- gate (served, waiting to be served, or superseded: a finished run). Progressing: otherwise, with the cause the
+-- running stage's condition gives (a running Job, an unschedulable Pod, a failed attempt being retried).
 local hs = {status = "Progressing", message = "Waiting for the operator"}
 if obj.status == nil or obj.status.conditions == nil then
   return hs
@@ -9,21 +10,37 @@ if obj.status.observedGeneration == nil or obj.status.observedGeneration < obj.m
   hs.message = "Waiting for the operator to observe the new generation"
   return hs
 end
-local passed = nil
+local cond = {}
 for _, c in ipairs(obj.status.conditions) do
-  if c.type == "Failed" and c.status == "True" then
-    hs.status = "Degraded"
-    hs.message = c.message
+  cond[c.type] = c
+end
+if cond.Failed ~= nil and cond.Failed.status == "True" then
+  hs.status = "Degraded"
+  hs.message = cond.Failed.message
+  return hs
+end
+if cond.Passed ~= nil and cond.Passed.status == "False" then
+  hs.status = "Degraded"
+  hs.message = "Rejected by its gate: " .. cond.Passed.message
+  return hs
+end
+if cond.Passed ~= nil and cond.Passed.status == "True" then
+  hs.status = "Healthy"
+  hs.message = cond.Passed.message
+  if cond.Promoted ~= nil then
+    hs.message = cond.Promoted.message .. "; " .. cond.Passed.message
+  end
+  return hs
+end
+if cond.Prepared ~= nil and cond.Prepared.reason == "ModelNotFound" then
+  hs.status = "Degraded"
+  hs.message = cond.Prepared.message
+  return hs
+end
+for _, t in ipairs({"Prepared", "Trained", "Evaluated"}) do
+  if cond[t] ~= nil and cond[t].status ~= "True" then
+    hs.message = t .. ": " .. cond[t].message
     return hs
   end
-  if c.type == "Passed" and c.status ~= "Unknown" then
-    passed = c
-  end
-end
-if passed ~= nil then
-  hs.status = "Healthy"
-  hs.message = passed.message
-elseif obj.status.phase ~= nil then
-  hs.message = obj.status.phase
 end
 return hs

@@ -1,0 +1,137 @@
+"""The chart's Argo CD health checks (Lua 5.1, as Argo CD's gopher-lua runs them) on the statuses the real planners
+write, in every state a GPTModel and a FineTuneJob can be in."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reconcile_world import World, passed_finetunejob, settle, stage_result
+
+from gptops.reconcile import PodState
+
+lua51 = pytest.importorskip("lupa.lua51", reason="lupa (the dev extra) runs the Lua health checks")
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "gptops" / "files"
+GOOD = {"perplexity": 20.0, "baselinePerplexity": 40.0}
+BAD = {"perplexity": 80.0, "baselinePerplexity": 90.0}
+
+
+def health(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
+    """(status, message) as Argo CD would compute them for `obj`."""
+    lua = lua51.LuaRuntime(unpack_returned_tuples=True)
+    script = (CHART / f"argocd-health-{kind}.lua").read_text()
+    hs = lua.execute(f"return function(obj)\n{script}\nend")(_to_lua(lua, obj))
+    return hs["status"], hs["message"] or ""
+
+
+def _to_lua(lua: Any, value: Any) -> Any:
+    if isinstance(value, dict):
+        return lua.table_from({k: _to_lua(lua, v) for k, v in value.items()})
+    if isinstance(value, list):
+        return lua.table_from([_to_lua(lua, v) for v in value])
+    return value
+
+
+def finish(world: World, stage: str, message: str, ok: bool = True) -> None:
+    settle(world, "ftj")
+    world.finish_job(world.job(stage), message, ok=ok)
+    settle(world, "ftj")
+
+
+def ftj_in(world: World, state: str) -> dict[str, Any]:
+    """Drive the FineTuneJob into `state` with the real planner."""
+    if state == "new":
+        return world.ftj
+    settle(world, "ftj")
+    if state == "preparing":
+        return world.ftj
+    if state == "unschedulable":
+        job = world.job("prepare")
+        pending = PodState(name="p", phase="Pending", unschedulable="0/2 nodes are available")
+        world.jobs[job] = replace(world.jobs[job], pods=(pending,))
+        settle(world, "ftj")
+        return world.ftj
+    if state == "failed":
+        finish(world, "prepare", stage_result("prepare", ok=False, message="no column 'text'"), ok=False)
+        return world.ftj
+    finish(world, "prepare", stage_result("prepare"))
+    finish(world, "train", stage_result("train", digest="sha256:w"))
+    finish(world, "evaluate", stage_result("evaluate", metrics=BAD if state == "rejected" else GOOD))
+    if state == "promoted":
+        world.apply_model(world.plan_model())
+        settle(world, "ftj")
+    return world.ftj
+
+
+@pytest.mark.parametrize(("state", "status", "says"), [
+    ("new", "Progressing", "Waiting for the operator"),
+    ("preparing", "Progressing", "Prepared: Job tiny-ft-prepare-"),
+    ("unschedulable", "Progressing", "cannot be scheduled: 0/2 nodes are available"),
+    ("failed", "Degraded", "no column 'text'"),
+    ("rejected", "Degraded", "Rejected by its gate: maxPerplexity: perplexity 80.00, needs <= 50.00"),
+    ("passed", "Healthy", "waiting for GPTModel tiny to serve it"),
+    ("promoted", "Healthy", "served by GPTModel tiny"),
+])
+def test_finetunejob_health(world: World, state: str, status: str, says: str) -> None:
+    got = health("finetunejob", ftj_in(world, state))
+    assert got[0] == status and says in got[1], got
+
+
+def test_a_finetunejob_without_its_gptmodel_is_degraded(world: World) -> None:
+    world.model = None
+    settle(world, "ftj")
+    assert health("finetunejob", world.ftj) == ("Degraded", "GPTModel tiny not found in namespace ml")
+
+
+def test_an_edited_finetunejob_is_progressing_until_the_operator_saw_it(world: World) -> None:
+    ftj_in(world, "rejected")
+    world.ftj["metadata"]["generation"] += 1
+    assert health("finetunejob", world.ftj)[0] == "Progressing"
+
+
+def model_in(world: World, state: str) -> dict[str, Any]:
+    if state == "nothing to serve":
+        world.model["spec"]["source"] = {"scratch": {}}
+        settle(world, "model")
+        return world.model
+    settle(world, "model")
+    if state == "rolling out":
+        return world.model
+    world.roll_out()
+    settle(world, "model")
+    if state == "ready":
+        return world.model
+    world.finetunejobs["ft-1"] = passed_finetunejob("ft-1", promote=True)
+    settle(world, "model")
+    if state == "rolling out a revision":
+        return world.model
+    world.stall()
+    world.now = "2026-01-01T00:10:00Z"
+    world.apply_model(world.plan_model())
+    return world.model  # rolled back
+
+
+@pytest.mark.parametrize(("state", "status", "says"), [
+    ("nothing to serve", "Healthy", "nothing to serve yet"),
+    ("rolling out", "Progressing", "rolling out revision source"),
+    ("ready", "Healthy", "1/1 replicas available"),
+    ("rolling out a revision", "Progressing", "rolling out revision ft-1"),
+    ("rolled back", "Degraded", "revision ft-1 did not become Available"),
+])
+def test_gptmodel_health(world: World, state: str, status: str, says: str) -> None:
+    got = health("gptmodel", model_in(world, state))
+    assert got[0] == status and says in got[1], got
+
+
+def test_a_pin_that_cannot_be_served_is_degraded_and_the_new_generation_waits(world: World) -> None:
+    model_in(world, "ready")
+    world.model["spec"]["serving"]["revision"] = "nope"
+    world.model["metadata"]["generation"] = 2
+    assert health("gptmodel", world.model)[0] == "Progressing"  # not observed yet
+    settle(world, "model")
+    assert health("gptmodel", copy.deepcopy(world.model)) == (
+        "Degraded", "spec.serving.revision nope: there is no FineTuneJob nope in ml")
