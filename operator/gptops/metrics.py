@@ -12,7 +12,7 @@ DEFAULT_PORT = 8080
 
 RECONCILE_TOTAL = Counter(
     "gptops_reconcile_total",
-    "Reconcile passes, by kind and result (ok, wait, error).",
+    "Reconcile passes, by kind and result (ok, error).",
     ["kind", "result"],
 )
 RECONCILE_ERRORS_TOTAL = Counter(
@@ -27,8 +27,18 @@ RECONCILE_DURATION_SECONDS = Histogram(
 )
 FINETUNEJOBS = Gauge(
     "gptops_finetunejobs",
-    "FineTuneJobs known to this operator, by phase.",
-    ["phase"],
+    "FineTuneJobs known to this operator, by namespace and phase.",
+    ["namespace", "phase"],
+)
+STAGE_FAILURES_TOTAL = Counter(
+    "gptops_stage_failures_total",
+    "Stages that failed a FineTuneJob, by stage and condition reason (StageFailed, JobFailed, ResultMissing, ...).",
+    ["stage", "reason"],
+)
+GPTMODEL_CONDITION = Gauge(
+    "gptops_gptmodel_condition",
+    "1 when a GPTModel's condition (Ready, Progressing, Degraded) is True, else 0.",
+    ["namespace", "model", "condition"],
 )
 STAGE_DURATION_SECONDS = Histogram(
     "gptops_stage_duration_seconds",
@@ -43,11 +53,13 @@ EVALUATION_METRIC = Gauge(
 )
 PROMOTIONS_TOTAL = Counter(
     "gptops_promotions_total",
-    "FineTuneJobs promoted into their GPTModel's serving revision.",
+    "Changes of a GPTModel's served revision by promotion or pin.",
+    ["namespace", "model"],
 )
 ROLLBACKS_TOTAL = Counter(
     "gptops_rollbacks_total",
     "Serving revisions rolled back because the new one did not become Available in time.",
+    ["namespace", "model"],
 )
 SERVING_REVISION_INFO = Gauge(
     "gptops_serving_revision_info",
@@ -57,37 +69,58 @@ SERVING_REVISION_INFO = Gauge(
 
 _finetunejob_phases: dict[tuple[str, str], str] = {}
 _served: dict[tuple[str, str], str] = {}
-_phases_seen: set[str] = set()
+_phases_seen: set[tuple[str, str]] = set()
+#: uids of deleted FineTuneJobs: a pass that raced the delete must not count them again.
+_gone: set[str] = set()
 
 
-def record_finetunejob_phase(namespace: str, name: str, phase: str | None) -> None:
-    """Count a FineTuneJob under its current phase (None: it is gone)."""
+def record_finetunejob_phase(namespace: str, name: str, phase: str | None, uid: str = "") -> None:
+    """Count a FineTuneJob under its current phase (None: it is gone, for good when `uid` is given)."""
     key = (namespace, name)
     if phase is None:
         _finetunejob_phases.pop(key, None)
-    else:
+        if uid:
+            _gone.add(uid)
+    elif uid not in _gone:
         _finetunejob_phases[key] = phase
     counts = dict.fromkeys(_phases_seen, 0)
-    for value in _finetunejob_phases.values():
-        counts[value] = counts.get(value, 0) + 1
-    for value, count in counts.items():
-        _phases_seen.add(value)
-        FINETUNEJOBS.labels(phase=value).set(count)
+    for (ns, _), value in _finetunejob_phases.items():
+        counts[(ns, value)] = counts.get((ns, value), 0) + 1
+    for (ns, value), count in counts.items():
+        _phases_seen.add((ns, value))
+        FINETUNEJOBS.labels(namespace=ns, phase=value).set(count)
 
 
 def record_evaluation(namespace: str, name: str, numbers: dict[str, float]) -> None:
-    """Publish a FineTuneJob's evaluation numbers."""
+    """Publish a FineTuneJob's evaluation numbers, exactly these: a new revision's empty numbers clear the old."""
+    for metric in _evaluation_series(namespace, name) - set(numbers):
+        EVALUATION_METRIC.remove(namespace, name, metric)
     for metric, value in numbers.items():
         EVALUATION_METRIC.labels(namespace=namespace, finetunejob=name, metric=metric).set(value)
 
 
-def forget_finetunejob(namespace: str, name: str) -> None:
+def _evaluation_series(namespace: str, name: str) -> set[str]:
+    return {sample.labels["metric"] for metric in EVALUATION_METRIC.collect() for sample in metric.samples
+            if sample.labels.get("namespace") == namespace and sample.labels.get("finetunejob") == name}
+
+
+def forget_finetunejob(namespace: str, name: str, uid: str = "") -> None:
     """Drop the series of a deleted FineTuneJob."""
-    record_finetunejob_phase(namespace, name, None)
-    for metric in EVALUATION_METRIC.collect():
-        for sample in metric.samples:
-            if sample.labels.get("namespace") == namespace and sample.labels.get("finetunejob") == name:
-                EVALUATION_METRIC.remove(namespace, name, sample.labels["metric"])
+    record_finetunejob_phase(namespace, name, None, uid)
+    record_evaluation(namespace, name, {})
+
+
+def record_gptmodel_conditions(namespace: str, model: str, conditions: dict[str, bool] | None) -> None:
+    """Set a GPTModel's condition gauges (None: the model is gone, drop them)."""
+    for condition in ("Ready", "Progressing", "Degraded"):
+        if conditions is None:
+            try:
+                GPTMODEL_CONDITION.remove(namespace, model, condition)
+            except KeyError:
+                pass
+        else:
+            GPTMODEL_CONDITION.labels(namespace=namespace, model=model, condition=condition).set(
+                1 if conditions.get(condition) else 0)
 
 
 def record_serving_revision(namespace: str, model: str, revision: str | None) -> None:

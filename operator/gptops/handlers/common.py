@@ -88,6 +88,9 @@ def run_pass(
             decided = plan(obj, observe(obj))
             cluster.apply(decided.actions, body)
             cluster.patch_status(plural, namespace, name, decided.status)
+            for event in decided.events:  # each transition once: a rollback, a failed stage, a promotion
+                log.log(logging.WARNING if event.type == "Warning" else logging.INFO, "%s kind=%s namespace=%s "
+                        "name=%s reason=%s", event.message, kind, namespace, name, event.reason)
         result = "ok"
         return obj, decided
     finally:

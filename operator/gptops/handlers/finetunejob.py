@@ -20,6 +20,7 @@ from gptops.api.constants import (
     STAGES,
     VERSION,
 )
+from gptops.api.conditions import FAILED, TRUE
 from gptops.api.finetunejob import FineTuneJob
 from gptops.handlers import common
 from gptops.handlers.settings import HANDLER_LIMITS
@@ -38,11 +39,11 @@ def reconcile(name: str, namespace: str, **_: Any) -> None:
 
 
 @kopf.on.event(*RESOURCE)
-def tracked(type: str, name: str, namespace: str, **_: Any) -> None:
+def tracked(type: str, name: str, namespace: str, uid: str, **_: Any) -> None:
     """Keep the resync loop's list current; drop a deleted FineTuneJob's metric series."""
     common.track(KIND_FINETUNEJOB, type, namespace, name)
     if type == "DELETED":
-        metrics.forget_finetunejob(namespace, name)
+        metrics.forget_finetunejob(namespace, name, uid)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILDREN)
@@ -73,10 +74,17 @@ def one_pass(namespace: str, name: str) -> list[common.Key]:
 
 
 def _record(ftj: FineTuneJob, before: dict[str, Any], status: dict[str, Any]) -> None:
-    metrics.record_finetunejob_phase(ftj.namespace, ftj.name, status.get("phase"))
+    metrics.record_finetunejob_phase(ftj.namespace, ftj.name, status.get("phase"), ftj.metadata.uid)
     numbers = {k: v for k, v in (status.get("metrics") or {}).items() if v is not None}
-    if numbers:
-        metrics.record_evaluation(ftj.namespace, ftj.name, numbers)
+    metrics.record_evaluation(ftj.namespace, ftj.name, numbers)
+    failed = next((c for c in status.get("conditions") or () if c["type"] == FAILED and c["status"] == TRUE), None)
+    was = next((c for c in before.get("conditions") or () if c["type"] == FAILED), {})
+    if failed is not None and was.get("status") != TRUE:
+        stage_of = {"Prepared": "prepare", "Trained": "train", "Evaluated": "evaluate"}
+        stage = next((stage_of[c["type"]] for c in status["conditions"] if c["type"] in stage_of
+                      and c.get("reason") == failed.get("reason") and not c.get("message", "").startswith("not run")),
+                     "spec")
+        metrics.STAGE_FAILURES_TOTAL.labels(stage=stage, reason=failed.get("reason", "")).inc()
     for stage in STAGES:
         old = (before.get("stages") or {}).get(stage) or {}
         new = (status.get("stages") or {}).get(stage) or {}

@@ -45,6 +45,7 @@ def tracked(type: str, name: str, namespace: str, **_: Any) -> None:
     common.track(KIND_GPTMODEL, type, namespace, name)
     if type == "DELETED":
         metrics.record_serving_revision(namespace, name, None)
+        metrics.record_gptmodel_conditions(namespace, name, None)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILDREN)
@@ -63,9 +64,13 @@ def one_pass(namespace: str, name: str) -> list[common.Key]:
         return []
     model, plan = done
     rolled_back = any(e.reason == Reason.ROLLED_BACK for e in plan.events)
+    ns = model.namespace
     if rolled_back:
-        metrics.ROLLBACKS_TOTAL.inc()
-    metrics.PROMOTIONS_TOTAL.inc(sum(e.reason == Reason.PROMOTED for e in plan.events))
+        metrics.ROLLBACKS_TOTAL.labels(namespace=ns, model=model.name).inc()
+    metrics.PROMOTIONS_TOTAL.labels(namespace=ns, model=model.name).inc(
+        sum(e.reason == Reason.PROMOTED for e in plan.events))
+    metrics.record_gptmodel_conditions(ns, model.name, {c["type"]: c["status"] == "True"
+                                                        for c in plan.status.get("conditions") or ()})
     revision = plan.status["servingRevision"] if "servingArtifact" in plan.status else model.status.serving_revision
     serving = plan.status.get("endpoint") is not None
     metrics.record_serving_revision(model.namespace, model.name, (revision or "source") if serving else None)

@@ -19,6 +19,8 @@ def run_operator(namespaces: Sequence[str], *, all_namespaces: bool, metrics_por
         raise ValueError("--namespace and --all-namespaces exclude each other")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # kopf says "Handler ... succeeded" for every watch event; our passes log what changed
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import gptops.handlers  # noqa: F401  (registers the handlers)
 
     metrics.serve(metrics_port)
