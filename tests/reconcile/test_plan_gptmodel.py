@@ -255,10 +255,45 @@ def test_a_spec_change_updates_the_deployment_in_place(world: World) -> None:
     plan = world.plan_model()
     [apply] = plan.changes
     assert apply.manifest["spec"]["replicas"] == 3
-    assert ANNOTATION_ROLLOUT_STARTED not in apply.manifest["metadata"]["annotations"]
+    annotations = apply.manifest["metadata"]["annotations"]
+    assert annotations[ANNOTATION_ROLLOUT_STARTED] == world.now and annotations["gptops.io/rollout-of"] == "spec"
     assert plan.status["observedGeneration"] == 2
     world.apply_model(plan)
     assert settle(world, "model").changes == ()
+    assert conditions(world.model["status"])["Progressing"]["status"] == "True"
+    world.roll_out()
+    settle(world, "model")
+    assert ANNOTATION_ROLLOUT_STARTED not in world.deployment.annotations  # watched until it was rolled out
+
+
+def test_a_broken_change_to_the_served_revisions_spec_is_degraded_not_rolled_back(world: World) -> None:
+    world.model["status"] = dict(PROMOTED)
+    settle(world, "model")
+    world.roll_out()
+    settle(world, "model")
+    world.model["spec"]["serving"]["resources"] = {"gpus": 64}  # no node has that many: its Pods never schedule
+    world.model["metadata"]["generation"] = 2
+    settle(world, "model")
+    world.stall()
+    world.now = LATER
+    plan = world.plan_model()
+    cond = conditions(plan.status)
+    assert cond["Degraded"]["status"] == "True" and cond["Degraded"]["reason"] == "RolloutDeadlineExceeded"
+    assert "the change to spec.serving (generation 2)" in cond["Degraded"]["message"]
+    assert cond["Progressing"]["status"] == "False"
+    assert "servingRevision" not in plan.status  # ft-1 stays served: rolling back would not fix the spec
+    assert [e.type for e in plan.events if e.reason == "RolloutDeadlineExceeded"].count("Warning") == 1
+    world.apply_model(plan)
+
+    # Fixed: a new rollout of the same revision, watched anew; Degraded clears.
+    world.model["spec"]["serving"]["resources"] = {"gpus": 1}
+    world.model["metadata"]["generation"] = 3
+    world.apply_model(world.plan_model())
+    assert conditions(world.model["status"])["Degraded"]["status"] == "False"
+    world.roll_out()
+    settle(world, "model")
+    assert conditions(world.model["status"])["Progressing"]["reason"] == "RolloutComplete"
+    assert revision(world) == "ft-1"
 
 
 def test_the_service_is_recreated_when_missing(world: World) -> None:

@@ -46,6 +46,9 @@ ANNOTATION_ROLLOUT_STARTED = f"{GROUP}/rollout-started"
 ANNOTATION_ROLLED_BACK_FROM = f"{GROUP}/rolled-back-from"
 ANNOTATION_ROLLED_BACK_ARTIFACT = f"{GROUP}/rolled-back-artifact"
 ANNOTATION_ROLLED_BACK_ADAPTER = f"{GROUP}/rolled-back-adapter"
+#: "spec" while the rollout under watch is a change of spec.serving on the same revision (never rolled back).
+ANNOTATION_ROLLOUT_OF = f"{GROUP}/rollout-of"
+ROLLOUT_OF_SPEC = "spec"
 #: The GPTModel's generation when it rolled back: a later spec change (a fixed cause, a changed pin) retries.
 ANNOTATION_ROLLED_BACK_GENERATION = f"{GROUP}/rolled-back-generation"
 ANNOTATION_ROLLBACK_REASON = f"{GROUP}/rollback-reason"
@@ -105,7 +108,13 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     complete = same and dep is not None and _rollout_complete(dep)
     failure = _rollout_failure(model, dep, now) if same and dep is not None and not complete else None
     previous = _previous(serving)
-    if failure is not None and previous is not None and not previous.same_files(served):
+    kept = dep.annotations if same and dep is not None else {}
+    # A change of spec.serving on the same revision is a rollout too: watched, but never "fixed" by rolling back to
+    # another revision (the same spec would break that one as well). It is Degraded until the spec is fixed.
+    in_place = same and kept.get(ANNOTATION_SPEC_HASH) != _deployment(model, served, started=None)[
+        "metadata"]["annotations"][ANNOTATION_SPEC_HASH]
+    of_spec = in_place or (same and not complete and kept.get(ANNOTATION_ROLLOUT_OF) == ROLLOUT_OF_SPEC)
+    if failure is not None and previous is not None and not previous.same_files(served) and not of_spec:
         back = previous.revision or SOURCE_REVISION
         serving.update(serving_status(previous, None))
         # The way back is not watched: there is nothing further to roll back to.
@@ -122,14 +131,14 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
         return _finish(model, observed, actions, serving, pin_note, wants, endpoint=model.endpoint(),
                        ready_replicas=dep.ready_replicas if dep else 0)
 
-    # A new revision is watched from now until it is rolled out; the same revision keeps its watch (or none).
-    kept = dep.annotations if same and dep is not None else {}
+    # A new revision, or a new spec, is watched from now until it is rolled out; else the watch goes on (or none).
     desired = _deployment(
         model, served,
-        started=None if complete else kept.get(ANNOTATION_ROLLOUT_STARTED) if same else now,
+        started=now if not same or in_place else None if complete else kept.get(ANNOTATION_ROLLOUT_STARTED),
         rolled_back=rolled_back if same else None,
         rollback_reason=kept.get(ANNOTATION_ROLLBACK_REASON),
         rolled_back_generation=model.metadata.generation if rolled_back is not None else None,
+        rollout_of=ROLLOUT_OF_SPEC if of_spec else None,
     )
     if not observed.service:
         actions.append(CreateChild(build_service(model)))
@@ -144,6 +153,13 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     if not same:
         progressing = Want(PROGRESSING, TRUE, Reason.ROLLOUT_IN_PROGRESS, f"rolling out revision {revision}")
         degraded = _degraded(desired["metadata"]["annotations"])
+    elif failure is not None and of_spec:
+        progressing = Want(PROGRESSING, FALSE, Reason.ROLLOUT_DEADLINE_EXCEEDED,
+                           f"the change to spec.serving did not become Available ({failure})")
+        degraded = Want(DEGRADED, TRUE, Reason.ROLLOUT_DEADLINE_EXCEEDED,
+                        f"the change to spec.serving (generation {model.metadata.generation}) did not become "
+                        f"Available ({failure}); revision {revision} is still served by the Pods that were; fix "
+                        "spec.serving")
     elif failure is not None:
         progressing = Want(PROGRESSING, FALSE, Reason.ROLLOUT_DEADLINE_EXCEEDED,
                            f"revision {revision} did not become Available ({failure})")
@@ -204,18 +220,18 @@ def spec_hash(manifest: dict[str, Any]) -> str:
 
 _OURS = (ANNOTATION_SPEC_HASH, ANNOTATION_ROLLOUT_STARTED, ANNOTATION_ROLLED_BACK_FROM,
          ANNOTATION_ROLLED_BACK_ARTIFACT, ANNOTATION_ROLLED_BACK_ADAPTER, ANNOTATION_ROLLED_BACK_GENERATION,
-         ANNOTATION_ROLLBACK_REASON)
+         ANNOTATION_ROLLBACK_REASON, ANNOTATION_ROLLOUT_OF)
 
 
 def _deployment(model: GPTModel, served: ServedRevision, *, started: str | None,
                 rolled_back: ServedRevision | None = None, rollback_reason: str | None = None,
-                rolled_back_generation: int | None = None) -> dict[str, Any]:
+                rolled_back_generation: int | None = None, rollout_of: str | None = None) -> dict[str, Any]:
     """The builders' Deployment plus the rollout bookkeeping annotations (absent ones are removed by the apply)."""
     manifest = build_deployment(model, served)
     annotations = manifest["metadata"].setdefault("annotations", {})
     annotations[ANNOTATION_SPEC_HASH] = spec_hash(manifest)
     back = rolled_back
-    for key, value in ((ANNOTATION_ROLLOUT_STARTED, started),
+    for key, value in ((ANNOTATION_ROLLOUT_STARTED, started), (ANNOTATION_ROLLOUT_OF, rollout_of if started else None),
                        (ANNOTATION_ROLLED_BACK_FROM, (back.revision or SOURCE_REVISION) if back else None),
                        (ANNOTATION_ROLLED_BACK_ARTIFACT, back.model if back else None),
                        (ANNOTATION_ROLLED_BACK_ADAPTER, back.adapter if back else None),
