@@ -114,6 +114,8 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     in_place = same and kept.get(ANNOTATION_SPEC_HASH) != _deployment(model, served, started=None)[
         "metadata"]["annotations"][ANNOTATION_SPEC_HASH]
     of_spec = in_place or (same and not complete and kept.get(ANNOTATION_ROLLOUT_OF) == ROLLOUT_OF_SPEC)
+    if in_place:
+        failure = None  # what failed was the spec before this one: the new one gets its own watch
     if failure is not None and previous is not None and not previous.same_files(served) and not of_spec:
         back = previous.revision or SOURCE_REVISION
         serving.update(serving_status(previous, None))
