@@ -1,5 +1,5 @@
 """The stage-result contract as the operator reads it: what the pipeline writes (gptops.pipeline.result.render, the
-writer production uses) parses back, within the 4 KiB a termination message keeps, and garbage around it is tolerated."""
+writer production uses) parses back, within the 4 KiB a termination message keeps, with garbage around it."""
 
 import json
 

@@ -1,7 +1,7 @@
 """`gptops run FILE`: the command around gptops.local.runner: progress, the final tables, serving, asking, exit codes.
 
 Exit codes: 0 passed (and served, unless --no-serve), 1 a stage or the server failed, 2 the spec file is unusable,
-3 the gate rejected the model, 130 interrupted (Ctrl-C or SIGTERM) before the gate.
+3 the gate rejected the model, 130 interrupted (Ctrl-C, SIGINT or SIGTERM) before the gate or before the server was up.
 """
 
 from __future__ import annotations
