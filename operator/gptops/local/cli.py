@@ -141,6 +141,7 @@ def _start_server(file: Path, target: ModelState, note: str, options: Options, o
                   port: int, threads: int) -> tuple[Server, dict[str, Any]]:
     """Step 5: the promoted revision served on 127.0.0.1 (a LoRA revision merged into its base first)."""
     from gptops import serve as serving
+    from gptops.pipeline.errors import PipelineError
 
     log = options.runs_dir / "_serve" / f"{target.name}.log"
     with out.console.status(f"starting the server for GPTModel {target.name} ({note})"):
@@ -150,7 +151,7 @@ def _start_server(file: Path, target: ModelState, note: str, options: Options, o
                                      vllm=_serving_settings(file, target.name), port=port)
             server = serving.start(spec, engine=engine, log=log, workdir=options.runs_dir / "_serve",
                                    threads=threads)
-        except (RuntimeError, OSError, ValueError) as e:
+        except (RuntimeError, OSError, ValueError, PipelineError) as e:  # PipelineError: the LoRA merge
             out.error("serving failed", e)
             out.finish(EXIT_FAILED, str(e))
         except KeyboardInterrupt:
