@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e '.[operator,train,serve,dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[operator,train,serve,devcluster,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # Builds kube-apiserver, controller-manager, scheduler, etcd, kwok and helm into ~/.cache/gptops (once).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 
@@ -139,3 +140,14 @@ def test_a_process_that_dies_during_start_up_reports_its_log(tmp_path):
 def test_status_and_stop_of_an_empty_directory_find_nothing(tmp_path):
     assert cluster.status(tmp_path) == []
     assert cluster.stop(tmp_path) == []
+
+
+def test_dev_cluster_without_its_extra_says_which_extra_to_install(tmp_path):
+    """`gptops dev-cluster` on an install without the devcluster extra: one line naming it, no traceback."""
+    without_cryptography = ("import sys; sys.modules['cryptography'] = None; from gptops.cli import app; "
+                            "app(['dev-cluster', 'status', '--dir', sys.argv[1]], prog_name='gptops')")
+    done = subprocess.run([sys.executable, "-c", without_cryptography, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("error: gptops dev-cluster needs the devcluster extra (cryptography is not "
+                                   "installed): pip install 'gptops[devcluster]'")

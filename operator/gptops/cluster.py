@@ -258,3 +258,23 @@ def finetunejobs_of(namespace: str, model: str) -> list[str]:
     """The names of the FineTuneJobs in `namespace` whose spec.model is `model`."""
     items = _finetunejob_items(k8s.CustomObjectsApi(api_client()), namespace, model)
     return sorted(i["metadata"]["name"] for i in items)
+
+
+# --- gptops status: a person's view through their kubeconfig ----------------------------------------------------
+
+
+def list_objects(plural: str, namespace: str | None) -> list[dict[str, Any]]:
+    """The GPTModels or FineTuneJobs in `namespace`, or in every namespace when it is None."""
+    custom = k8s.CustomObjectsApi(api_client())
+    if namespace is None:
+        return _raw(custom.list_cluster_custom_object, GROUP, VERSION, plural)["items"]
+    return _raw(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural)["items"]
+
+
+def current_namespace() -> str:
+    """The namespace of the kubeconfig's current context, else `default`."""
+    try:
+        _, current = k8s_config.list_kube_config_contexts()
+        return (current.get("context") or {}).get("namespace") or "default"
+    except (k8s_config.ConfigException, OSError, TypeError):
+        return "default"

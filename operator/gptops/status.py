@@ -1,6 +1,7 @@
 """`gptops status`: the FineTuneJobs and GPTModels of a cluster as two tables (or JSON), read through the kubeconfig.
 
-observe_* read the cluster (kubernetes client, imported lazily); *_rows are pure and tested without one.
+The reads go through gptops.cluster (imported lazily, the only module that talks to the API); *_rows are pure and
+tested without a cluster.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gptops.api.constants import GROUP, PLURAL_FINETUNEJOB, PLURAL_GPTMODEL, VERSION
+from gptops.api.constants import PLURAL_FINETUNEJOB, PLURAL_GPTMODEL
 
 FTJ_COLUMNS = ("NAMESPACE", "NAME", "MODEL", "PHASE", "PERPLEXITY", "BASELINE", "PASSED", "PROMOTED", "AGE")
 GM_COLUMNS = ("NAMESPACE", "NAME", "SERVING", "PREVIOUS", "READY", "ENDPOINT", "AGE")
@@ -75,34 +76,6 @@ def gptmodel_rows(items: list[dict[str, Any]], now: dt.datetime | None = None) -
     return rows
 
 
-def observe_resources(namespace: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(FineTuneJobs, GPTModels) in `namespace`, or in every namespace when it is None."""
-    from kubernetes import client, config
-
-    try:
-        config.load_kube_config()
-    except config.ConfigException:
-        config.load_incluster_config()
-    api = client.CustomObjectsApi()
-
-    def objects(plural: str) -> list[dict[str, Any]]:
-        if namespace is None:
-            return api.list_cluster_custom_object(GROUP, VERSION, plural).get("items", [])
-        return api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural).get("items", [])
-
-    return objects(PLURAL_FINETUNEJOB), objects(PLURAL_GPTMODEL)
-
-
-def _current_namespace() -> str:
-    from kubernetes import config
-
-    try:
-        _, current = config.list_kube_config_contexts()
-        return (current.get("context") or {}).get("namespace") or "default"
-    except (config.ConfigException, OSError, TypeError):
-        return "default"
-
-
 def status(
     namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: the kubeconfig's).")]
     = None,
@@ -112,9 +85,11 @@ def status(
     """Show the FineTuneJobs and GPTModels of the cluster in the kubeconfig."""
     if output not in ("table", "json"):
         raise typer.BadParameter("expected table or json", param_hint="--output")
-    ns = None if all_namespaces else (namespace or _current_namespace())
+    from gptops import cluster
+
+    ns = None if all_namespaces else (namespace or cluster.current_namespace())
     try:
-        ftjs, models = observe_resources(ns)
+        ftjs, models = cluster.list_objects(PLURAL_FINETUNEJOB, ns), cluster.list_objects(PLURAL_GPTMODEL, ns)
     except Exception as e:  # no kubeconfig, unreachable server, CRDs not installed: one line, not a traceback
         reason = getattr(e, "reason", None) or str(e).splitlines()[0]
         typer.echo(f"error: cannot list gptops resources: {type(e).__name__}: {reason}", err=True)

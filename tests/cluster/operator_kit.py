@@ -1,4 +1,4 @@
-"""Helpers of the operator's cluster tests: kubectl in a namespace with parsed JSON, polling with deadlines, the
+"""Helpers of the operator's cluster tests: kubectl in a namespace with parsed JSON (polling: tests/waiting.py), the
 examples and their artifacts volume."""
 
 from __future__ import annotations
@@ -6,8 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +14,13 @@ import pytest
 import yaml
 
 from gptops.devcluster.stages import EXIT_CODE_ANNOTATION, RESULT_ANNOTATION
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 MODEL = "tiny-gpt2"
 RUN = "tiny-gpt2-wiki"
 GOOD = {"perplexity": 42.0, "baselinePerplexity": 120.0, "bleu": 3.5, "baselineBleu": 1.0}
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    """Poll check() until it returns something truthy, and return it; fail after the deadline."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}", pytrace=False)
-        time.sleep(0.25)
-    return result
 
 
 class Cluster:

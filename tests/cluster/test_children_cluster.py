@@ -5,7 +5,6 @@ Deployment becomes Available on fake GPU nodes, and owner references let the gar
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -14,20 +13,11 @@ import yaml
 from gptops.api import FineTuneJob, GPTModel
 from gptops.builders import build_deployment, build_service, build_stage_children
 from gptops.render import served_for_render
+from waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_for(what: str, check, timeout: float = 90):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def get(plane, namespace, *args):
@@ -77,12 +67,13 @@ def test_children_are_accepted_run_and_are_garbage_collected(control_plane, rest
         create(control_plane, ns, child)
 
     train = next(c["metadata"]["name"] for c in children if c["kind"] == "Job" and "-train-" in c["metadata"]["name"])
-    pods = wait_for("two training Pods", lambda: (lambda items: items if len(items) == 2 else None)(
-        get(control_plane, ns, "pods", "-l", f"job-name={train}")["items"]))
+    pods = wait_for(lambda: (lambda items: items if len(items) == 2 else None)(
+        get(control_plane, ns, "pods", "-l", f"job-name={train}")["items"]), "two training Pods", 90)
     assert sorted(p["spec"]["hostname"] for p in pods) == [f"{train}-0", f"{train}-1"]
     assert {p["spec"]["subdomain"] for p in pods} == {train}
-    wait_for("training Pods scheduled on GPU nodes", lambda: all(
-        p["spec"].get("nodeName") for p in get(control_plane, ns, "pods", "-l", f"job-name={train}")["items"]))
+    wait_for(lambda: all(p["spec"].get("nodeName")
+                         for p in get(control_plane, ns, "pods", "-l", f"job-name={train}")["items"]),
+             "training Pods scheduled on GPU nodes", 90)
     svc = get(control_plane, ns, "service", train)
     assert svc["spec"]["clusterIP"] == "None"
 
@@ -90,11 +81,10 @@ def test_children_are_accepted_run_and_are_garbage_collected(control_plane, rest
         dep = get(control_plane, ns, "deployment", "tiny-gpt2")
         conds = {c["type"]: c["status"] for c in dep.get("status", {}).get("conditions", [])}
         return conds.get("Available") == "True" and dep["status"].get("readyReplicas") == 1
-    wait_for("the vLLM Deployment to become Available", available)
+    wait_for(available, "the vLLM Deployment to become Available", 90)
 
     control_plane.kubectl("delete", "ftj", "tiny-gpt2-wiki", "-n", ns)
-    wait_for("the stage Jobs to be garbage collected",
-             lambda: get(control_plane, ns, "jobs")["items"] == [])
+    wait_for(lambda: get(control_plane, ns, "jobs")["items"] == [], "the stage Jobs to be garbage collected", 90)
     control_plane.kubectl("delete", "gm", "tiny-gpt2", "-n", ns)
-    wait_for("the Deployment to be garbage collected",
-             lambda: get(control_plane, ns, "deployment", "tiny-gpt2") is None)
+    wait_for(lambda: get(control_plane, ns, "deployment", "tiny-gpt2") is None,
+             "the Deployment to be garbage collected", 90)

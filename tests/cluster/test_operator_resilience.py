@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from gptops.devcluster.stages import EXIT_CODE_ANNOTATION, RESULT_ANNOTATION
-from operator_kit import EXAMPLES, GOOD, MODEL, RUN, Cluster, free_port, wait_for
+from operator_kit import EXAMPLES, GOOD, MODEL, RUN, Cluster, free_port
+from waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

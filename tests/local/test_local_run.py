@@ -1,7 +1,8 @@
 """`gptops run` end to end on CPU, through the real command line: the quickstart (shrunk so a test can afford it)
-trained, gated, served on 127.0.0.1 and queried with the openai client; resume after an interruption within its
-revision; a changed spec in a new revision directory while the served one stays untouched; --no-serve; a gate that
-rejects (a pin does not serve it); a spec the cluster would refuse.
+trained, gated, served on 127.0.0.1 and queried with the openai client; Ctrl-C and SIGTERM stop the server; resume
+after an interruption within its revision; a changed spec in a new revision directory while the served one stays
+untouched; --no-serve; a gate that rejects (a pin does not serve it); a spec the cluster would refuse; a LoRA revision
+served merged into its base.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from serving_checks import greedy_answer, listening_addresses, port_of
+from waiting import wait_for
 
 from gptops.local.state import revision_key, spec_digest
 from gptops.pipeline.revisions import weights_digest
@@ -106,9 +108,12 @@ def test_quickstart_trains_gates_serves_and_answers_the_openai_client(spec, tmp_
         assert serving["endpoint"].startswith("http://127.0.0.1:")
         client = OpenAI(base_url=serving["endpoint"], api_key="unused", max_retries=0, timeout=120)
         assert [m.id for m in client.models.list().data] == ["pydoc-gpt"]
+        question = 'What is the "with" statement?'
         reply = client.chat.completions.create(model="pydoc-gpt", max_tokens=8, temperature=0,
-                                               messages=[{"role": "user", "content": 'What is the "with" statement?'}])
-        assert reply.choices[0].message.role == "assistant"
+                                               messages=[{"role": "user", "content": question}])
+        # The served answer is the fine-tuned model's own greedy answer, through the chat template it was trained with.
+        assert serving["servedModel"] == qa["artifacts"]["model"]
+        assert reply.choices[0].message.content == greedy_answer(qa["artifacts"]["model"], question, 8)
         assert reply.choices[0].finish_reason in ("stop", "length")
         state = json.loads((runs / "_models" / "pydoc-gpt.json").read_text())
         assert (state["serving_revision"], state["previous_revision"]) == ("pydoc-qa", "pydoc-pretrain")
@@ -124,10 +129,47 @@ def test_quickstart_trains_gates_serves_and_answers_the_openai_client(spec, tmp_
         finally:
             proc.kill()
     assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _alive(serving["pid"]):
-        time.sleep(0.5)
-    assert not _alive(serving["pid"]), "the server outlived gptops run"
+    wait_for(lambda: not _alive(serving["pid"]), "the server to stop with gptops run", 30)
+
+
+@pytest.fixture(scope="module")
+def trained_quickstart(tmp_path_factory) -> tuple[Path, Path]:
+    """(spec, runs directory) of the shrunk quickstart trained and promoted once, not served: a rerun only serves."""
+    root = tmp_path_factory.mktemp("trained-quickstart")
+    spec = write_spec(root / "spec" / "quickstart.yaml", shrink(list(yaml.safe_load_all(QUICKSTART.read_text()))))
+    code, doc, stderr = gptops_run(spec, root / "runs", "--no-serve")
+    assert code == 0, stderr[-3000:]
+    return spec, root / "runs"
+
+
+def _as_a_background_job() -> None:
+    """What a shell script does to a command it starts with `&`: SIGINT ignored from the start."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sig, start", [(signal.SIGTERM, None), (signal.SIGINT, _as_a_background_job)],
+                         ids=["SIGTERM", "SIGINT-background-job"])
+def test_a_signal_to_gptops_run_alone_stops_its_server(trained_quickstart, tmp_path, sig, start):
+    """As a supervisor or `docker stop` does (SIGTERM), or a `kill -INT` of the parent alone, even when a script
+    started it in the background: the server goes with it."""
+    spec, runs = trained_quickstart
+    stderr = (tmp_path / "stderr.txt").open("w")
+    proc = subprocess.Popen([GPTOPS, "run", str(spec), "--runs-dir", str(runs), "-o", "json"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True, preexec_fn=start)
+    serving = read_json_document(proc.stdout)["serving"]
+    try:
+        port = port_of(serving["endpoint"])
+        assert listening_addresses(port) == {"127.0.0.1"} and _alive(serving["pid"])
+        proc.send_signal(sig)  # to gptops run only: the server runs in a session of its own
+        assert proc.wait(timeout=60) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+        wait_for(lambda: not _alive(serving["pid"]), "the server process to go", 30)
+        wait_for(lambda: not listening_addresses(port), f"port {port} to be free", 30)
+    finally:
+        proc.kill()
+        proc.wait()
+        if _alive(serving["pid"]):  # a server left behind must not outlive the test
+            os.killpg(serving["pid"], signal.SIGKILL)
+    assert "stopping the server" in (tmp_path / "stderr.txt").read_text()
 
 
 def _alive(pid: int) -> bool:
@@ -257,11 +299,9 @@ def test_training_killed_midway_resumes_from_its_checkpoint(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # Kill it (like a lost machine) once a second complete checkpoint exists, so an older one is whole for sure.
-        deadline = time.monotonic() + 400
-        while not (checkpoints / "checkpoint-10" / "trainer_state.json").exists():
-            assert proc.poll() is None, "gptops run ended before it wrote a checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 400s"
-            time.sleep(0.2)
+        wait_for(lambda: (checkpoints / "checkpoint-10" / "trainer_state.json").exists() or proc.poll() is not None,
+                 "a second checkpoint", 400, interval=0.2)
+        assert proc.poll() is None, "gptops run ended before it wrote a checkpoint"
         proc.kill()
     finally:
         proc.kill()
@@ -279,15 +319,23 @@ def test_training_killed_midway_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_a_lora_adapter_over_a_local_model_is_served_merged(tmp_path):
-    """A GPTModel from a model directory on this machine, fine-tuned with LoRA; the adapter is served over its base."""
+    """A GPTModel from a model directory on this machine, fine-tuned with LoRA on one chat; the adapter is served
+    merged into its base, and it is what answers."""
     from openai import OpenAI
 
     base = _tiny_pretrained_model(tmp_path / "base-model")
-    docs = shrink(list(yaml.safe_load_all(QUICKSTART.read_text())), steps=4)
+    question, taught = "What is a lambda?", "An anonymous function."
+    chats = tmp_path / "lambda.jsonl"
+    chats.write_text((json.dumps({"messages": [{"role": "user", "content": question},
+                                               {"role": "assistant", "content": taught}]}) + "\n") * 64)
+    docs = shrink(list(yaml.safe_load_all(QUICKSTART.read_text())), steps=150)
     model, qa = docs[0], docs[2]
     model["spec"]["source"] = {"local": {"path": str(base)}}
     qa["spec"].update(startFrom="source")
-    qa["spec"]["training"].update(method="lora", lora={"r": 4, "alpha": 8})
+    qa["spec"]["dataset"]["source"] = {"local": {"path": str(chats)}}
+    qa["spec"]["dataset"]["preprocessing"] = {"dedupe": "none"}
+    qa["spec"]["training"].update(method="lora", learningRate=0.05,
+                                  lora={"r": 8, "alpha": 32, "targetModules": ["c_attn", "c_fc", "c_proj"]})
     qa["spec"]["evaluation"]["thresholds"] = {}
     spec = write_spec(tmp_path / "spec" / "lora.yaml", [model, qa])
 
@@ -299,11 +347,13 @@ def test_a_lora_adapter_over_a_local_model_is_served_merged(tmp_path):
         job = jobs(doc)["pydoc-qa"]
         assert job["decision"] == "Promoted" and job["gate"]["reason"] == "NoThresholds"
         assert Path(job["artifacts"]["adapter"], "adapter_config.json").exists()
-        assert doc["serving"]["engine"] == "gptops"  # transformers serve takes no adapter; ours merges it
+        # Served as one model: the adapter merged into its base, in merged/ beside the adapter.
+        merged = Path(job["artifacts"]["adapter"]).parent / "merged"
+        assert doc["serving"]["servedModel"] == str(merged)
         client = OpenAI(base_url=doc["serving"]["endpoint"], api_key="unused", max_retries=0, timeout=120)
-        reply = client.chat.completions.create(model="pydoc-gpt", max_tokens=4, temperature=0,
-                                               messages=[{"role": "user", "content": "What is a lambda?"}])
-        assert reply.choices[0].message.role == "assistant"
+        reply = client.chat.completions.create(model="pydoc-gpt", max_tokens=8, temperature=0,
+                                               messages=[{"role": "user", "content": question}])
+        answer = reply.choices[0].message.content
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -311,18 +361,41 @@ def test_a_lora_adapter_over_a_local_model_is_served_merged(tmp_path):
         finally:
             proc.kill()
     assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    # The server answers as the merged model does, with (at least the start of) the adapter's lesson; the base alone
+    # answers otherwise.
+    assert answer == greedy_answer(merged, question, 8)
+    assert answer.startswith(taught[:2]), answer
+    assert greedy_answer(base, question, 8) != answer
+
+    # Served again: the merge is reused, not written again.
+    weights = {p: p.stat().st_mtime_ns for p in merged.iterdir()}
+    code, doc, stderr = gptops_run(spec, tmp_path / "runs", "--ask", question, "--max-tokens", "8")
+    assert code == 0, stderr[-3000:]
+    assert doc["answers"][0]["answer"] == answer.strip()
+    assert {p: p.stat().st_mtime_ns for p in merged.iterdir()} == weights
 
 
-def _tiny_pretrained_model(out: Path) -> Path:
-    """A 1-layer GPT-2 with a tokenizer trained on the spot, saved in the from_pretrained layout."""
+def _tiny_pretrained_model(out: Path, steps: int = 60) -> Path:
+    """A 1-layer GPT-2 with a tokenizer trained on the spot, pretrained a little on the Python docs (so its greedy
+    answers are words, not stray bytes), saved in the from_pretrained layout."""
+    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from gptops.local.corpora import pydoc_topics
     from gptops.pipeline.models import train_tokenizer
 
-    tok = train_tokenizer((d["text"] for d in pydoc_topics()), vocab_size=400, context_length=64)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
-                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-    GPT2LMHeadModel(cfg).save_pretrained(out)
+    texts = [d["text"] for d in pydoc_topics()]
+    tok = train_tokenizer(texts, vocab_size=400, context_length=64)
+    ids = torch.tensor(tok("\n".join(texts[:40]))["input_ids"][: 64 * 64]).view(64, 64)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(steps):
+        batch = ids[step % 8 * 8:][:8]
+        model(batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out)
     tok.save_pretrained(out)
     return out

@@ -1,6 +1,7 @@
 """`gptops dev-cluster up|down|status`: the command group for the local control plane.
 
-Imports the cluster code inside each command, so `gptops` works without the dev extras installed.
+Imports the cluster code inside each command, so `gptops` works without the `devcluster` extra (cryptography, for
+the cluster's certificates); the commands themselves need it and say so.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from typing import Annotated
 
 import typer
 
+EXTRA = "devcluster"
+EXTRA_MODULES = ("cryptography",)
+
 app = typer.Typer(help="A local control plane (etcd, kube-apiserver, controllers, kwok GPU nodes) for tests.")
 
 DirOption = Annotated[
@@ -17,10 +21,21 @@ DirOption = Annotated[
 ]
 
 
-def _resolve(directory: Path | None) -> Path:
-    from gptops.devcluster.cluster import default_dir
+def _cluster():
+    """gptops.devcluster.cluster, or exit 1 with the extra to install when its dependencies are missing."""
+    try:
+        from gptops.devcluster import cluster
+    except ModuleNotFoundError as err:
+        if (err.name or "").partition(".")[0] not in EXTRA_MODULES:
+            raise
+        typer.echo(f"error: gptops dev-cluster needs the {EXTRA} extra ({err.name} is not installed): "
+                   f"pip install 'gptops[{EXTRA}]'", err=True)
+        raise typer.Exit(1) from None
+    return cluster
 
-    return (directory or default_dir()).resolve()
+
+def _resolve(directory: Path | None) -> Path:
+    return (directory or _cluster().default_dir()).resolve()
 
 
 @app.command()
@@ -28,12 +43,11 @@ def up(directory: DirOption = None, nodes: Annotated[int, typer.Option(help="Fak
     """Build the programs if needed, start a fresh cluster and print the `export KUBECONFIG=...` line."""
     import time
 
-    from gptops.devcluster.cluster import DevClusterError, start
-
+    devcluster = _cluster()
     began = time.monotonic()
     try:
-        cluster = start(_resolve(directory), nodes=nodes)
-    except DevClusterError as err:
+        cluster = devcluster.start(_resolve(directory), nodes=nodes)
+    except devcluster.DevClusterError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
     took = time.monotonic() - began
@@ -44,19 +58,15 @@ def up(directory: DirOption = None, nodes: Annotated[int, typer.Option(help="Fak
 @app.command()
 def down(directory: DirOption = None) -> None:
     """Stop every process of the cluster, in reverse start order."""
-    from gptops.devcluster.cluster import stop
-
-    stopped = stop(_resolve(directory))
+    stopped = _cluster().stop(_resolve(directory))
     typer.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 @app.command()
 def status(directory: DirOption = None) -> None:
     """Show each recorded process, its pid and whether it runs; exit 1 unless all run."""
-    from gptops.devcluster.cluster import status as cluster_status
-
     state_dir = _resolve(directory)
-    components = cluster_status(state_dir)
+    components = _cluster().status(state_dir)
     if not components:
         typer.echo(f"no dev cluster recorded in {state_dir}")
         raise typer.Exit(1)

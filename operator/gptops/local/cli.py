@@ -1,18 +1,25 @@
 """`gptops run FILE`: the command around gptops.local.runner: progress, the final tables, serving, asking, exit codes.
 
 Exit codes: 0 passed (and served, unless --no-serve), 1 a stage or the server failed, 2 the spec file is unusable,
-3 the gate rejected the model, 130 interrupted (Ctrl-C) before the gate.
+3 the gate rejected the model, 130 interrupted (Ctrl-C, SIGINT or SIGTERM) before the gate or before the server was up.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from gptops.local.runner import Options, Outcome
+    from gptops.local.state import ModelState
+    from gptops.serve import Server
 
 EXIT_FAILED, EXIT_INVALID, EXIT_REJECTED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -40,8 +47,8 @@ def run(
                                                         "print the answer, then stop serving.")] = None,
     keep_serving: Annotated[bool, typer.Option("--keep-serving", help="With --ask: keep serving afterwards.")]
     = False,
-    engine: Annotated[str, typer.Option(help="auto (vLLM with a GPU, else transformers serve), vllm, "
-                                             "transformers or gptops (a minimal built-in server).")] = "auto",
+    engine: Annotated[str, typer.Option(help="auto (vLLM with a GPU, else transformers serve), vllm or "
+                                             "transformers.")] = "auto",
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 picks a free one.")] = 0,
     max_tokens: Annotated[int, typer.Option(help="Tokens per --ask answer.")] = 64,
     threads: Annotated[int, typer.Option(help="CPU threads for torch when there is no GPU; 0 means one per core. "
@@ -50,88 +57,141 @@ def run(
                                                    "evaluate).")] = None,
 ) -> None:
     """Run a FineTuneJob on this machine: prepare, train, evaluate, the gate, then serve the promoted model."""
-    from gptops import serve as serving
-    from gptops.local import report, runner, specs
+    from gptops.local import runner
 
     if output not in ("table", "json"):
         raise typer.BadParameter("expected table or json", param_hint="--output")
+    # Ctrl-C, a `kill -INT` of this process alone (also when a script started it in the background, which starts it
+    # with SIGINT ignored) and a supervisor's or `docker stop`'s SIGTERM all end the run alike: finished stages are
+    # kept and the server (in its own session, so a terminal's Ctrl-C reaches only us) is stopped by the code that
+    # started it.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     # The console holds on to the real stream: stages' own output is redirected to their log files.
-    console = Console(file=sys.stderr if output == "json" else sys.stdout)
+    out = _Output(Console(file=sys.stderr if output == "json" else sys.stdout), as_json=output == "json")
     options = runner.Options(runs_dir=runs_dir.resolve(), fresh=fresh, stop_after=stop_after, threads=threads)
 
-    def finish(code: int, serving_doc: dict[str, Any] | None, answers: list[dict[str, str]], note: str) -> None:
-        if output == "json":
-            print(json.dumps(report.to_json(outcomes, serving_doc, answers, note), indent=2, default=str))
+    out.outcomes = _run_jobs(file, options, out)                           # 1-4: validate, stages, gate, promotion
+    code, target, note = _serving_decision(out, options, serve)
+    server, serving_doc = _start_server(file, target, note, options, out, engine=engine, port=port,
+                                        threads=threads)                  # 5: serving
+    _ask_or_serve(server, serving_doc, out, code, note, questions or [], keep_serving, max_tokens)
+
+
+@dataclass
+class _Output:
+    """Where the run's results go: tables on the console, or also one JSON document on stdout."""
+
+    console: Console
+    as_json: bool
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def error(self, what: str, message: object) -> None:
+        self.console.print(f"[red]{what}:[/] {message}", highlight=False, soft_wrap=True)
+
+    def print_json(self, serving_doc: dict[str, Any] | None, answers: list[dict[str, str]], note: str) -> None:
+        from gptops.local import report
+
+        print(json.dumps(report.to_json(self.outcomes, serving_doc, answers, note), indent=2, default=str), flush=True)
+
+    def finish(self, code: int, note: str, serving_doc: dict[str, Any] | None = None,
+               answers: list[dict[str, str]] | None = None) -> NoReturn:
+        """Print the JSON document (with -o json) and exit with `code`."""
+        if self.as_json:
+            self.print_json(serving_doc, answers or [], note)
         raise typer.Exit(code)
 
-    outcomes: list[runner.Outcome] = []
+
+def _run_jobs(file: Path, options: Options, out: _Output) -> list[Outcome]:
+    """Steps 1-4 of docs/local.md: validate, prepare/train/evaluate each FineTuneJob, the gate, promotion."""
+    from gptops.local import report, runner, specs
+
     try:
-        with report.StageProgress(console) as progress:
-            outcomes = runner.run_file(file, options, progress)
+        with report.StageProgress(out.console) as progress:
+            return runner.run_file(file, options, progress)
     except (specs.SpecError, runner.InvalidSpec) as e:
-        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        finish(EXIT_INVALID, None, [], str(e))
+        out.error("error", e)
+        out.finish(EXIT_INVALID, str(e))
     except runner.RunFailed as e:
-        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        finish(EXIT_FAILED, None, [], str(e))
+        out.error("error", e)
+        out.finish(EXIT_FAILED, str(e))
     except KeyboardInterrupt:
-        console.print(f"interrupted: finished stages are kept in {options.runs_dir}; "
-                      "the same command resumes after them", highlight=False, soft_wrap=True)
+        out.console.print(f"interrupted: finished stages are kept in {options.runs_dir}; "
+                          "the same command resumes after them", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
-    for out in outcomes:
-        console.print(report.render_outcome(out))
-    last = outcomes[-1]
-    code = {"Failed": EXIT_FAILED, "Rejected": EXIT_REJECTED}.get(last.decision, 0)
-    target, note = runner.serving_target(outcomes, options.runs_dir)
+
+def _serving_decision(out: _Output, options: Options, serve: bool) -> tuple[int, ModelState, str]:
+    """Print each job's outcome; (exit code, the GPTModel state to serve, why). Exits when nothing is served."""
+    from gptops.local import report, runner
+
+    for outcome in out.outcomes:
+        out.console.print(report.render_outcome(outcome))
+    code = {"Failed": EXIT_FAILED, "Rejected": EXIT_REJECTED}.get(out.outcomes[-1].decision, 0)
+    target, note = runner.serving_target(out.outcomes, options.runs_dir)
     if target is None or not serve:
         if not serve and target is not None:
             note = f"--no-serve: {note.replace('serving', 'would serve', 1)}"
-        console.print(note)
-        finish(code, None, [], note)
+        out.console.print(note)
+        out.finish(code, note)
+    return code, target, note
 
-    spec = serving.ServeSpec(
-        model_dir=Path(target.serving_base if target.serving_method == "lora" else target.serving_artifact),
-        adapter_dir=Path(target.serving_artifact) if target.serving_method == "lora" else None,
-        served_name=target.name,
-        vllm=_serving_settings(file, target.name),
-        port=port,
-    )
+
+def _start_server(file: Path, target: ModelState, note: str, options: Options, out: _Output, *, engine: str,
+                  port: int, threads: int) -> tuple[Server, dict[str, Any]]:
+    """Step 5: the promoted revision served on 127.0.0.1 (a LoRA revision merged into its base first)."""
+    from gptops import serve as serving
+    from gptops.pipeline.errors import PipelineError
+
     log = options.runs_dir / "_serve" / f"{target.name}.log"
-    with console.status(f"starting the server for GPTModel {target.name} ({note})"):
+    with out.console.status(f"starting the server for GPTModel {target.name} ({note})"):
         try:
-            server = serving.start(spec, engine=engine, log=log, workdir=options.runs_dir / "_serve", threads=threads)
-        except (RuntimeError, OSError, ValueError) as e:
-            console.print(f"[red]serving failed:[/] {e}")
-            finish(EXIT_FAILED, None, [], str(e))
+            model_dir = serving.model_to_serve(Path(target.serving_artifact), target.serving_method)
+            spec = serving.ServeSpec(model_dir=model_dir, served_name=target.name,
+                                     vllm=_serving_settings(file, target.name), port=port)
+            server = serving.start(spec, engine=engine, log=log, workdir=options.runs_dir / "_serve",
+                                   threads=threads)
+        except (RuntimeError, OSError, ValueError, PipelineError) as e:  # PipelineError: the LoRA merge
+            out.error("serving failed", e)
+            out.finish(EXIT_FAILED, str(e))
+        except KeyboardInterrupt:
+            out.console.print("interrupted before the server was up; nothing is left running")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     serving_doc = {"endpoint": server.base_url, "model": server.served_name, "engine": server.engine,
-                   "revision": target.serving_revision, "artifact": target.serving_artifact, "log": str(log),
-                   "pid": server.process.pid}
-    console.print(f"[bold green]Serving[/] GPTModel [bold]{target.name}[/] revision {target.serving_revision} "
-                  f"with {server.engine} at [bold]{server.base_url}[/] (model id {server.served_name!r}; log {log})")
+                   "revision": target.serving_revision, "artifact": target.serving_artifact,
+                   "servedModel": str(model_dir), "log": str(log), "pid": server.process.pid}
+    out.console.print(f"[bold green]Serving[/] GPTModel [bold]{target.name}[/] revision {target.serving_revision} "
+                      f"with {server.engine} at [bold]{server.base_url}[/] (model id {server.served_name!r}; "
+                      f"log {log})")
+    return server, serving_doc
+
+
+def _ask_or_serve(server: Server, serving_doc: dict[str, Any], out: _Output, code: int, note: str,
+                  questions: list[str], keep_serving: bool, max_tokens: int) -> NoReturn:
+    """Ask the questions, then stop, or serve until Ctrl-C or SIGTERM; the server never outlives this function."""
     answers: list[dict[str, str]] = []
     try:
-        for q in questions or []:
+        for q in questions:
             a = ask(server.base_url, server.served_name, q, max_tokens)
             answers.append({"question": q, "answer": a})
-            console.print(f"[bold]Q:[/] {q}\n[bold]A:[/] {a}")
+            out.console.print(f"[bold]Q:[/] {q}\n[bold]A:[/] {a}")
         if questions and not keep_serving:
             server.stop()
             serving_doc["stopped"] = True
-            finish(code, serving_doc, answers, note)
-        if output == "json":
-            print(json.dumps(report.to_json(outcomes, serving_doc, answers, note), indent=2, default=str), flush=True)
-        console.print("Press Ctrl-C to stop serving.")
+            out.finish(code, note, serving_doc, answers)
+        if out.as_json:
+            out.print_json(serving_doc, answers, note)
+        out.console.print("Press Ctrl-C to stop serving.")
         server.wait()
-        console.print(f"[red]the server exited with code {server.process.returncode}[/]; log: {log}")
+        out.console.print(f"[red]the server exited with code {server.process.returncode}[/]; log: {serving_doc['log']}")
         raise typer.Exit(EXIT_FAILED)
     except KeyboardInterrupt:
-        console.print("stopping the server")
+        out.console.print("stopping the server")
         raise typer.Exit(code) from None
+    except typer.Exit:
+        raise
     except Exception as e:  # the question failed: say so, and do not leave a server behind
-        if isinstance(e, typer.Exit):
-            raise
-        console.print(f"[red]asking the model failed:[/] {type(e).__name__}: {e}")
+        out.error("asking the model failed", f"{type(e).__name__}: {e}")
         raise typer.Exit(EXIT_FAILED) from None
     finally:
         server.stop()
