@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -69,11 +70,38 @@ def gptmodel_rows(items: list[dict[str, Any]], now: dt.datetime | None = None) -
         replicas = (spec.get("serving") or {}).get("replicas", 1)
         rows.append({
             "NAMESPACE": meta.get("namespace", ""), "NAME": meta.get("name", ""),
-            "SERVING": st.get("servingRevision") or "-", "PREVIOUS": st.get("previousRevision") or "-",
+            "SERVING": st.get("serving") or st.get("servingRevision") or "-",
+            "PREVIOUS": st.get("previousRevision") or "-",
             "READY": f"{st.get('readyReplicas') or 0}/{replicas}", "ENDPOINT": st.get("endpoint") or "-",
             "AGE": age(meta.get("creationTimestamp"), now),
         })
     return rows
+
+
+def finetunejob_summary(o: dict[str, Any]) -> dict[str, Any]:
+    """A FineTuneJob for `-o json`: its own field names (camelCase) and types (numbers, null when unknown)."""
+    meta, spec, st = o.get("metadata") or {}, o.get("spec") or {}, o.get("status") or {}
+    return {
+        "namespace": meta.get("namespace"), "name": meta.get("name"),
+        "model": (spec.get("model") or {}).get("name"), "phase": st.get("phase") or "Pending",
+        "metrics": st.get("metrics") or {}, "revision": (st.get("artifacts") or {}).get("revision"),
+        "conditions": {c.get("type"): c.get("status") for c in st.get("conditions") or ()},
+        "creationTimestamp": meta.get("creationTimestamp"),
+    }
+
+
+def gptmodel_summary(o: dict[str, Any]) -> dict[str, Any]:
+    """A GPTModel for `-o json`: its own field names (camelCase) and types."""
+    meta, spec, st = o.get("metadata") or {}, o.get("spec") or {}, o.get("status") or {}
+    return {
+        "namespace": meta.get("namespace"), "name": meta.get("name"),
+        "servingRevision": st.get("servingRevision"), "servingArtifact": st.get("servingArtifact"),
+        "servingDigest": st.get("servingDigest"), "previousRevision": st.get("previousRevision"),
+        "replicas": (spec.get("serving") or {}).get("replicas", 1), "readyReplicas": st.get("readyReplicas") or 0,
+        "endpoint": st.get("endpoint"),
+        "conditions": {c.get("type"): c.get("status") for c in st.get("conditions") or ()},
+        "creationTimestamp": meta.get("creationTimestamp"),
+    }
 
 
 def status(
@@ -94,15 +122,17 @@ def status(
         reason = getattr(e, "reason", None) or str(e).splitlines()[0]
         typer.echo(f"error: cannot list gptops resources: {type(e).__name__}: {reason}", err=True)
         raise typer.Exit(1) from None
-    ftj_rows, gm_rows = finetunejob_rows(ftjs), gptmodel_rows(models)
     if output == "json":
-        typer.echo(json.dumps({"finetunejobs": ftj_rows, "gptmodels": gm_rows}, indent=2))
+        typer.echo(json.dumps({"finetunejobs": [finetunejob_summary(o) for o in ftjs],
+                               "gptmodels": [gptmodel_summary(o) for o in models]}, indent=2))
         return
+    ftj_rows, gm_rows = finetunejob_rows(ftjs), gptmodel_rows(models)
 
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # A pipe or a file gets whole names, however long the lines: only a terminal's width is worth cutting to.
+    console = Console() if sys.stdout.isatty() else Console(width=100_000)
     for title, columns, rows in (("GPTModels", GM_COLUMNS, gm_rows), ("FineTuneJobs", FTJ_COLUMNS, ftj_rows)):
         shown = [c for c in columns if c != "NAMESPACE" or ns is None]
         table = Table(title=title, title_justify="left", box=None, header_style="bold")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gptops.status import age, finetunejob_rows, gptmodel_rows
+from gptops.status import age, finetunejob_rows, finetunejob_summary, gptmodel_rows, gptmodel_summary
 
 NOW = dt.datetime(2026, 1, 2, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -42,6 +42,21 @@ def test_gptmodel_row_from_status():
     (row,) = gptmodel_rows([gm], NOW)
     assert row["SERVING"] == "qa" and row["PREVIOUS"] == "pre" and row["READY"] == "1/2"
     assert row["ENDPOINT"] == "http://gm.ml.svc:8000/v1"
+
+
+def test_json_has_the_objects_own_field_names_and_types():
+    ftj = {"metadata": {"name": "qa", "namespace": "ml", "creationTimestamp": "2026-01-02T11:58:00Z"},
+           "spec": {"model": {"name": "gm"}},
+           "status": {"phase": "Promoted", "metrics": {"perplexity": 12.345}, "artifacts": {"revision": "0123456789"},
+                      "conditions": [{"type": "Passed", "status": "True"}]}}
+    assert finetunejob_summary(ftj) == {
+        "namespace": "ml", "name": "qa", "model": "gm", "phase": "Promoted", "metrics": {"perplexity": 12.345},
+        "revision": "0123456789", "conditions": {"Passed": "True"}, "creationTimestamp": "2026-01-02T11:58:00Z"}
+    gm = {"metadata": {"name": "gm", "namespace": "ml"}, "spec": {"serving": {"replicas": 2}},
+          "status": {"servingRevision": "qa", "readyReplicas": 1}}
+    summary = gptmodel_summary(gm)
+    assert (summary["servingRevision"], summary["readyReplicas"], summary["replicas"]) == ("qa", 1, 2)
+    assert summary["endpoint"] is None  # null, not "-"
 
 
 def test_without_a_cluster_the_cli_says_so_in_one_line(tmp_path):

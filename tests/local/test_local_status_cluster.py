@@ -24,20 +24,21 @@ def test_status_lists_the_quickstart_resources(control_plane, namespace):
                               "phase": "Promoted", "metrics": {"perplexity": 75.15, "baselinePerplexity": 527.56}}}))
 
     def status(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([GPTOPS, "status", *args], env={**control_plane.env, "COLUMNS": "200"},
+        return subprocess.run([GPTOPS, "status", *args], env=control_plane.env,
                               capture_output=True, text=True, timeout=120)
 
     done = status("-n", namespace, "-o", "json")
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
-    ftjs = {r["NAME"]: r for r in doc["finetunejobs"]}
+    ftjs = {r["name"]: r for r in doc["finetunejobs"]}
     assert set(ftjs) == {"pydoc-pretrain", "pydoc-qa"}
-    assert (ftjs["pydoc-qa"]["PHASE"], ftjs["pydoc-qa"]["PERPLEXITY"], ftjs["pydoc-qa"]["BASELINE"]) == \
-        ("Promoted", "75.15", "527.56")
-    assert ftjs["pydoc-pretrain"]["MODEL"] == "pydoc-gpt"
-    assert [r["NAME"] for r in doc["gptmodels"]] == ["pydoc-gpt"]
+    assert (ftjs["pydoc-qa"]["phase"], ftjs["pydoc-qa"]["metrics"]) == \
+        ("Promoted", {"perplexity": 75.15, "baselinePerplexity": 527.56})  # numbers, not strings
+    assert ftjs["pydoc-pretrain"]["model"] == "pydoc-gpt"
+    assert [r["name"] for r in doc["gptmodels"]] == ["pydoc-gpt"]
 
-    table = status("-A")
+    table = status("-A")  # to a pipe, no COLUMNS: whole names all the same
     assert table.returncode == 0, table.stderr
+    assert "…" not in table.stdout
     assert "FineTuneJobs" in table.stdout and "GPTModels" in table.stdout
     assert namespace in table.stdout and "pydoc-qa" in table.stdout and "75.15" in table.stdout
