@@ -266,7 +266,8 @@ def _stage_outcome(stage: str, name: str, job: JobState | None, recorded: StageS
     problem = next((found for pod in job.pods if (found := pod.problem()) is not None), None)
     if problem is not None:
         return _Stage(Want(cond_type, FALSE, problem[0], _cut(f"Job {name}: {problem[1]}")), status=timing, warn=True)
-    attempts = sorted((p for p in job.pods if p.phase == "Failed"), key=lambda p: (p.created, p.name))
+    # A Pod being deleted was lost (a drained node, a preemption), not a failed attempt.
+    attempts = sorted((p for p in job.pods if p.phase == "Failed" and not p.deleted), key=lambda p: (p.created, p.name))
     if attempts:
         last = attempts[-1]
         said = parse_stage_result(last.message, stage=stage)
