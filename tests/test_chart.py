@@ -22,15 +22,6 @@ def test_the_chart_ships_the_canonical_crds() -> None:
             f"charts/gptops/crds/{name} differs from crds/{name}: cp crds/*.yaml charts/gptops/crds/"
 
 
-def test_the_argocd_health_checks_read_the_conditions_the_operator_writes() -> None:
-    model = (CHART / "files" / "argocd-health-gptmodel.lua").read_text()
-    run = (CHART / "files" / "argocd-health-finetunejob.lua").read_text()
-    for text, types in ((model, ("Ready", "Degraded")), (run, ("Failed", "Passed"))):
-        for type_ in types:
-            assert f'c.type == "{type_}"' in text
-        assert "observedGeneration" in text and "return hs" in text
-
-
 def render(control_plane, *sets: str) -> dict[tuple[str, str], dict[str, Any]]:
     helm = control_plane.bin_dir / "helm"
     args = [str(helm), "template", "gptops", str(CHART), "--namespace", "gptops-system", "--include-crds"]
