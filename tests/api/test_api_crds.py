@@ -173,3 +173,42 @@ def test_schema_defaults_pass_their_own_rules(kind):
         if "default" in node:
             problems += check_schema(node["default"], node, path) + check_cel(node["default"], node, path)
     assert problems == []
+
+
+def _properties(schema: dict, path: str = ""):
+    for name, prop in (schema.get("properties") or {}).items():
+        yield f"{path}.{name}".lstrip("."), prop
+        yield from _properties(prop, f"{path}.{name}")
+        if "items" in prop:
+            yield from _properties(prop["items"], f"{path}.{name}[]")
+
+
+def _as_written(value) -> str:
+    """A default as the CRD's YAML writes it: true, 0.00005, [perplexity]."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return format(value, "f").rstrip("0").rstrip(".") if value < 1e-3 else str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_as_written(v) for v in value) + "]"
+    return str(value)
+
+
+@pytest.mark.parametrize("kind", ["GPTModel", "FineTuneJob"])
+def test_kubectl_explain_shows_every_default_and_bound(kind):
+    """kubectl explain prints descriptions only: a field's default and range must be said there."""
+    import yaml
+
+    files = {"GPTModel": "gptops.io_gptmodels.yaml", "FineTuneJob": "gptops.io_finetunejobs.yaml"}
+    crd = yaml.safe_load((ROOT / "crds" / files[kind]).read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    missing = []
+    for path, prop in _properties(spec, "spec"):
+        text = " ".join((prop.get("description") or "").split())
+        default = prop.get("default")
+        if default not in (None, {}, []) and f"Default {_as_written(default)}" not in text:
+            missing.append(f"{path}: Default {_as_written(default)}")
+        low, high = prop.get("minimum"), prop.get("maximum")
+        if low is not None and high is not None and f"From {low} to {high}" not in text:
+            missing.append(f"{path}: From {low} to {high}")
+    assert not missing, missing
