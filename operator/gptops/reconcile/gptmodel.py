@@ -60,8 +60,7 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     now = observed.now
     dep = observed.deployment
     actions: list[Action] = []
-    st = model.status
-    before = st.to_dict()
+    before = model.status.to_dict()
     serving = {k: before.get(k) for k in SERVING_STATUS_FIELDS}  # what this pass decides to serve
     pin_note: Want | None = None  # a pin that cannot be served (yet): said, while the current revision serves on
 
@@ -72,11 +71,11 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     if pin:
         ftj = observed.finetunejob(pin)
         pinned = passed_revision(ftj, model) if ftj is not None else None
+        gate = get_condition(ftj.status.conditions, FTJ_PASSED) if ftj is not None else None
         if ftj is None:
             pin_note = Want(DEGRADED, TRUE, Reason.NO_REVISION,
                             f"spec.serving.revision {pin}: there is no FineTuneJob {pin} in {model.namespace}")
-        elif pinned is None and get_condition(ftj.status.conditions, FTJ_PASSED) is not None and \
-                get_condition(ftj.status.conditions, FTJ_PASSED).status == FALSE:  # type: ignore[union-attr]
+        elif pinned is None and gate is not None and gate.status == FALSE:
             pin_note = Want(DEGRADED, TRUE, Reason.GATE_NOT_PASSED,
                             f"spec.serving.revision {pin}: FineTuneJob {pin} did not pass its gate; only a revision "
                             "that passed is served")
