@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import posixpath
-from pathlib import PurePosixPath
 from collections.abc import Mapping
+from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict

@@ -25,6 +25,7 @@ from gptops.api.finetunejob import FineTuneJob
 from gptops.handlers import common
 from gptops.handlers.settings import HANDLER_LIMITS
 from gptops.reconcile import plan_finetunejob
+from gptops.reconcile.finetunejob import STAGE_CONDITION
 
 RESOURCE = (GROUP, VERSION, PLURAL_FINETUNEJOB)
 CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_FINETUNEJOB: kopf.PRESENT}
@@ -80,7 +81,7 @@ def _record(ftj: FineTuneJob, before: dict[str, Any], status: dict[str, Any]) ->
     failed = next((c for c in status.get("conditions") or () if c["type"] == FAILED and c["status"] == TRUE), None)
     was = next((c for c in before.get("conditions") or () if c["type"] == FAILED), {})
     if failed is not None and was.get("status") != TRUE:
-        stage_of = {"Prepared": "prepare", "Trained": "train", "Evaluated": "evaluate"}
+        stage_of = {cond: stage for stage, cond in STAGE_CONDITION.items()}
         stage = next((stage_of[c["type"]] for c in status["conditions"] if c["type"] in stage_of
                       and c.get("reason") == failed.get("reason") and not c.get("message", "").startswith("not run")),
                      "spec")

@@ -5,7 +5,6 @@ Importing this package is cheap (no torch): the stage modules are imported when 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +52,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None,
     from gptops.pipeline import train
 
     report = train.run(config, progress, callbacks)
-    if int(os.environ.get("RANK", 0)) == 0:
+    if train.is_main():
         report.digest = revisions.seal(report.output_dir)
     return report
 

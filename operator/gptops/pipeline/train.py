@@ -140,7 +140,7 @@ def _resume_point(config: TrainConfig, say: ProgressFn) -> Path | None:
     A torn checkpoint (the Pod died mid-save) is removed."""
     checkpoints = config.artifact_root / "checkpoints"
     resume_from = _newest_complete_checkpoint(checkpoints) if config.resume == "auto" else None
-    if config.resume == "never" and checkpoints.exists() and _is_main():
+    if config.resume == "never" and checkpoints.exists() and is_main():
         shutil.rmtree(checkpoints)
     if resume_from:
         log.info("Resuming checkpoint=%s", resume_from)
@@ -198,7 +198,7 @@ def _save(config: TrainConfig, trainer: Trainer, tokenizer, base_ref: str, base_
     """Save where vLLM (and evaluate) look: model/ with safetensors, config and tokenizer; or adapter/. Rank 0 writes,
     through a .tmp directory renamed at the end, so the result appears whole or not at all."""
     output_dir = config.artifact_root / ("model" if config.method == "full" else "adapter")
-    if _is_main():
+    if is_main():
         tmp = output_dir.with_name(output_dir.name + ".tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -327,7 +327,7 @@ def _newest_complete_checkpoint(checkpoints: Path) -> Path | None:
     for _, path in found:
         if _readable_state(path / STATE_FILE):
             return path
-        if _is_main():
+        if is_main():
             log.warning("Removing incomplete checkpoint path=%s", path)
             shutil.rmtree(path, ignore_errors=True)
     return None
@@ -342,7 +342,7 @@ def _readable_state(path: Path) -> bool:
     return True
 
 
-def _is_main() -> bool:
+def is_main() -> bool:
     return int(os.environ.get("RANK", 0)) == 0
 
 
