@@ -57,7 +57,7 @@ def test_labels_are_the_fixed_set(stage, finetunejob, gptmodel):
         assert labels["gptops.io/revision-key"] == revision(finetunejob, gptmodel).key
 
 
-@pytest.mark.parametrize(("stage", "gpus"), [("prepare", None), ("train", "4"), ("evaluate", "4")])
+@pytest.mark.parametrize(("stage", "gpus"), [("prepare", None), ("train", "4"), ("evaluate", "1")])
 def test_requests_the_gpus(stage, gpus, finetunejob, gptmodel):
     res = container(build_stage_job(finetunejob, gptmodel, stage))["resources"]
     assert res.get("limits", {}).get("nvidia.com/gpu") == gpus
@@ -78,7 +78,7 @@ def test_args_are_a_list_and_contain_no_shell(stage, finetunejob, gptmodel):
     argv = c["command"] + c["args"]
     assert all(isinstance(a, str) for a in argv)
     assert argv[0] not in ("sh", "bash", "/bin/sh", "/bin/bash") and "-c" not in argv
-    assert argv[argv.index("-m") + 1: argv.index("-m") + 3] == ["gptops.pipeline", stage]
+    assert _stage_argv(argv)[1:3] == ["gptops.pipeline", stage]
     assert argv[argv.index("--artifacts") + 1] == f"/artifacts/ml/tiny-ft/{revision(finetunejob, gptmodel).key}"
     ftj = json.loads(argv[argv.index("--spec-json") + 1])
     assert ftj["kind"] == "FineTuneJob" and ftj["spec"]["training"]["backoffLimit"] == 5
@@ -156,25 +156,37 @@ def test_single_node_train_is_a_plain_job(finetunejob, gptmodel):
     assert "completionMode" not in children[0]["spec"]
 
 
-@pytest.mark.parametrize(("stage", "nodes", "gpus", "launcher"), [
-    ("train", 1, 0, ["python"]),
-    ("train", 1, 1, ["python"]),
-    ("train", 1, 4, ["torchrun", "--standalone", "--nproc-per-node", "4"]),  # DDP, not DataParallel
-    ("train", 2, 4, ["torchrun", "--nnodes", "2", "--nproc-per-node", "4"]),
-    ("evaluate", 1, 4, ["python"]),
-    ("prepare", 1, 4, ["python"]),
-    ("evaluate", 2, 4, ["python"]),
+TORCHRUN = ["python", "-m", "gptops.pipeline.torchrun"]
+
+
+def _stage_argv(argv: list[str]) -> list[str]:
+    """The stage's own arguments: from the last `-m` (after the launcher's)."""
+    at = len(argv) - 1 - argv[::-1].index("-m")
+    return argv[at:]
+
+
+@pytest.mark.parametrize(("stage", "nodes", "gpus", "launcher", "requested"), [
+    ("train", 1, 0, ["python"], None),
+    ("train", 1, 1, ["python"], "1"),
+    ("train", 1, 4, [*TORCHRUN, "--standalone", "--nproc-per-node", "4"], "4"),  # DDP, not DataParallel
+    ("train", 2, 4, [*TORCHRUN, "--nnodes", "2", "--nproc-per-node", "4"], "4"),
+    ("evaluate", 1, 4, ["python"], "1"),  # evaluation runs on one device: it requests one
+    ("evaluate", 1, 0, ["python"], None),
+    ("prepare", 1, 4, ["python"], None),
+    ("evaluate", 2, 4, ["python"], "1"),
 ])
-def test_launcher_by_nodes_and_gpus(stage, nodes, gpus, launcher, finetunejob, gptmodel):
+def test_launcher_and_gpus_by_stage_nodes_and_gpus(stage, nodes, gpus, launcher, requested, finetunejob, gptmodel):
     finetunejob["spec"]["training"]["resources"].update(nodes=nodes, gpus=gpus)
     c = container(build_stage_job(finetunejob, gptmodel, stage))
     argv = c["command"] + c["args"]
     assert argv[:len(launcher)] == launcher
-    assert argv[argv.index("-m"): argv.index("-m") + 3] == ["-m", "gptops.pipeline", stage]
+    assert _stage_argv(argv)[:3] == ["-m", "gptops.pipeline", stage]
+    assert c["resources"].get("limits", {}).get("nvidia.com/gpu") == requested
 
 
-def test_multi_node_train_is_an_indexed_job_with_torchrun(finetunejob, gptmodel):
+def test_multi_node_train_is_an_indexed_job_with_a_static_rendezvous(finetunejob, gptmodel):
     finetunejob["spec"]["training"]["resources"]["nodes"] = 3
+    finetunejob["spec"]["training"]["backoffLimit"] = 2
     svc, job = build_stage_children(finetunejob, gptmodel, "train")
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
@@ -182,13 +194,19 @@ def test_multi_node_train_is_an_indexed_job_with_torchrun(finetunejob, gptmodel)
     assert pod["subdomain"] == svc["metadata"]["name"] == job["metadata"]["name"]
     c = pod["containers"][0]
     argv = c["command"] + c["args"]
-    assert argv[0] == "torchrun"
-    assert argv[argv.index("--nnodes") + 1] == "3"
-    assert argv[argv.index("--nproc-per-node") + 1] == "4"
-    assert argv[argv.index("--rdzv-backend") + 1] == "c10d"
+    assert argv[:3] == TORCHRUN
+    opt = {argv[i]: argv[i + 1] for i in range(3, argv.index("-m", 3), 2)}
     name = job["metadata"]["name"]
-    assert argv[argv.index("--rdzv-endpoint") + 1] == f"{name}-0.{name}:29500"
-    assert argv[argv.index("-m") + 1 : argv.index("-m") + 3] == ["gptops.pipeline", "train"]
+    # Static: each node knows its rank and the master; nobody decides by resolving a DNS name whether it hosts.
+    assert opt == {"--nnodes": "3", "--nproc-per-node": "4", "--node-rank": "$(NODE_RANK)",
+                   "--master-addr": f"{name}-0.{name}", "--master-port": "29500", "--max-restarts": "0"}
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert _stage_argv(argv)[:3] == ["-m", "gptops.pipeline", "train"]
+    # A lost node ends its peers too: the limit is per index, so the group restarts together once per fault.
+    assert "backoffLimit" not in job["spec"]
+    assert job["spec"]["backoffLimitPerIndex"] == 2 and job["spec"]["maxFailedIndexes"] == 0
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
     labels = job["spec"]["template"]["metadata"]["labels"]
     assert all(labels[k] == v for k, v in svc["spec"]["selector"].items())

@@ -76,6 +76,26 @@ def test_children_are_accepted_run_and_are_garbage_collected(control_plane, rest
              "training Pods scheduled on GPU nodes", 90)
     svc = get(control_plane, ns, "service", train)
     assert svc["spec"]["clusterIP"] == "None"
+    # The node rank each Pod's torchrun gets: its completion index, through the downward API.
+    for pod in pods:
+        index = pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+        assert pod["spec"]["hostname"] == f"{train}-{index}"
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+            "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    # A lost node: its Pod is replaced, counted against that index alone, and the Job runs on.
+    lost = next(p for p in pods if p["spec"]["hostname"].endswith("-1"))
+    control_plane.kubectl("delete", "pod", "-n", ns, lost["metadata"]["name"], "--wait=false")
+
+    def replaced():
+        items = get(control_plane, ns, "pods", "-l", f"job-name={train}")["items"]
+        return next((p for p in items if p["spec"]["hostname"].endswith("-1")
+                     and p["metadata"]["uid"] != lost["metadata"]["uid"]), None)
+    again = wait_for(replaced, "a new Pod for index 1", 90)
+    assert again["metadata"]["annotations"].get("batch.kubernetes.io/job-index-failure-count") == "1"
+    job = get(control_plane, ns, "job", train)
+    assert job["spec"]["backoffLimitPerIndex"] == 2 and job["spec"]["maxFailedIndexes"] == 0
+    assert not any(c["type"] == "Failed" and c["status"] == "True" for c in job["status"].get("conditions", []))
 
     def available():
         dep = get(control_plane, ns, "deployment", "tiny-gpt2")

@@ -74,3 +74,19 @@ def test_module_entry_point_runs_as_a_process(tmp_path, corpus_file):
     assert proc.returncode == 1
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["stage"] == "evaluate" and "no prepared dataset" in result["message"]
+
+
+def test_a_crash_exits_3_and_still_says_why(tmp_path, corpus_file, monkeypatch, capsys):
+    """A crash (a lost peer, a device error) is retried by its Job, unlike rejected input (exit 1)."""
+    import gptops.pipeline.__main__ as entry
+
+    def lost_peer(*args, **kwargs):
+        raise RuntimeError("Connection reset by peer")
+
+    monkeypatch.setenv("GPTOPS_TERMINATION_LOG", str(tmp_path / "log"))
+    monkeypatch.setattr(entry, "run_prepare", lost_peer)
+    ftj, model = _objects(corpus_file)
+    assert main(["prepare", "--spec-json", json.dumps(ftj), "--model-spec-json", json.dumps(model),
+                 "--artifacts", str(tmp_path / "run")]) == 3
+    result = json.loads((tmp_path / "log").read_text())
+    assert result["ok"] is False and result["message"] == "RuntimeError: Connection reset by peer"

@@ -69,6 +69,13 @@ VLLM_PORT = 8000
 #: The largest LoRA rank vLLM serves (its --max-lora-rank); FineTuneJob's lora.r is bounded by it.
 LORA_RANK_MAX = 512
 RDZV_PORT = 29500
+
+# Exit codes of a stage process (`python -m gptops.pipeline`, and its torchrun launcher). A stage that rejected its
+# input fails the same way every time: its Job fails at once. A crash (a lost peer, a device error) and a result that
+# could not be written are retried up to backoffLimit, as a lost Pod is; training resumes from its checkpoint.
+EXIT_STAGE_FAILED = 1
+EXIT_RESULT_UNWRITTEN = 2
+EXIT_CRASHED = 3
 GPU_RESOURCE = "nvidia.com/gpu"
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/gptops/trainer:0.1.0"

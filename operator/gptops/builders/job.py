@@ -1,5 +1,5 @@
 """Stage Jobs of a FineTuneJob (prepare, train, evaluate), including multi-node training as an Indexed Job whose
-Pods run torchrun with a c10d rendezvous on index 0, and single-node multi-GPU training under torchrun --standalone.
+Pods run torchrun with a static rendezvous on index 0, and single-node multi-GPU training under torchrun --standalone.
 Pure: returns dicts; imports gptops.api only."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from gptops.api.constants import (
     ANNOTATION_START_MODEL,
     API_VERSION,
     ARTIFACTS_MOUNT,
+    EXIT_STAGE_FAILED,
     LABEL_FINETUNEJOB,
     LABEL_REVISION_KEY,
     LABEL_STAGE,
@@ -42,8 +43,35 @@ from gptops.builders.common import (
     tolerations,
 )
 
-#: The exit code of a stage that reported ok: false (gptops.pipeline.__main__).
-STAGE_FAILED_EXIT_CODE = 1
+#: The exit code of a stage that rejected its input (gptops.pipeline.__main__): its Job fails at once.
+STAGE_FAILED_EXIT_CODE = EXIT_STAGE_FAILED
+
+#: The environment variable that holds a multi-node training Pod's node rank: its Indexed Job completion index.
+NODE_RANK_ENV = "NODE_RANK"
+#: The annotation the Job controller puts the completion index in, read through the downward API.
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
+#: torchrun, as the stage Pods start it: torch's own launcher, with a worker's exit code kept (gptops.pipeline.torchrun).
+TORCHRUN = ["python", "-m", "gptops.pipeline.torchrun"]
+
+
+def torchrun_static(nodes: int, procs_per_node: int, master_addr: str, *, node_rank: str = f"$({NODE_RANK_ENV})",
+                    master_port: int = RDZV_PORT) -> list[str]:
+    """torchrun with a static rendezvous, as Kubeflow Trainer and JobSet start it: every node knows its rank and the
+    master's address, and rank 0 hosts the store. The c10d backend would instead let each node decide whether it hosts
+    the store by resolving the master's DNS name, and with the record not yet published nobody hosts it
+    (pytorch/elastic#165). `--max-restarts 0`: a failed peer ends the Pod, and the Job restarts the group."""
+    return [*TORCHRUN, "--nnodes", str(nodes), "--nproc-per-node", str(procs_per_node), "--node-rank", node_rank,
+            "--master-addr", master_addr, "--master-port", str(master_port), "--max-restarts", "0"]
+
+
+def stage_gpus(ftj: FineTuneJob, stage: str) -> int:
+    """GPUs a stage's Pod requests: none to prepare, one to evaluate (it runs on one device), all to train."""
+    gpus = ftj.spec.training.resources.gpus
+    if stage == STAGE_PREPARE:
+        return 0
+    return min(gpus, 1) if stage == STAGE_EVALUATE else gpus
 
 
 def stage_job_name(ftj: FineTuneJob | Mapping[str, Any], stage: str, revision: Revision) -> str:
@@ -148,20 +176,12 @@ def build_stage_job(
     if stage == STAGE_PREPARE:
         stage_args += [arg for key in sorted(set(retain) - {rev.key}) for arg in ("--retain", key)]
     nodes = training.resources.nodes if is_multinode(ftj, stage) else 1
-    gpus = 0 if stage == STAGE_PREPARE else training.resources.gpus
+    gpus = stage_gpus(ftj, stage)
     if nodes > 1:
-        command = [
-            "torchrun",
-            "--nnodes", str(nodes),
-            "--nproc-per-node", str(gpus),
-            "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"{name}-0.{name}:{RDZV_PORT}",
-            "--rdzv-id", name,
-            *stage_args,
-        ]
+        command = [*torchrun_static(nodes, gpus, f"{name}-0.{name}"), *stage_args]
     elif stage == STAGE_TRAIN and gpus > 1:
         # One Pod, several GPUs: one process per GPU (DDP). Plain python would leave the Trainer on DataParallel.
-        command = ["torchrun", "--standalone", "--nproc-per-node", str(gpus), *stage_args]
+        command = [*TORCHRUN, "--standalone", "--nproc-per-node", str(gpus), *stage_args]
     else:
         command = ["python", *stage_args]
 
@@ -188,6 +208,8 @@ def build_stage_job(
         container["envFrom"] = env_from
     if nodes > 1:
         container["ports"] = [{"name": "rdzv", "containerPort": RDZV_PORT}]
+        container["env"].append({"name": NODE_RANK_ENV, "valueFrom": {"fieldRef": {
+            "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}})
 
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -217,6 +239,12 @@ def build_stage_job(
     if nodes > 1:
         pod_spec["subdomain"] = name  # Pods resolve as <job>-<index>.<service>
         job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
+        # One node failing ends its peers' Pods within seconds (their collectives fail). A limit shared by all Pods
+        # would count that one fault once per node and fail the Job; a limit per index counts it once: the group
+        # restarts together (each index once) and resumes from the newest checkpoint. Any index out of retries
+        # fails the Job (maxFailedIndexes 0).
+        del job_spec["backoffLimit"]
+        job_spec.update(backoffLimitPerIndex=training.backoff_limit, maxFailedIndexes=0)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -1,8 +1,10 @@
 """`python -m gptops.pipeline prepare|train|evaluate`: the entry point of the trainer image.
 
 Reads the FineTuneJob and GPTModel (YAML/JSON files, one multi-document YAML, or inline JSON), runs one stage,
-writes the stage result to the termination log and prints it as the last stdout line. Exit 0 on success, 1 on
-bad input (PipelineError, bad spec) or any other failure, 2 when the result could not be written.
+writes the stage result to the termination log and prints it as the last stdout line. Exit 0 on success, 1 when
+the stage rejected its input (PipelineError, a bad spec: final), 3 when it crashed (any other exception: its Job
+retries it, training from its checkpoint), 2 when the result could not be written. A crash still writes an ok: false
+result, so the operator can say what happened while the Job retries.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from gptops.api.constants import EXIT_CRASHED, EXIT_RESULT_UNWRITTEN, EXIT_STAGE_FAILED
 from gptops.pipeline import as_result, run_evaluate, run_prepare, run_train
 from gptops.pipeline.config import configs_from_spec
 from gptops.pipeline.errors import PipelineError
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     main_process = int(os.environ.get("LOCAL_RANK", 0)) == 0  # one result per Pod under torchrun
+    failed = EXIT_STAGE_FAILED
     try:
         ftj, model = load_specs(args)
         base_dir = args.base_dir or (args.spec.resolve().parent if args.spec else Path.cwd())
@@ -116,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # anything else still leaves a readable result for the operator
         traceback.print_exc()
         result = StageResult(stage=args.stage, ok=False, message=f"{type(e).__name__}: {e}")
+        failed = EXIT_CRASHED
     if main_process and not emit(result):
-        return 2
-    return 0 if result.ok else 1
+        return EXIT_RESULT_UNWRITTEN
+    return 0 if result.ok else failed
 
 
 if __name__ == "__main__":

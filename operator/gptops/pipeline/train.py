@@ -184,6 +184,9 @@ def _training_arguments(config: TrainConfig, dtype: torch.dtype) -> TrainingArgu
         remove_unused_columns=False,
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,
+        # Without CUDA, say so: under torchrun Accelerate then trains data-parallel over gloo (several CPU nodes);
+        # otherwise every process would train alone on the whole dataset.
+        use_cpu=not cuda,
     )
 
 
