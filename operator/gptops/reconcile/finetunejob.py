@@ -75,6 +75,7 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
     if model is None:
         blocked = Want(PREPARED, FALSE, Reason.MODEL_NOT_FOUND,
                        f"GPTModel {ftj.spec.model.name} not found in namespace {ftj.namespace}")
+        problems.append(blocked)  # nothing starts until it exists: a Warning, once
         revision = _known_revision(ftj, observed)
     else:
         revision, waiting = _revision(ftj, model, observed)
