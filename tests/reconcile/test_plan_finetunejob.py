@@ -272,6 +272,9 @@ def test_a_missing_model_waits(world: World) -> None:
     prepared = conditions(plan.status)["Prepared"]
     assert prepared["reason"] == "ModelNotFound" and "tiny" in prepared["message"]
     assert plan.status["phase"] == "Pending"
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "ModelNotFound")]
+    world.apply_ftj(plan)
+    assert world.plan_ftj().events == ()  # once
 
 
 def test_a_model_without_artifacts_storage_is_refused(world: World) -> None:

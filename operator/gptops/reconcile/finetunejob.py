@@ -75,7 +75,6 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
     if model is None:
         blocked = Want(PREPARED, FALSE, Reason.MODEL_NOT_FOUND,
                        f"GPTModel {ftj.spec.model.name} not found in namespace {ftj.namespace}")
-        problems.append(blocked)  # nothing starts until it exists: a Warning, once
         revision = _known_revision(ftj, observed)
     else:
         revision, waiting = _revision(ftj, model, observed)
@@ -99,6 +98,8 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
         job = observed.jobs.get(name) if name else None
         if job is None and blocked is not None:  # what exists is still read; nothing new is started
             wants.append(Want(cond_type, FALSE, blocked.reason, blocked.message))
+            if model is None:  # nothing starts until it exists: a Warning, once
+                problems.append(wants[-1])
             previous_done = False
             continue
         assert name is not None and revision is not None
