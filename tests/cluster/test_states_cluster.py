@@ -176,6 +176,14 @@ def test_every_finetunejob_state_says_what_it_is(k: Cluster, operator) -> None:
     ]
     for obj, type_ in zip(stuck, ("Trained", "Prepared", "Prepared"), strict=True):
         assert condition(obj, type_)["message"] in health("finetunejob", obj)[1]
+    # Once per cause: more passes over every FineTuneJob post nothing again.
+    passes = sample("gptops_reconcile_total", kind="FineTuneJob", result="ok")
+    wait_for(lambda: sample("gptops_reconcile_total", kind="FineTuneJob", result="ok") >= passes + 20,
+             "20 more FineTuneJob passes")
+    for name, reason in (("stuck", "Unschedulable"), ("pull", "ErrImagePull"), ("oom", "AttemptFailed"),
+                         ("orphan", "ModelNotFound")):
+        posted = [e for e in k.events(name) if e["reason"] == reason]
+        assert sum(e.get("count") or 1 for e in posted) == 1, posted
 
     # A stage failed: ok: false is final, no retry, and the later stages say why they did not run.
     k.complete_stage("broken", "prepare", ok=False, message="no column 'text' in data.jsonl")
