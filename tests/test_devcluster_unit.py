@@ -13,10 +13,15 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from gptops.devcluster import cluster, processes
 from gptops.devcluster.pki import issue_client_cert, write_pki
-from gptops.devcluster.stages import EXIT_CODE_ANNOTATION, RESULT_ANNOTATION, build_stages
+from gptops.devcluster.stages import (
+    EXIT_CODE_ANNOTATION,
+    MISSING_IMAGE,
+    REASON_ANNOTATION,
+    RESULT_ANNOTATION,
+    build_stages,
+)
 
 
 def load(path) -> x509.Certificate:
@@ -85,6 +90,7 @@ def test_stages_cover_node_and_pod_life_and_use_the_documented_annotations():
         ("pod-complete", "Pod"),
         ("pod-kill", "Pod"),
         ("pod-delete", "Pod"),
+        ("pod-image-pull-failed", "Pod"),
     ]
     complete = stages[3]["spec"]
     keys = [e["key"] for e in complete["selector"]["matchExpressions"]]
@@ -93,6 +99,11 @@ def test_stages_cover_node_and_pod_life_and_use_the_documented_annotations():
     assert f'"{RESULT_ANNOTATION}"' in template and f'"{EXIT_CODE_ANNOTATION}"' in template
     assert "{{ $ok := false }}" in stages[4]["spec"]["next"]["statusTemplate"]  # a deleted Pod is killed first (Failed)
     assert stages[5]["spec"]["next"] == {"delete": True}
+    # A Pod of the missing image is not made Ready: it waits in ErrImagePull.
+    assert {"key": ".spec.containers.[].image", "operator": "NotIn", "values": [MISSING_IMAGE]} in \
+        stages[2]["spec"]["selector"]["matchExpressions"]
+    assert "ErrImagePull" in stages[6]["spec"]["next"]["statusTemplate"]
+    assert f'"{REASON_ANNOTATION}"' in template
 
 
 def test_kubeconfig_embeds_the_credentials(tmp_path):

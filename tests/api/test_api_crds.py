@@ -212,3 +212,15 @@ def test_kubectl_explain_shows_every_default_and_bound(kind):
         if low is not None and high is not None and f"From {low} to {high}" not in text:
             missing.append(f"{path}: From {low} to {high}")
     assert not missing, missing
+
+
+@pytest.mark.parametrize("kind", ["GPTModel", "FineTuneJob"])
+def test_kubectl_explain_says_what_an_int_or_string_field_takes(kind):
+    """kubectl explain guesses a field's type from `type`, which an int-or-string schema must leave empty, so it prints
+    `<Object>` for a quantity: the description has to say that it takes an integer or a string."""
+    files = {"GPTModel": "gptops.io_gptmodels.yaml", "FineTuneJob": "gptops.io_finetunejobs.yaml"}
+    crd = yaml.safe_load((ROOT / "crds" / files[kind]).read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    quantities = [(path, prop) for path, prop in _properties(spec, "spec") if prop.get("x-kubernetes-int-or-string")]
+    assert quantities
+    assert [path for path, prop in quantities if "an integer or a string" not in prop.get("description", "")] == []

@@ -5,35 +5,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
+from argocd_health import health
+from gptops.reconcile import PodState
 from reconcile_world import World, passed_finetunejob, settle, stage_result
 
-from gptops.reconcile import PodState
-
-lua51 = pytest.importorskip("lupa.lua51", reason="lupa (the dev extra) runs the Lua health checks")
-
-CHART = Path(__file__).resolve().parents[2] / "charts" / "gptops" / "files"
 GOOD = {"perplexity": 20.0, "baselinePerplexity": 40.0}
 BAD = {"perplexity": 80.0, "baselinePerplexity": 90.0}
-
-
-def health(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
-    """(status, message) as Argo CD would compute them for `obj`."""
-    lua = lua51.LuaRuntime(unpack_returned_tuples=True)
-    script = (CHART / f"argocd-health-{kind}.lua").read_text()
-    hs = lua.execute(f"return function(obj)\n{script}\nend")(_to_lua(lua, obj))
-    return hs["status"], hs["message"] or ""
-
-
-def _to_lua(lua: Any, value: Any) -> Any:
-    if isinstance(value, dict):
-        return lua.table_from({k: _to_lua(lua, v) for k, v in value.items()})
-    if isinstance(value, list):
-        return lua.table_from([_to_lua(lua, v) for v in value])
-    return value
 
 
 def finish(world: World, stage: str, message: str, ok: bool = True) -> None:

@@ -272,6 +272,9 @@ def test_a_missing_model_waits(world: World) -> None:
     prepared = conditions(plan.status)["Prepared"]
     assert prepared["reason"] == "ModelNotFound" and "tiny" in prepared["message"]
     assert plan.status["phase"] == "Pending"
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "ModelNotFound")]
+    world.apply_ftj(plan)
+    assert world.plan_ftj().events == ()  # once
 
 
 def test_a_model_without_artifacts_storage_is_refused(world: World) -> None:
@@ -470,3 +473,19 @@ def test_a_pod_level_cause_reaches_the_condition_and_one_warning_in_one_pass(wor
     assert [(e.type, e.reason) for e in plan.events] == [("Warning", reason)]
     world.apply_ftj(plan)
     assert world.plan_ftj().events == ()  # the same cause is not news twice
+
+
+def test_a_revision_rolled_back_from_stays_superseded(world: World) -> None:
+    """The GPTModel rolls back to its source: the run it served says Superseded, pass after pass (it is not waiting:
+    the GPTModel does not serve it again until its spec or the run's changes)."""
+    run_to_evaluation(world, GOOD)
+    promote(world)
+    for key in ("servingRevision", "servingArtifact", "servingAdapter", "servingDigest", "servingPassedAt"):
+        world.model["status"].pop(key, None)
+    for _ in range(3):
+        world.apply_ftj(world.plan_ftj())
+        promoted = conditions(world.ftj["status"])["Promoted"]
+        assert (promoted["status"], promoted["reason"]) == ("False", "Superseded"), promoted
+        assert "now serves its source" in promoted["message"]
+    promote(world)
+    assert conditions(world.ftj["status"])["Promoted"]["status"] == "True"

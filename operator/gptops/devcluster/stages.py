@@ -2,13 +2,19 @@
 
 A scheduled Pod goes Running and Ready. A Pod annotated `kwok.gptops.io/result` then terminates: Succeeded when
 `kwok.gptops.io/exit-code` is absent or "0", else Failed; each container's termination message is the result.
-Pods without it keep running. A deleted Pod is killed (phase Failed, exit code 137), then removed. Shapes follow kwok v0.8.0's kustomize/stage files.
+`kwok.gptops.io/reason` names the failed container's reason (e.g. OOMKilled; "Error" without it).
+Pods without the result keep running. A Pod whose image is MISSING_IMAGE stays Pending with ErrImagePull, as a kubelet
+that cannot pull it says. A deleted Pod is killed (phase Failed, exit code 137), then removed. Shapes follow kwok
+v0.8.0's kustomize/stage files.
 """
 
 from __future__ import annotations
 
 RESULT_ANNOTATION = "kwok.gptops.io/result"
 EXIT_CODE_ANNOTATION = "kwok.gptops.io/exit-code"
+REASON_ANNOTATION = "kwok.gptops.io/reason"
+#: An image no registry serves: its Pods never start.
+MISSING_IMAGE = "registry.invalid/gptops/missing:0"
 NODE_LEASE_SECONDS = 40
 
 _NODE_CONDITIONS = """\
@@ -124,7 +130,8 @@ phase: Running
 startTime: {{ $now | Quote }}
 """
 
-# A terminated Pod, given $code (exit code), $message (termination message) and $ok (exit code 0).
+# A terminated Pod, given $code (exit code), $message (termination message), $ok (exit code 0) and $reason (the
+# failed container's reason).
 _POD_TERMINATED = """\
 conditions:
 - lastTransitionTime: {{ $now | Quote }}
@@ -147,7 +154,7 @@ containerStatuses:
       exitCode: {{ $code }}
       finishedAt: {{ $now | Quote }}
       message: {{ $message | Quote }}
-      reason: {{ if $ok }}Completed{{ else }}Error{{ end }}
+      reason: {{ if $ok }}Completed{{ else }}{{ $reason }}{{ end }}
       startedAt: {{ $now | Quote }}
 {{ end }}
 phase: {{ if $ok }}Succeeded{{ else }}Failed{{ end }}
@@ -159,7 +166,8 @@ _POD_COMPLETE = (
 {{ $code := or (index .metadata.annotations "EXIT_CODE") "0" }}
 {{ $message := index .metadata.annotations "RESULT" }}
 {{ $ok := eq $code "0" }}
-""".replace("EXIT_CODE", EXIT_CODE_ANNOTATION).replace("RESULT", RESULT_ANNOTATION)
+{{ $reason := or (index .metadata.annotations "REASON") "Error" }}
+""".replace("EXIT_CODE", EXIT_CODE_ANNOTATION).replace("RESULT", RESULT_ANNOTATION).replace("REASON", REASON_ANNOTATION)
     + _POD_TERMINATED
 )
 
@@ -171,15 +179,46 @@ _POD_KILLED = """\
 {{ $code := "137" }}
 {{ $message := "" }}
 {{ $ok := false }}
+{{ $reason := "Error" }}
 """ + _POD_TERMINATED
+
+# What a kubelet reports for an image it cannot pull: the Pod stays Pending, its containers waiting.
+_POD_IMAGE_PULL_FAILED = """\
+{{ $now := Now }}
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: PodScheduled
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: Initialized
+- lastTransitionTime: {{ $now | Quote }}
+  reason: ContainersNotReady
+  status: "False"
+  type: Ready
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: false
+  restartCount: 0
+  started: false
+  state:
+    waiting:
+      reason: ErrImagePull
+      message: {{ printf "failed to pull and unpack image %q: not found" .image | Quote }}
+{{ end }}
+phase: Pending
+"""
 
 _READY = '.status.conditions.[] | select( .type == "Ready" ) | .status'
 _NOT_DELETED = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
+_IMAGES = ".spec.containers.[].image"
 
 
 def build_stages() -> list[dict]:
     """The Stages kwok loads with `--config`: node-initialize, node-heartbeat, pod-ready, pod-complete, pod-kill,
-    pod-delete."""
+    pod-delete, pod-image-pull-failed."""
     node_ready = {"key": _READY, "operator": "In", "values": ["True"]}
     return [
         _stage(
@@ -203,6 +242,7 @@ def build_stages() -> list[dict]:
                 _NOT_DELETED,
                 {"key": ".status.phase", "operator": "In", "values": ["Pending"]},
                 {"key": _READY, "operator": "NotIn", "values": ["True"]},
+                {"key": _IMAGES, "operator": "NotIn", "values": [MISSING_IMAGE]},
             ],
             {"statusTemplate": _POD_READY},
         ),
@@ -233,6 +273,18 @@ def build_stages() -> list[dict]:
                 {"key": ".status.phase", "operator": "In", "values": ["Succeeded", "Failed"]},
             ],
             {"delete": True},
+        ),
+        _stage(
+            "pod-image-pull-failed",
+            "Pod",
+            [
+                _NOT_DELETED,
+                {"key": ".status.phase", "operator": "In", "values": ["Pending"]},
+                {"key": _IMAGES, "operator": "In", "values": [MISSING_IMAGE]},
+                {"key": ".status.containerStatuses.[].state.waiting.reason", "operator": "NotIn",
+                 "values": ["ErrImagePull"]},
+            ],
+            {"statusTemplate": _POD_IMAGE_PULL_FAILED},
         ),
     ]
 

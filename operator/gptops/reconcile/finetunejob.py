@@ -98,6 +98,8 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
         job = observed.jobs.get(name) if name else None
         if job is None and blocked is not None:  # what exists is still read; nothing new is started
             wants.append(Want(cond_type, FALSE, blocked.reason, blocked.message))
+            if model is None:  # nothing starts until it exists: a Warning, once
+                problems.append(wants[-1])
             previous_done = False
             continue
         assert name is not None and revision is not None
@@ -329,7 +331,10 @@ def _gate_and_promotion(ftj: FineTuneJob, model: GPTModel | None, evaluation: St
         return passed, Want(PROMOTED, FALSE, Reason.WAITING,
                             f"GPTModel {model.name} serves this run's revision {earlier}; this one passed and waits "
                             "to be served")
-    if was is not None and was.status == TRUE:
+    # Once served, a revision that is no longer served stays Superseded (rolled back from, too: the GPTModel does not
+    # serve it again on its own), until it is served again or the spec changes.
+    if was is not None and (was.status == TRUE or (was.reason == Reason.SUPERSEDED
+                                                   and was.observed_generation == ftj.metadata.generation)):
         return passed, Want(PROMOTED, FALSE, Reason.SUPERSEDED, f"GPTModel {model.name} now serves {now_serving}")
     if pin and pin != ftj.name:
         return passed, Want(PROMOTED, FALSE, Reason.PINNED_REVISION,
