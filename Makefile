@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: all venv controlplane test test-fast test-gpu demo lint clean
+.PHONY: all venv controlplane vllm test test-fast test-gpu demo lint clean
 
 all: test
 
@@ -24,7 +24,12 @@ controlplane:
 	@if [ "$${GPTOPS_SKIP_CLUSTER:-0}" = 1 ]; then echo "GPTOPS_SKIP_CLUSTER=1: not building the control plane"; \
 	else tools/build-controlplane.sh >/dev/null; fi
 
-test: venv controlplane
+# The vLLM release the default serving image pins, in ~/.cache/gptops (once): tests run its own argument checks.
+vllm:
+	@if [ "$${GPTOPS_SKIP_VLLM:-0}" = 1 ]; then echo "GPTOPS_SKIP_VLLM=1: not installing vLLM"; \
+	else tools/vllm-venv.sh >/dev/null; fi
+
+test: venv controlplane vllm
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Pure and pipeline tests only, no control plane.

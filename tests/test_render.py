@@ -61,7 +61,7 @@ def test_model_without_its_finetunejob_serves_the_source():
     objs = list(yaml.safe_load_all(render(FILES[0]).stdout))
     assert [o["kind"] for o in objs] == ["Deployment", "Service"]
     args = objs[0]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--model") + 1] == "sshleifer/tiny-gpt2"
+    assert args[0] == "sshleifer/tiny-gpt2"
 
 
 def test_finetunejob_without_its_model_is_an_error():

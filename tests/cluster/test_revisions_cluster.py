@@ -91,7 +91,7 @@ def test_thirty_gates_passing_in_one_second_while_a_pin_comes_and_goes(k: Cluste
                    d["metadata"]["annotations"].get("gptops.io/artifact") == f"{directory}/model" and d,
                    "the Deployment to serve the revision's directory")
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--model") + 1] == f"{directory}/model"
+    assert args[0] == f"{directory}/model"
 
     # Every FineTuneJob's Promoted condition tells the truth: one served, every other one superseded by it.
     def truthful() -> dict[str, tuple[str, str]] | None:

@@ -79,7 +79,7 @@ EXIT_CRASHED = 3
 GPU_RESOURCE = "nvidia.com/gpu"
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/gptops/trainer:0.1.0"
-DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.33.0"
 
 
 def fixed_labels(

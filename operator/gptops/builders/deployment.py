@@ -56,7 +56,7 @@ def server_selector(model: GPTModel) -> dict[str, str]:
 
 
 def served_model_names(model: GPTModel, served: ServedRevision) -> tuple[str, str | None]:
-    """(name of --model, name of the LoRA module): clients always ask for the GPTModel's name and get the
+    """(name of the model vLLM loads, name of the LoRA module): clients always ask for the GPTModel's name and get the
     revision; with LoRA the base is also reachable as `<name>-base`."""
     if served.adapter:
         return f"{model.name}-base", model.name
@@ -69,10 +69,11 @@ def _lora_rank(rank: int | None) -> int:
 
 
 def vllm_args(model: GPTModel, served: ServedRevision) -> list[str]:
-    """vLLM's arguments, one list item each: no value ever goes through a shell."""
+    """`vllm serve`'s arguments, one list item each: no value ever goes through a shell. The model (a directory or a
+    Hugging Face repo id) comes first, as vLLM's CLI wants it (its `--model` option is deprecated)."""
     v = model.spec.serving.vllm
     base_name, lora_name = served_model_names(model, served)
-    args = ["--model", served.model, "--served-model-name", base_name,
+    args = [served.model, "--served-model-name", base_name,
             "--host", "0.0.0.0", "--port", str(VLLM_PORT)]
     hf = model.spec.source.huggingface
     if hf is not None and served.model == hf.repo:
@@ -133,7 +134,7 @@ def build_deployment(model: GPTModel | Mapping[str, Any], served: ServedRevision
         "name": "vllm",
         "image": serving.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "command": ["vllm", "serve"],  # the image's own CLI (python -m vllm.entrypoints.openai.api_server is deprecated)
         "args": vllm_args(model, served),
         "ports": [{"name": "http", "containerPort": VLLM_PORT, "protocol": "TCP"}],
         "env": env,
