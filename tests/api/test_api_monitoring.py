@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from gptops.api.gptmodel import GPTModel
 from gptops.validate import validate_object
 

@@ -9,15 +9,12 @@ from pydantic import Field, model_validator
 
 from gptops.api.common import (
     LIST_MAX,
-    URI_MAX,
     Name,
     ObjectModel,
-    Path,
     Quantity,
     ShortString,
     SpecModel,
     StatusModel,
-    TokenSecretRef,
     Toleration,
 )
 from gptops.api.conditions import Condition

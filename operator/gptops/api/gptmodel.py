@@ -14,17 +14,21 @@ from gptops.api.common import (
     ObjectModel,
     Path,
     Quantity,
-    SecretRef,
     ShortString,
     SpecModel,
     StatusModel,
     TokenSecretRef,
     Toleration,
-    URI_MAX,
 )
 from gptops.api.conditions import Condition
+from gptops.api.constants import (
+    DEFAULT_TRAINER_IMAGE,
+    DEFAULT_VLLM_IMAGE,
+    KIND_GPTMODEL,
+    LORA_RANK_MAX,
+    VLLM_PORT,
+)
 from gptops.api.sources import DatasetFields, DatasetSource, LocalSource, S3Source
-from gptops.api.constants import DEFAULT_TRAINER_IMAGE, DEFAULT_VLLM_IMAGE, KIND_GPTMODEL, LORA_RANK_MAX, VLLM_PORT
 
 
 class HuggingFaceModelSource(SpecModel):
