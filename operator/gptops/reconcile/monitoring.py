@@ -107,10 +107,14 @@ def plan_monitoring(model: GPTModel, observed: ObservedGPTModel, served: ServedR
     decision = MonitoringDecision()
     last_job = ((previous or {}).get("lastRun") or {}).get("job")
     if latest is None:
+        last = (previous or {}).get("lastRun") or {}
+        before = f"; the last run ({last['job']}) evaluated revision {last.get('revision')}: " \
+                 f"{last.get('result')}" if last.get("job") else ""
         decision.drifted = Want(DRIFTED, UNKNOWN, Reason.NOT_YET_RUN,
                                 f"revision {revision} has not been evaluated live yet (every "
-                                f"{spec.interval_seconds}s once it is rolled out)")
-        status: dict[str, Any] = {"lastRun": (previous or {}).get("lastRun"), "atPromotion": at_promotion}
+                                f"{spec.interval_seconds}s once it is rolled out){before}")
+        # status.monitoring stays the last finished run, whichever revision it evaluated (lastRun.revision says).
+        status: dict[str, Any] = previous or {"atPromotion": at_promotion}
     else:
         status, decision.drifted, verdict = _read_run(latest, revision, at_promotion, spec, observed.now)
         if latest.name != last_job:
