@@ -1,6 +1,6 @@
 """The monitor stage: live evaluation of a served model through its OpenAI-compatible endpoint, and input drift.
 
-Perplexity comes from the prompt log-probabilities the server returns for `echo=True, logprobs=1, max_tokens=0` on
+Perplexity comes from the prompt log-probabilities the server returns for `echo=True, logprobs=1, max_tokens=1` on
 /v1/completions (vLLM does; a server that ignores them, like `transformers serve`, leaves perplexity unmeasured), BLEU
 from greedy completions against the references (any server). Input drift: the population stability index of the
 prompt lengths vLLM saw since the last run (its `vllm:request_prompt_tokens` histogram, read from each Pod's /metrics)
@@ -243,12 +243,16 @@ def live_perplexity(client: httpx.Client, config: MonitorConfig,
     for sample in samples:
         if not sample.text:
             continue
-        reply = _post(client, config, "/completions",
-                      {"prompt": sample.text, "echo": True, "logprobs": 1, "max_tokens": 0, "temperature": 0})
+        # One generated token, not 0: vLLM echoes the prompt either way, and a server that cannot generate 0 tokens
+        # (transformers serve refuses 0) still answers. The generated token is not scored.
+        reply = _post(client, config, "/completions", {"prompt": sample.text, "echo": True, "logprobs": 1,
+                                                       "max_tokens": 1, "temperature": 0})
         if (n := (reply.get("usage") or {}).get("prompt_tokens")) is not None:
             lengths.append(int(n))
         nll, n_tokens = prompt_nll((reply.get("choices") or [{}])[0].get("logprobs"), sample.scored_from,
                                    len(sample.text))
+        if n_tokens == 0 and tokens == 0:
+            return None, lengths  # the server returns no prompt log-probabilities: asking again will not help
         total, tokens = total + nll, tokens + n_tokens
     if tokens == 0:
         return None, lengths
