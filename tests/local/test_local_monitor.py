@@ -65,8 +65,9 @@ def promoted(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def served_dir(runs: Path) -> Path:
-    state = json.loads((runs / "models" / "colors.json").read_text())
-    return Path(state["servingArtifact"])
+    from gptops.local.state import ModelState
+
+    return Path(ModelState.load(runs, "colors").serving_artifact)
 
 
 def worse_model(good: Path, out: Path) -> Path:

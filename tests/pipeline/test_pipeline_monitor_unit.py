@@ -2,6 +2,7 @@
 serves), live requests since the last run (a restarted Pod counts from zero), the PSI, and perplexity from echoed
 prompt log-probabilities."""
 
+import json
 import math
 
 import pytest
@@ -64,3 +65,26 @@ def test_perplexity_counts_only_the_completion_tokens_of_the_echo():
     assert prompt_nll(logprobs, 0, 12) == (3.5, 3)
     assert prompt_nll(logprobs, 6, 12) == (0.5, 1)
     assert prompt_nll(None, 0, 12) == (0.0, 0)  # a server that returns no log-probabilities
+
+
+def _gptmodel(**monitoring):
+    return json.dumps({"kind": "GPTModel", "metadata": {"name": "tiny", "namespace": "ml"},
+                       "spec": {"source": {"huggingface": {"repo": "sshleifer/tiny-gpt2"}}, **monitoring}})
+
+
+def test_the_monitor_stage_reports_bad_input_as_a_result_naming_the_field(tmp_path, capsys, monkeypatch):
+    from gptops.api.stageresult import parse_stage_result
+    from gptops.pipeline.__main__ import main
+
+    monkeypatch.setenv("GPTOPS_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    assert main(["monitor", "--endpoint", "http://127.0.0.1:9/v1", "--model-spec-json", _gptmodel()]) == 1
+    result = parse_stage_result((tmp_path / "termination-log").read_text(), stage="monitor")
+    assert result is not None and not result.ok and result.message.startswith("spec.monitoring: not set")
+
+    data = tmp_path / "held-out.jsonl"
+    data.write_text(json.dumps({"prompt": "2 + 2 =", "completion": "4"}) + "\n")
+    monitoring = {"monitoring": {"dataset": {"source": {"local": {"path": str(data)}}}, "metrics": ["bleu"]}}
+    # Nothing listens on port 9 of 127.0.0.1: the result names the endpoint.
+    assert main(["monitor", "--endpoint", "http://127.0.0.1:9/v1", "--model-spec-json", _gptmodel(**monitoring)]) == 1
+    result = parse_stage_result((tmp_path / "termination-log").read_text(), stage="monitor")
+    assert not result.ok and "http://127.0.0.1:9/v1/completions: ConnectError" in result.message

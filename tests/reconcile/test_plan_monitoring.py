@@ -160,3 +160,12 @@ def test_turning_monitoring_off_removes_its_jobs_status_and_condition(world: Wor
     plan = world.plan_model()
     assert DeleteChild("Job", job, "ml") in plan.changes
     assert plan.status["monitoring"] is None and "Drifted" not in conditions(plan.status)
+
+
+def test_a_dataset_on_this_machine_is_refused_in_a_cluster_naming_the_field(world: World) -> None:
+    monitored(world, dataset={"source": {"local": {"path": "held-out.jsonl"}}})
+    rolled_out(world)
+    assert monitor_jobs(world) == []
+    drifted = conditions(world.model["status"])["Drifted"]
+    assert drifted["status"] == "Unknown" and drifted["reason"] == "InvalidSpec"
+    assert "spec.monitoring.dataset.source.local is for gptops run only" in drifted["message"]

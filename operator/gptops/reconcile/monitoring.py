@@ -20,6 +20,7 @@ from gptops.api.conditions import DRIFTED, FALSE, TRUE, UNKNOWN, Reason
 from gptops.api.constants import STAGE_MONITOR
 from gptops.api.gptmodel import GPTModel, Monitoring
 from gptops.api.stageresult import parse_stage_result
+from gptops.builders.common import BuildError
 from gptops.builders.monitor import build_monitor_job, monitor_job_name
 from gptops.reconcile.conditions import Want
 from gptops.reconcile.observed import JobState, ObservedGPTModel
@@ -127,8 +128,11 @@ def plan_monitoring(model: GPTModel, observed: ObservedGPTModel, served: ServedR
     name = monitor_job_name(model, key, _run_number(model, spec, observed.now))
     if rolled_out and not any(j.name == name for j in observed.monitor_jobs) and not any(
             j.revision_key == key for j in active):
-        decision.actions.append(CreateChild(build_monitor_job(model, served, key, name,
-                                                              metrics_urls=observed.serving_pods)))
+        try:
+            decision.actions.append(CreateChild(build_monitor_job(model, served, key, name,
+                                                                  metrics_urls=observed.serving_pods)))
+        except BuildError as e:  # a spec the cluster cannot run: said, not retried
+            decision.drifted = Want(DRIFTED, UNKNOWN, Reason.INVALID_SPEC, f"no monitor Job: {e}")
     keep = {j.name for j in sorted(finished, key=lambda j: (j.created, j.name))[-KEEP_FINISHED:]}
     decision.actions += [DeleteChild("Job", j.name, model.namespace) for j in observed.monitor_jobs
                          if j.name not in keep and (j.revision_key != key or j in finished)]
