@@ -109,8 +109,8 @@ def test_a_worse_model_behind_the_same_endpoint_is_flagged_and_the_good_one_is_n
     port = serve.free_port()
     tokenizer = AutoTokenizer.from_pretrained(good)
     try:
-        # Live traffic like the dataset: prompts of the same lengths.
-        for r in rows(FILLERS) * 2:
+        # Live traffic like the dataset: its prompts, five times each.
+        for r in rows(FILLERS[14:]) * 5:
             prompt_tokens.labels(model_name="colors").observe(len(tokenizer(r["prompt"])["input_ids"]))
         server = serve.start(serve.ServeSpec(model_dir=good, served_name="colors", port=port),
                              engine="transformers", log=tmp_path / "good.log", workdir=tmp_path / "good",
@@ -121,7 +121,7 @@ def test_a_worse_model_behind_the_same_endpoint_is_flagged_and_the_good_one_is_n
             server.stop()
         assert code == 0 and report["drifted"] is False, report
         assert report["atPromotion"]["bleu"] >= 90 and report["live"]["bleu"] >= 0.7 * report["atPromotion"]["bleu"]
-        assert report["liveRequests"] == 40 and report["inputPsi"] < 0.2
+        assert report["liveRequests"] == 30 and report["inputPsi"] < 0.05
         assert "perplexity" not in report["live"]  # transformers serve returns no prompt log-probabilities
         assert any("perplexity not measured" in n for n in report["notes"])
 

@@ -81,7 +81,7 @@ def one_pass(namespace: str, name: str) -> list[common.Key]:
         sum(e.reason == Reason.PROMOTED for e in plan.events))
     metrics.record_gptmodel_conditions(ns, model.name, {c["type"]: c["status"] == "True"
                                                         for c in plan.status.get("conditions") or ()})
-    if plan.status.get("monitoring") is not None or "monitoring" in plan.status:
+    if "monitoring" in plan.status:  # what the pass wrote: the last run's series, and a run read for the first time
         monitoring = _merged(model.status.monitoring.to_dict() if model.status.monitoring else {},
                              plan.status.get("monitoring"))
         metrics.record_live(ns, model.name, monitoring)

@@ -86,8 +86,6 @@ class MonitoringDecision:
     """The Drifted condition; None without spec.monitoring."""
     rollback: str | None = None
     """Why to roll back the served revision (action rollback, a drift of it); None: keep serving it."""
-    finished: tuple[str, str] | None = None
-    """(job, result) of a run this pass reads for the first time, for gptops_live_runs_total."""
 
 
 def plan_monitoring(model: GPTModel, observed: ObservedGPTModel, served: ServedRevision | None, *,
@@ -106,7 +104,6 @@ def plan_monitoring(model: GPTModel, observed: ObservedGPTModel, served: ServedR
     latest = max(finished, key=lambda j: (j.completion_time or j.created, j.name), default=None)
 
     decision = MonitoringDecision()
-    last_job = ((previous or {}).get("lastRun") or {}).get("job")
     if latest is None:
         last = (previous or {}).get("lastRun") or {}
         before = f"; the last run ({last['job']}) evaluated revision {last.get('revision')}: " \
@@ -118,8 +115,6 @@ def plan_monitoring(model: GPTModel, observed: ObservedGPTModel, served: ServedR
         status: dict[str, Any] = previous or {"atPromotion": at_promotion}
     else:
         status, decision.drifted, verdict = _read_run(latest, revision, at_promotion, spec, observed.now)
-        if latest.name != last_job:
-            decision.finished = (latest.name, status["lastRun"]["result"])
         if verdict is not None and verdict.drifted and spec.action == "rollback" and served.revision is not None:
             decision.rollback = f"{DRIFT_ROLLBACK_PREFIX} ({'; '.join(verdict.reasons)})"
     decision.status = _patch(previous, status)
