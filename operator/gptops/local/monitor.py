@@ -44,6 +44,7 @@ def monitor(
     output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
 ) -> None:
     """Evaluate the served model live and compare it with the numbers it was promoted with."""
+    from gptops.api.gptmodel import Monitoring
     from gptops.local import specs
     from gptops.pipeline import monitor as stage
     from gptops.pipeline.errors import PipelineError
@@ -58,7 +59,7 @@ def monitor(
                                         state_dir=runs_dir / ".monitor" / item.model_name,
                                         run_name=_run_name(), base_dir=item.model_file.parent,
                                         work_dir=runs_dir / ".monitor" / "downloads")
-        spec = item.model["spec"]["monitoring"]
+        settings = Monitoring.model_validate(item.model["spec"]["monitoring"])
     except ValueError as e:  # SpecError is one
         console.print(f"[red]{file}: {e}[/red]")
         raise typer.Exit(EXIT_INVALID) from None
@@ -79,10 +80,6 @@ def monitor(
     finally:
         if server is not None:
             server.stop()
-    parsed = item.model["spec"]["monitoring"]
-    from gptops.api.gptmodel import Monitoring
-
-    settings = Monitoring.model_validate(parsed)
     base = {m: at_promotion[m] for m in settings.metrics if m in at_promotion}
     verdict = judge(report.live, base, tolerance=settings.tolerance, psi=report.input_psi,
                     psi_threshold=settings.input_drift.psi_threshold)
@@ -93,12 +90,12 @@ def monitor(
                           "drifted": verdict.drifted, "reasons": verdict.reasons, "notes": report.notes,
                           "samples": report.samples}, indent=2))
     else:
-        _print(console, item.model_name, revision, report, base, verdict, spec)
+        _print(console, item.model_name, revision, report, base, verdict, settings.action)
     raise typer.Exit(EXIT_DRIFTED if verdict.drifted else 0)
 
 
 def _print(console: Console, model: str, revision: str | None, report: Any, base: dict[str, float], verdict: Any,
-           spec: dict[str, Any]) -> None:
+           action: str) -> None:
     table = Table(title=f"GPTModel {model}, revision {revision or 'source'}: live against promotion")
     for column in ("metric", "live", "at promotion", "change"):
         table.add_column(column)
@@ -112,7 +109,7 @@ def _print(console: Console, model: str, revision: str | None, report: Any, base
     for note in report.notes:
         console.print(f"[dim]{note}[/dim]")
     if verdict.drifted:
-        console.print(f"[red]Drifted[/red] ({spec.get('action', 'alert')}): " + "; ".join(verdict.reasons))
+        console.print(f"[red]Drifted[/red] (action {action}): " + "; ".join(verdict.reasons))
     else:
         console.print("[green]Within tolerance[/green]")
 
