@@ -65,7 +65,8 @@ def test_rbac_grants_the_children_and_no_secrets(control_plane) -> None:
     rules = one(render(control_plane), "ClusterRole")["rules"]
     granted = {(g, r): set(rule["verbs"]) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
     assert not any(r == "secrets" or "*" in v or r == "*" for (_, r), v in granted.items())
-    assert granted[("batch", "jobs")] == {"get", "list", "watch", "create"}
+    # delete: old revisions' stage Jobs and finished monitor Jobs are removed by the operator.
+    assert granted[("batch", "jobs")] == {"get", "list", "watch", "create", "delete"}
     assert granted[("", "pods")] == {"get", "list", "watch"}
     assert "patch" in granted[("gptops.io", "gptmodels/status")]
     assert "create" in granted[("", "events")]

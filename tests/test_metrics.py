@@ -78,3 +78,28 @@ def test_every_documented_metric_is_exposed() -> None:
                  "gptops_promotions_total", "gptops_rollbacks_total", "gptops_serving_revision_info",
                  "gptops_stage_failures_total", "gptops_gptmodel_condition"):
         assert f"# TYPE {name}" in text, name
+
+
+def test_live_series_follow_the_last_monitor_run_and_go_with_the_model() -> None:
+    run = {"lastRun": {"job": "gm-monitor-abc-0", "revision": "ft-1", "result": "drifted"},
+           "live": {"perplexity": 60.0, "bleu": 3.0}, "atPromotion": {"perplexity": 42.0, "bleu": 3.5},
+           "inputPsi": 0.3}
+    metrics.record_live("m9", "gm", run)
+    assert value("gptops_live_metric", namespace="m9", model="gm", revision="ft-1", metric="perplexity") == 60
+    assert value("gptops_live_baseline_metric", namespace="m9", model="gm", revision="ft-1", metric="bleu") == 3.5
+    assert value("gptops_live_input_psi", namespace="m9", model="gm", revision="ft-1") == 0.3
+    # The next revision's run replaces the series; it measured BLEU only and no PSI.
+    metrics.record_live("m9", "gm", {"lastRun": {"job": "gm-monitor-def-0", "revision": "ft-2", "result": "ok"},
+                                     "live": {"bleu": 4.0}, "atPromotion": {"bleu": 3.9}})
+    assert value("gptops_live_metric", namespace="m9", model="gm", revision="ft-1", metric="perplexity") is None
+    assert value("gptops_live_input_psi", namespace="m9", model="gm", revision="ft-1") is None
+    assert value("gptops_live_metric", namespace="m9", model="gm", revision="ft-2", metric="bleu") == 4
+    # A failed run publishes no live numbers; a deleted model none at all.
+    metrics.record_live("m9", "gm", {"lastRun": {"job": "gm-monitor-def-1", "revision": "ft-2", "result": "error"}})
+    assert value("gptops_live_metric", namespace="m9", model="gm", revision="ft-2", metric="bleu") is None
+    metrics.record_live("m9", "gm", run)
+    metrics.record_live("m9", "gm", None)
+    text = generate_latest(REGISTRY).decode()
+    assert not [line for line in text.splitlines() if line.startswith("gptops_live_") and 'namespace="m9"' in line]
+    metrics.record_gptmodel_conditions("m9", "gm", {"Drifted": True})
+    assert value("gptops_gptmodel_condition", namespace="m9", model="gm", condition="Drifted") == 1

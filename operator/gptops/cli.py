@@ -6,6 +6,7 @@ import typer
 
 from gptops.devcluster.cli import app as dev_cluster_app
 from gptops.local.cli import run as run_command
+from gptops.local.monitor import monitor as monitor_command
 from gptops.render import render_cli
 from gptops.status import status as status_command
 from gptops.validate import validate_cli
@@ -28,6 +29,7 @@ def version() -> None:
 
 app.add_typer(dev_cluster_app, name="dev-cluster")
 app.command(name="run")(run_command)
+app.command(name="monitor")(monitor_command)
 app.command(name="status")(status_command)
 app.command(name="validate")(validate_cli)
 app.command(name="render")(render_cli)

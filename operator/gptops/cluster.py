@@ -19,10 +19,14 @@ from gptops.api.constants import (
     GROUP,
     LABEL_FINETUNEJOB,
     LABEL_MANAGED_BY,
+    LABEL_MODEL,
+    LABEL_STAGE,
     MANAGED_BY,
     PLURAL_FINETUNEJOB,
     PLURAL_GPTMODEL,
+    STAGE_MONITOR,
     VERSION,
+    VLLM_PORT,
 )
 from gptops.api.finetunejob import FineTuneJob
 from gptops.api.gptmodel import GPTModel
@@ -117,12 +121,41 @@ def observe_gptmodel(model: GPTModel) -> ObservedGPTModel:
     if deployment is not None and not _owned([deployment], model.metadata.uid):
         raise kopf.PermanentError(f"Deployment {ns}/{name} exists and is not owned by GPTModel {model.name}")
     service = _get_or_none(core.read_namespaced_service, name, ns)
+    monitor_jobs: tuple = ()
+    serving_pods: tuple[str, ...] = ()
+    if model.spec.monitoring is not None or model.status.monitoring is not None:
+        batch = k8s.BatchV1Api(api)
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_STAGE}={STAGE_MONITOR}"
+        jobs = _owned(_raw(batch.list_namespaced_job, ns, label_selector=f"{selector},{LABEL_MODEL}="
+                           f"{label_value(model.name)}")["items"], model.metadata.uid)
+        pods = _raw(core.list_namespaced_pod, ns, label_selector=selector)["items"] if jobs else []
+        monitor_jobs = tuple(job_state(j, pods) for j in jobs)
+    if model.spec.monitoring is not None and deployment is not None:
+        serving_pods = _metrics_urls(core, ns, deployment)
     return ObservedGPTModel(
         now=now_rfc3339(),
         deployment=deployment_state(deployment) if deployment else None,
         service=service is not None,
         finetunejobs=tuple(_parsed_finetunejobs(_finetunejob_items(custom, ns, model.name))),
+        monitor_jobs=monitor_jobs,
+        serving_pods=serving_pods,
     )
+
+
+def _metrics_urls(core: k8s.CoreV1Api, namespace: str, deployment: dict[str, Any]) -> tuple[str, ...]:
+    """http://<Pod IP>:8000/metrics of each ready Pod of the vLLM Deployment (a monitor run reads them all)."""
+    match = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    selector = ",".join(f"{k}={v}" for k, v in sorted(match.items()))
+    if not selector:
+        return ()
+    urls = []
+    for pod in _raw(core.list_namespaced_pod, namespace, label_selector=selector)["items"]:
+        status = pod.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
+        owned = any(ref.get("kind") == "ReplicaSet" for ref in (pod.get("metadata") or {}).get("ownerReferences") or ())
+        if ready and owned and status.get("podIP"):
+            urls.append(f"http://{status['podIP']}:{VLLM_PORT}/metrics")
+    return tuple(sorted(urls))
 
 
 def _finetunejob_items(custom: k8s.CustomObjectsApi, namespace: str, model: str) -> list[dict[str, Any]]:

@@ -6,6 +6,8 @@ phases, metric names) except the per-object ones, which follow the objects that 
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 DEFAULT_PORT = 8080
@@ -37,7 +39,7 @@ STAGE_FAILURES_TOTAL = Counter(
 )
 GPTMODEL_CONDITION = Gauge(
     "gptops_gptmodel_condition",
-    "1 when a GPTModel's condition (Ready, Progressing, Degraded) is True, else 0.",
+    "1 when a GPTModel's condition (Ready, Progressing, Degraded, Drifted) is True, else 0.",
     ["namespace", "model", "condition"],
 )
 STAGE_DURATION_SECONDS = Histogram(
@@ -65,6 +67,27 @@ SERVING_REVISION_INFO = Gauge(
     "gptops_serving_revision_info",
     "1 for the revision a GPTModel serves.",
     ["namespace", "model", "revision"],
+)
+
+LIVE_METRIC = Gauge(
+    "gptops_live_metric",
+    "The latest live evaluation of a GPTModel's served revision (perplexity, bleu), by the monitor Job.",
+    ["namespace", "model", "revision", "metric"],
+)
+LIVE_BASELINE_METRIC = Gauge(
+    "gptops_live_baseline_metric",
+    "The value the served revision was promoted with (its FineTuneJob's evaluation), for gptops_live_metric.",
+    ["namespace", "model", "revision", "metric"],
+)
+LIVE_INPUT_PSI = Gauge(
+    "gptops_live_input_psi",
+    "Population stability index of live prompt lengths since the previous monitor run against the dataset's.",
+    ["namespace", "model", "revision"],
+)
+LIVE_RUNS_TOTAL = Counter(
+    "gptops_live_runs_total",
+    "Finished monitor runs of a GPTModel, by result (ok, drifted, error).",
+    ["namespace", "model", "result"],
 )
 
 _finetunejob_phases: dict[tuple[str, str], str] = {}
@@ -112,7 +135,7 @@ def forget_finetunejob(namespace: str, name: str, uid: str = "") -> None:
 
 def record_gptmodel_conditions(namespace: str, model: str, conditions: dict[str, bool] | None) -> None:
     """Set a GPTModel's condition gauges (None: the model is gone, drop them)."""
-    for condition in ("Ready", "Progressing", "Degraded"):
+    for condition in ("Ready", "Progressing", "Degraded", "Drifted"):
         if conditions is None:
             try:
                 GPTMODEL_CONDITION.remove(namespace, model, condition)
@@ -136,6 +159,31 @@ def record_serving_revision(namespace: str, model: str, revision: str | None) ->
     else:
         _served[key] = revision
         SERVING_REVISION_INFO.labels(namespace=namespace, model=model, revision=revision).set(1)
+
+
+def record_live(namespace: str, model: str, monitoring: dict[str, Any] | None) -> None:
+    """Publish a GPTModel's status.monitoring: exactly the series of its last run's revision (None: drop them all)."""
+    run = (monitoring or {}).get("lastRun") or {}
+    revision = run.get("revision") if run.get("result") in ("ok", "drifted") else None
+    wanted: dict[tuple[Gauge, tuple[str, ...]], float] = {}
+    if revision:
+        for metric, value in ((monitoring or {}).get("live") or {}).items():
+            wanted[(LIVE_METRIC, (namespace, model, revision, metric))] = value
+        for metric, value in ((monitoring or {}).get("atPromotion") or {}).items():
+            wanted[(LIVE_BASELINE_METRIC, (namespace, model, revision, metric))] = value
+        if (monitoring or {}).get("inputPsi") is not None:
+            wanted[(LIVE_INPUT_PSI, (namespace, model, revision))] = monitoring["inputPsi"]  # type: ignore[index]
+    for gauge in (LIVE_METRIC, LIVE_BASELINE_METRIC, LIVE_INPUT_PSI):
+        for labels in _series(gauge, namespace, model) - {k[1] for k in wanted if k[0] is gauge}:
+            gauge.remove(*labels)
+    for (gauge, labels), value in wanted.items():
+        gauge.labels(*labels).set(value)
+
+
+def _series(gauge: Gauge, namespace: str, model: str) -> set[tuple[str, ...]]:
+    names = gauge._labelnames  # noqa: SLF001 (the label order of the gauge's own definition)
+    return {tuple(sample.labels[n] for n in names) for metric in gauge.collect() for sample in metric.samples
+            if sample.labels.get("namespace") == namespace and sample.labels.get("model") == model}
 
 
 def serve(port: int = DEFAULT_PORT, registry: CollectorRegistry = REGISTRY) -> None:

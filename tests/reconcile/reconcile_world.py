@@ -101,6 +101,8 @@ class World:
     _created: int = 0
     finetunejobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Other FineTuneJobs of the GPTModel (the one in `ftj` is always observed too)."""
+    serving_pods: tuple[str, ...] = ()
+    """/metrics URLs of the ready vLLM Pods."""
 
     # --- observing ---
     def observe_ftj(self) -> ObservedFineTuneJob:
@@ -113,7 +115,9 @@ class World:
         assert self.model is not None
         ftjs = {self.ftj["metadata"]["name"]: self.ftj, **self.finetunejobs}
         return ObservedGPTModel(now=self.now, deployment=self.deployment, service=bool(self.services),
-                                finetunejobs=tuple(FineTuneJob.from_dict(f) for f in ftjs.values()))
+                                finetunejobs=tuple(FineTuneJob.from_dict(f) for f in ftjs.values()),
+                                monitor_jobs=tuple(j for j in self.jobs.values() if j.stage == "monitor"),
+                                serving_pods=self.serving_pods)
 
     def job(self, stage: str) -> str:
         """The name of the current revision's Job of `stage` (the newest of that stage the operator created)."""
@@ -154,7 +158,8 @@ class World:
             self._created += 1
             self.jobs.setdefault(name, JobState(
                 name=name, stage=labels["gptops.io/stage"], revision_key=labels["gptops.io/revision-key"],
-                spec_key=labels["gptops.io/spec-key"], start_model=meta["annotations"]["gptops.io/start-model"],
+                spec_key=labels.get("gptops.io/spec-key", ""),
+                start_model=(meta.get("annotations") or {}).get("gptops.io/start-model", ""),
                 created=f"{self.now}#{self._created:04d}", active=1))
         elif kind == "Service":
             self.services.add(name)

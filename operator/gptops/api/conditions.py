@@ -19,6 +19,8 @@ UNKNOWN: ConditionStatus = "Unknown"
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
+#: Only with spec.monitoring: the live evaluation of the served revision (reconcile/monitoring.py).
+DRIFTED = "Drifted"
 GPTMODEL_CONDITIONS = (READY, PROGRESSING, DEGRADED)
 
 # FineTuneJob condition types
@@ -67,6 +69,12 @@ class Reason:
     MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
     MINIMUM_REPLICAS_UNAVAILABLE = "MinimumReplicasUnavailable"
     AS_EXPECTED = "AsExpected"
+    # live evaluation (Drifted)
+    NOT_YET_RUN = "NotYetRun"
+    WITHIN_TOLERANCE = "WithinTolerance"
+    METRICS_WORSENED = "MetricsWorsened"
+    INPUT_DRIFT = "InputDrift"
+    MONITOR_FAILED = "MonitorFailed"
 
 
 class Condition(BaseModel):

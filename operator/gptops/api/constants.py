@@ -55,6 +55,8 @@ STAGE_PREPARE = "prepare"
 STAGE_TRAIN = "train"
 STAGE_EVALUATE = "evaluate"
 STAGES = (STAGE_PREPARE, STAGE_TRAIN, STAGE_EVALUATE)
+#: The live evaluation of a GPTModel's served revision (a Job of the GPTModel, not of a FineTuneJob).
+STAGE_MONITOR = "monitor"
 
 # Where things live inside the Pods the builders make.
 ARTIFACTS_MOUNT = "/artifacts"

@@ -9,20 +9,26 @@ from pydantic import Field, model_validator
 
 from gptops.api.common import (
     LIST_MAX,
-    URI_MAX,
     Name,
     ObjectModel,
-    Path,
     Quantity,
     ShortString,
     SpecModel,
     StatusModel,
-    TokenSecretRef,
     Toleration,
 )
 from gptops.api.conditions import Condition
 from gptops.api.constants import DEFAULT_TRAINER_IMAGE, KIND_FINETUNEJOB, LORA_RANK_MAX
-from gptops.api.gptmodel import LocalSource, S3Source
+from gptops.api.sources import (  # noqa: F401  (re-exported: the dataset source types)
+    ConfigMapDatasetSource,
+    DatasetFields,
+    DatasetSource,
+    HuggingFaceDatasetSource,
+    LocalSource,
+    PVCDatasetSource,
+    S3Source,
+    URLDatasetSource,
+)
 from gptops.api.stageresult import StageResult
 
 
@@ -33,72 +39,6 @@ class ModelRef(SpecModel):
 
 
 # --- dataset -------------------------------------------------------------------------------------------------
-
-
-class HuggingFaceDatasetSource(SpecModel):
-    """A dataset on the Hugging Face Hub."""
-
-    name: Name
-    config: Name | None = None
-    split: Name = "train"
-    revision: Name | None = None
-    token_secret_ref: TokenSecretRef | None = None
-
-
-class URLDatasetSource(SpecModel):
-    """A file served over HTTP(S)."""
-
-    url: str = Field(min_length=8, max_length=URI_MAX, pattern=r"^https?://")
-
-
-class PVCDatasetSource(SpecModel):
-    """A file or directory on a PersistentVolumeClaim."""
-
-    claim_name: Name
-    path: Path
-
-
-class ConfigMapDatasetSource(SpecModel):
-    """A key of a ConfigMap in the same namespace (small, inline datasets)."""
-
-    name: Name
-    key: Name
-
-
-class DatasetSource(SpecModel):
-    """Exactly one of the dataset sources."""
-
-    huggingface: HuggingFaceDatasetSource | None = None
-    url: URLDatasetSource | None = None
-    s3: S3Source | None = None
-    pvc: PVCDatasetSource | None = None
-    config_map: ConfigMapDatasetSource | None = None
-    local: LocalSource | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> DatasetSource:
-        values = (self.huggingface, self.url, self.s3, self.pvc, self.config_map, self.local)
-        if sum(v is not None for v in values) != 1:
-            raise ValueError("exactly one of huggingface, url, s3, pvc, configMap or local must be set")
-        return self
-
-    @property
-    def kind(self) -> str:
-        """Which source is set (camelCase, as in the spec)."""
-        for attr, key in (("huggingface", "huggingface"), ("url", "url"), ("s3", "s3"), ("pvc", "pvc"),
-                          ("config_map", "configMap"), ("local", "local")):
-            if getattr(self, attr) is not None:
-                return key
-        raise AssertionError("validated: one source is set")
-
-
-class DatasetFields(SpecModel):
-    """Names of the fields read from each record."""
-
-    text: Name = "text"
-    messages: Name = "messages"
-    prompt: Name = "prompt"
-    completion: Name = "completion"
 
 
 #: The stop-word lists the stop-words package ships: a language name or its two-letter code (the prepare stage

@@ -14,16 +14,21 @@ from gptops.api.common import (
     ObjectModel,
     Path,
     Quantity,
-    SecretRef,
     ShortString,
     SpecModel,
     StatusModel,
     TokenSecretRef,
     Toleration,
-    URI_MAX,
 )
 from gptops.api.conditions import Condition
-from gptops.api.constants import DEFAULT_VLLM_IMAGE, KIND_GPTMODEL, LORA_RANK_MAX, VLLM_PORT
+from gptops.api.constants import (
+    DEFAULT_TRAINER_IMAGE,
+    DEFAULT_VLLM_IMAGE,
+    KIND_GPTMODEL,
+    LORA_RANK_MAX,
+    VLLM_PORT,
+)
+from gptops.api.sources import DatasetFields, DatasetSource, LocalSource, S3Source
 
 
 class HuggingFaceModelSource(SpecModel):
@@ -39,20 +44,6 @@ class PVCModelSource(SpecModel):
 
     claim_name: Name
     path: Path
-
-
-class S3Source(SpecModel):
-    """An S3 (or S3-compatible) prefix."""
-
-    uri: str = Field(min_length=6, max_length=URI_MAX, pattern=r"^s3://")
-    credentials_secret_ref: SecretRef | None = None
-    endpoint_url: str | None = Field(default=None, max_length=URI_MAX)
-
-
-class LocalSource(SpecModel):
-    """gptops run only: a path on this machine, relative to the spec file."""
-
-    path: Path = Field(pattern=r"^[^\x00]*$")  # no NUL byte: no filesystem path has one
 
 
 class TokenizerSettings(SpecModel):
@@ -154,12 +145,73 @@ class Serving(SpecModel):
         return self
 
 
+class InputDrift(SpecModel):
+    """The live prompt-length distribution against the monitoring dataset's (population stability index)."""
+
+    psi_threshold: float = Field(default=0.2, gt=0, le=10)
+    min_requests: int = Field(default=20, ge=1, le=1_000_000)
+
+
+class MonitoringDataset(SpecModel):
+    """Held-out data the live endpoint is evaluated on: the same sources and record formats as a FineTuneJob's."""
+
+    source: DatasetSource
+    file_format: Literal["auto", "text", "jsonl", "json", "csv", "parquet"] = "auto"
+    format: Literal["text", "chat", "prompt-completion"] = "prompt-completion"
+    fields: DatasetFields = Field(default_factory=DatasetFields)
+    max_samples: int = Field(default=64, ge=1, le=10_000)
+
+
+class Monitoring(SpecModel):
+    """Live evaluation of the served revision against the numbers that promoted it, and input drift."""
+
+    interval_seconds: int = Field(default=3600, ge=60, le=604_800)
+    dataset: MonitoringDataset
+    metrics: list[Literal["perplexity", "bleu"]] = Field(default_factory=lambda: ["perplexity", "bleu"],
+                                                         min_length=1, max_length=2)
+    tolerance: float = Field(default=0.1, ge=0, le=10)
+    action: Literal["alert", "rollback"] = "alert"
+    input_drift: InputDrift = Field(default_factory=InputDrift)
+    max_new_tokens: int = Field(default=64, ge=1, le=4096)
+    image: str = Field(default=DEFAULT_TRAINER_IMAGE, min_length=1, max_length=512)
+
+    @model_validator(mode="after")
+    def _metrics_fit_the_data(self) -> Monitoring:
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError("monitoring.metrics must not repeat a metric")
+        if "bleu" in self.metrics and self.dataset.format == "text":
+            raise ValueError("monitoring.metrics bleu needs prompt/reference pairs: dataset.format chat or "
+                             "prompt-completion")
+        return self
+
+
 class GPTModelSpec(SpecModel):
     """The desired state of a GPTModel."""
 
     source: ModelSource
     artifacts: Artifacts = Field(default_factory=Artifacts)
     serving: Serving = Field(default_factory=Serving)
+    monitoring: Monitoring | None = None
+
+
+class MonitoringRun(StatusModel):
+    """One run of the monitor Job."""
+
+    job: str | None = None
+    revision: str | None = None
+    finished_at: str | None = None
+    result: Literal["ok", "drifted", "error"] | None = None
+    message: str | None = None
+
+
+class MonitoringStatus(StatusModel):
+    """The last live evaluation of the served revision."""
+
+    last_run: MonitoringRun | None = None
+    live: dict[str, float] = Field(default_factory=dict)
+    at_promotion: dict[str, float] = Field(default_factory=dict)
+    change: dict[str, float] = Field(default_factory=dict)
+    input_psi: float | None = None
 
 
 class GPTModelStatus(StatusModel):
@@ -181,6 +233,7 @@ class GPTModelStatus(StatusModel):
     serving: str | None = None
     ready: str | None = None
     ready_replicas: int | None = None
+    monitoring: MonitoringStatus | None = None
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
 

@@ -13,7 +13,7 @@ STAGE_RESULT_API_VERSION = "gptops.io/stage-result/v1"
 #: Kubernetes keeps at most 4096 bytes of a termination message.
 MAX_BYTES = 4096
 
-StageName = Literal["prepare", "train", "evaluate"]
+StageName = Literal["prepare", "train", "evaluate", "monitor"]
 
 
 class StageResult(BaseModel):

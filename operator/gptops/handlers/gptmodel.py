@@ -15,8 +15,10 @@ from gptops.api.constants import (
     KIND_GPTMODEL,
     LABEL_MANAGED_BY,
     LABEL_MODEL,
+    LABEL_STAGE,
     MANAGED_BY,
     PLURAL_GPTMODEL,
+    STAGE_MONITOR,
     VERSION,
 )
 from gptops.api.gptmodel import GPTModel
@@ -46,11 +48,19 @@ def tracked(type: str, name: str, namespace: str, **_: Any) -> None:
     if type == "DELETED":
         metrics.record_serving_revision(namespace, name, None)
         metrics.record_gptmodel_conditions(namespace, name, None)
+        metrics.record_live(namespace, name, None)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILDREN)
 def deployment_changed(body: kopf.Body, type: str, **_: Any) -> None:
     """The vLLM Deployment moved (rolled out, stalled, lost Pods): reconcile its GPTModel."""
+    if type != "DELETED":
+        common.wake_owner(KIND_GPTMODEL, body)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_STAGE: STAGE_MONITOR})
+def monitor_job_changed(body: kopf.Body, type: str, **_: Any) -> None:
+    """A monitor Job moved (finished, failed): reconcile its GPTModel, which reads the result."""
     if type != "DELETED":
         common.wake_owner(KIND_GPTMODEL, body)
 
@@ -71,12 +81,35 @@ def one_pass(namespace: str, name: str) -> list[common.Key]:
         sum(e.reason == Reason.PROMOTED for e in plan.events))
     metrics.record_gptmodel_conditions(ns, model.name, {c["type"]: c["status"] == "True"
                                                         for c in plan.status.get("conditions") or ()})
+    if "monitoring" in plan.status:  # what the pass wrote: the last run's series, and a run read for the first time
+        monitoring = _merged(model.status.monitoring.to_dict() if model.status.monitoring else {},
+                             plan.status.get("monitoring"))
+        metrics.record_live(ns, model.name, monitoring)
+        run = (monitoring or {}).get("lastRun") or {}
+        before = model.status.monitoring.last_run if model.status.monitoring else None
+        if run.get("job") and run.get("job") != (before.job if before else None):
+            metrics.LIVE_RUNS_TOTAL.labels(namespace=ns, model=model.name, result=run.get("result", "error")).inc()
     revision = plan.status["servingRevision"] if "servingArtifact" in plan.status else model.status.serving_revision
     serving = plan.status.get("endpoint") is not None
     metrics.record_serving_revision(model.namespace, model.name, (revision or "source") if serving else None)
     if "servingArtifact" in plan.status:
         return [(KIND_FINETUNEJOB, model.namespace, n) for n in cluster.finetunejobs_of(model.namespace, model.name)]
     return []
+
+
+def _merged(old: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`old` with a JSON merge patch applied (what the status is after the pass wrote it)."""
+    if patch is None:
+        return None
+    out = dict(old)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 common.register(KIND_GPTMODEL, PLURAL_GPTMODEL, one_pass)

@@ -1,4 +1,4 @@
-"""`python -m gptops.pipeline prepare|train|evaluate`: the entry point of the trainer image.
+"""`python -m gptops.pipeline prepare|train|evaluate|monitor`: the entry point of the trainer image.
 
 Reads the FineTuneJob and GPTModel (YAML/JSON files, one multi-document YAML, or inline JSON), runs one stage,
 writes the stage result to the termination log and prints it as the last stdout line. Exit 0 on success, 1 when
@@ -25,7 +25,7 @@ from gptops.pipeline.errors import PipelineError
 from gptops.pipeline.result import StageResult, emit
 
 log = logging.getLogger("gptops.pipeline")
-STAGES = ("prepare", "train", "evaluate")
+STAGES = ("prepare", "train", "evaluate", "monitor")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,13 +35,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spec-json", help="the FineTuneJob (object or spec) as inline JSON")
     p.add_argument("--model-spec", type=Path, help="GPTModel YAML/JSON file")
     p.add_argument("--model-spec-json", help="the GPTModel (object or spec) as inline JSON")
-    p.add_argument("--artifacts", type=Path, required=True, help="the run's artifact directory")
+    p.add_argument("--artifacts", type=Path, help="the run's artifact directory (every stage but monitor)")
     p.add_argument("--base-dir", type=Path, help="resolves relative local paths (default: the spec file's directory)")
     p.add_argument("--start-model", help="start from this model directory instead of the GPTModel's source")
     p.add_argument("--evaluation-dir", type=Path, help="evaluate: where report.json goes (default: <artifacts>/eval)")
     p.add_argument("--retain", action="append", metavar="REVISION",
                    help="prepare: remove this FineTuneJob's other revision directories except these (repeatable)")
-    return p.parse_args(argv)
+    p.add_argument("--endpoint", help="monitor: the GPTModel's OpenAI-compatible base URL, http://HOST:PORT/v1")
+    p.add_argument("--metrics-url", action="append", metavar="URL",
+                   help="monitor: a vLLM Pod's /metrics, for input drift (repeatable)")
+    p.add_argument("--state-dir", type=Path, help="monitor: where runs leave the prompt-length histogram they saw")
+    p.add_argument("--run-name", default="run", help="monitor: this run's name (the monitor Job's)")
+    args = p.parse_args(argv)
+    if args.stage == "monitor" and not args.endpoint:
+        p.error("monitor needs --endpoint")
+    if args.stage != "monitor" and args.artifacts is None:
+        p.error(f"{args.stage} needs --artifacts")
+    return args
 
 
 def load_specs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -99,12 +109,40 @@ def _short(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _monitor(args: argparse.Namespace) -> StageResult:
+    """The monitor stage; a failure is a result with ok: false, as for the other stages."""
+    from gptops.pipeline import monitor
+
+    try:
+        docs = ([{"kind": "GPTModel", **d} if "kind" not in d else d for d in _read_documents(args.model_spec)]
+                if args.model_spec else [])
+        if args.model_spec_json:
+            docs.append(_parse_json(args.model_spec_json, "--model-spec-json", default_kind="GPTModel"))
+        model = next((d for d in docs if d.get("kind") == "GPTModel"), None)
+        if model is None:
+            raise PipelineError("no GPTModel given; expected --model-spec FILE or --model-spec-json JSON")
+        base_dir = args.base_dir or (args.model_spec.resolve().parent if args.model_spec else Path.cwd())
+        config = monitor.config_from_spec(model, args.endpoint, metrics_urls=args.metrics_url or [],
+                                          state_dir=args.state_dir, run_name=args.run_name, base_dir=base_dir)
+        return monitor.run(config, _log_progress).result()
+    except (PipelineError, ValueError) as e:
+        return StageResult(stage="monitor", ok=False, message=str(e))
+    except Exception as e:  # anything else still leaves a readable result for the operator
+        traceback.print_exc()
+        return StageResult(stage="monitor", ok=False, message=f"{type(e).__name__}: {e}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     main_process = int(os.environ.get("LOCAL_RANK", 0)) == 0  # one result per Pod under torchrun
     failed = EXIT_STAGE_FAILED
     try:
+        if args.stage == "monitor":
+            result = _monitor(args)
+            if main_process and not emit(result):
+                return 2
+            return 0 if result.ok else 1
         ftj, model = load_specs(args)
         base_dir = args.base_dir or (args.spec.resolve().parent if args.spec else Path.cwd())
         configs = configs_from_spec(ftj, model, args.artifacts, base_dir, start_model=args.start_model,

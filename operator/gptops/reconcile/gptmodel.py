@@ -23,7 +23,7 @@ from gptops.api.artifacts import (
     revision_key_of,
     serving_status,
 )
-from gptops.api.conditions import DEGRADED, FALSE, PROGRESSING, READY, TRUE, Reason, get_condition
+from gptops.api.conditions import DEGRADED, DRIFTED, FALSE, PROGRESSING, READY, TRUE, Reason, get_condition
 from gptops.api.conditions import PASSED as FTJ_PASSED
 from gptops.api.constants import (
     ANNOTATION_ADAPTER,
@@ -37,6 +37,7 @@ from gptops.builders import build_deployment, build_service
 from gptops.reconcile.conditions import Want, rebuild, transition_events
 from gptops.reconcile.observed import DeploymentState, ObservedGPTModel
 from gptops.reconcile.finetunejob import promotion_message
+from gptops.reconcile.monitoring import DRIFT_ROLLBACK_PREFIX, MonitoringDecision, plan_monitoring
 from gptops.reconcile.plan import Action, ApplyChild, CreateChild, EmitEvent, Plan
 from gptops.reconcile.promotion import candidates, choose, passed_revision
 
@@ -100,7 +101,8 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
             Want(PROGRESSING, FALSE, Reason.NO_REVISION, "no revision to roll out"),
             Want(DEGRADED, FALSE, Reason.AS_EXPECTED, ""),
         ]
-        return _finish(model, observed, actions, serving, pin_note, wants, endpoint=None, ready_replicas=0)
+        return _finish(model, observed, actions, serving, pin_note, wants, endpoint=None, ready_replicas=0,
+                       watch=plan_monitoring(model, observed, None, rolled_out=False))
 
     revision = served.revision or SOURCE_REVISION
     same = dep is not None and served.same_files(_deployed(dep))
@@ -115,6 +117,13 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     of_spec = in_place or (same and not complete and kept.get(ANNOTATION_ROLLOUT_OF) == ROLLOUT_OF_SPEC)
     if in_place:
         failure = None  # what failed was the spec before this one: the new one gets its own watch
+    # Live evaluation of what is rolled out (reconcile/monitoring.py); a drift with action rollback takes the path of
+    # a failed rollout when there is a revision to go back to.
+    watch = plan_monitoring(model, observed, served, rolled_out=complete and not in_place)
+    if failure is None and watch.rollback and complete and not of_spec and previous is not None \
+            and not previous.same_files(served):
+        failure = watch.rollback
+        watch.actions = [a for a in watch.actions if not isinstance(a, CreateChild)]
     if failure is not None and previous is not None and not previous.same_files(served) and not of_spec:
         back = previous.revision or SOURCE_REVISION
         serving.update(serving_status(previous, None))
@@ -130,7 +139,7 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
             _degraded(rollback["metadata"]["annotations"]),
         ]
         return _finish(model, observed, actions, serving, pin_note, wants, endpoint=model.endpoint(),
-                       ready_replicas=dep.ready_replicas if dep else 0)
+                       ready_replicas=dep.ready_replicas if dep else 0, watch=watch)
 
     # A new revision, or a new spec, is watched from now until it is rolled out; else the watch goes on (or none).
     desired = _deployment(
@@ -177,7 +186,7 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
                            f"{dep.available_replicas} available")
         degraded = _degraded(desired["metadata"]["annotations"])
     return _finish(model, observed, actions, serving, pin_note, [_ready(dep), progressing, degraded],
-                   endpoint=model.endpoint(), ready_replicas=dep.ready_replicas if dep else 0)
+                   endpoint=model.endpoint(), ready_replicas=dep.ready_replicas if dep else 0, watch=watch)
 
 
 def _served(model: GPTModel, serving: dict[str, Any]) -> ServedRevision | None:
@@ -286,16 +295,22 @@ def _degraded(annotations: dict[str, str] | Any) -> Want:
         return Want(DEGRADED, FALSE, Reason.AS_EXPECTED, "")
     serving = annotations.get(ANNOTATION_REVISION, SOURCE_REVISION)
     why = annotations.get(ANNOTATION_ROLLBACK_REASON, "its rollout failed")
+    if why.startswith(DRIFT_ROLLBACK_PREFIX):
+        return Want(DEGRADED, TRUE, Reason.ROLLED_BACK, f"revision {failed} {why}; rolled back to revision {serving}")
     return Want(DEGRADED, TRUE, Reason.ROLLED_BACK,
                 f"revision {failed} did not become Available ({why}); rolled back to revision {serving}")
 
 
 def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], serving: dict[str, Any],
-            pin_note: Want | None, wants: list[Want], *, endpoint: str | None, ready_replicas: int) -> Plan:
+            pin_note: Want | None, wants: list[Want], *, endpoint: str | None, ready_replicas: int,
+            watch: MonitoringDecision) -> Plan:
     if pin_note is not None:  # it takes the place of a False Progressing or Degraded, never of a rollout's own
         wants = [pin_note if w.type == pin_note.type and w.status == FALSE else w for w in wants]
+    if watch.drifted is not None:
+        wants = [*wants, watch.drifted]
+    actions += watch.actions
     conditions = rebuild(model.status.conditions, wants, generation=model.metadata.generation, now=observed.now)
-    actions += transition_events(model.status.conditions, conditions, warn_when_true=(DEGRADED,))
+    actions += transition_events(model.status.conditions, conditions, warn_when_true=(DEGRADED, DRIFTED))
     served = _served(model, serving)
     status: dict[str, Any] = {
         "observedGeneration": model.metadata.generation,
@@ -305,6 +320,10 @@ def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], 
         "ready": f"{ready_replicas}/{model.spec.serving.replicas}",
         "conditions": [c.to_dict() for c in conditions],
     }
+    if watch.status is not None:
+        status["monitoring"] = watch.status
+    elif model.spec.monitoring is None and model.status.monitoring is not None:
+        status["monitoring"] = None  # monitoring was turned off
     # Written only when this pass changes them, so a pass that changes nothing patches only what it observed.
     before = model.status.to_dict()
     if any(before.get(k) != serving[k] for k in SERVING_STATUS_FIELDS):

@@ -121,6 +121,10 @@ class ObservedGPTModel:
     service: bool = False
     finetunejobs: tuple[FineTuneJob, ...] = ()
     """The FineTuneJobs whose spec.model names this GPTModel: the candidates for promotion."""
+    monitor_jobs: tuple[JobState, ...] = ()
+    """Its monitor Jobs (spec.monitoring), with their Pods."""
+    serving_pods: tuple[str, ...] = ()
+    """The /metrics URLs of its ready vLLM Pods (observed with spec.monitoring only)."""
 
     def finetunejob(self, name: str) -> FineTuneJob | None:
         return next((f for f in self.finetunejobs if f.name == name), None)
