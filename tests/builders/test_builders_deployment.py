@@ -121,8 +121,19 @@ def test_labels_are_the_fixed_set_and_record_the_revision(gptmodel):
         assert labels["gptops.io/revision"] == "tiny-ft"
     assert dep["metadata"]["annotations"]["gptops.io/revision"] == "tiny-ft"
     assert "gptops.io/revision" not in dep["spec"]["selector"]["matchLabels"]
-    assert dep["spec"]["selector"]["matchLabels"] == build_service(gptmodel)["spec"]["selector"]
+    selector = build_service(gptmodel)["spec"]["selector"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= selector.items()
+    assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     assert set(build_service(gptmodel)["metadata"]["labels"]) <= set(dep["metadata"]["labels"])
+
+
+def test_the_service_never_routes_to_the_models_stage_pods(gptmodel, finetunejob):
+    """A stage Pod of a FineTuneJob of this model carries the model's labels; it must not receive requests."""
+    from gptops.builders import build_stage_job
+    selector = build_service(gptmodel)["spec"]["selector"]
+    for stage in ("prepare", "train", "evaluate"):
+        labels = build_stage_job(finetunejob, gptmodel, stage)["spec"]["template"]["metadata"]["labels"]
+        assert not selector.items() <= labels.items(), stage
 
 
 def test_name_deterministic_and_short(gptmodel):

@@ -6,10 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gptops.api.constants import VLLM_PORT, fixed_labels
+from gptops.api.constants import LABEL_COMPONENT, VLLM_PORT, fixed_labels
 from gptops.api.gptmodel import GPTModel
 from gptops.builders.common import as_model, metadata
 from gptops.builders.deployment import COMPONENT, deployment_name, server_selector
+
+
+def service_selector(model: GPTModel) -> dict[str, str]:
+    """The vLLM Pods of this GPTModel, and nothing else: the Deployment's selector (immutable since the first
+    release, so unchanged) plus the component, which the stage and monitor Pods of the same model do not share."""
+    return {**server_selector(model), LABEL_COMPONENT: COMPONENT}
 
 
 def build_service(model: GPTModel | Mapping[str, Any]) -> dict[str, Any]:
@@ -21,7 +27,7 @@ def build_service(model: GPTModel | Mapping[str, Any]) -> dict[str, Any]:
         "metadata": metadata(deployment_name(model), model, fixed_labels(component=COMPONENT, model=model.name)),
         "spec": {
             "type": "ClusterIP",
-            "selector": server_selector(model),
+            "selector": service_selector(model),
             "ports": [{"name": "http", "port": VLLM_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }
