@@ -124,6 +124,20 @@ class VLLMSettings(SpecModel):
     extra_args: list[ShortString] = Field(default_factory=list, max_length=LIST_MAX)
 
 
+class Autoscaling(SpecModel):
+    """A HorizontalPodAutoscaler on the requests waiting in each vLLM Pod (custom metrics API)."""
+
+    min_replicas: int = Field(default=1, ge=1, le=100)
+    max_replicas: int = Field(ge=1, le=100)
+    target_waiting_requests: int = Field(default=4, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+        return self
+
+
 class Serving(SpecModel):
     """How the model is served."""
 
@@ -131,6 +145,7 @@ class Serving(SpecModel):
     image: str = Field(default=DEFAULT_VLLM_IMAGE, min_length=1, max_length=512)
     replicas: int = Field(default=1, ge=0, le=100)
     revision: Name | None = None
+    autoscaling: Autoscaling | None = None
     rollout_deadline_seconds: int = Field(default=600, ge=30, le=86400)
     resources: ServingResources = Field(default_factory=ServingResources)
     node_selector: dict[str, ShortString] = Field(default_factory=dict, max_length=LIST_MAX)

@@ -1,6 +1,7 @@
 """Pure manifest builders, one module per child kind: stage Jobs (and the multi-node rendezvous Service), the vLLM
-Deployment and its Service. They return dicts and never import kopf or kubernetes."""
+Deployment, its Service and its autoscaler. They return dicts and never import kopf or kubernetes."""
 
+from gptops.builders.autoscaler import build_autoscaler
 from gptops.builders.common import BuildError, owner_reference
 from gptops.builders.deployment import build_deployment, deployment_name, vllm_args
 from gptops.builders.job import (
@@ -14,6 +15,7 @@ from gptops.builders.service import build_service
 
 __all__ = [
     "BuildError",
+    "build_autoscaler",
     "build_deployment",
     "build_rendezvous_service",
     "build_service",

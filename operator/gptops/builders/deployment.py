@@ -159,13 +159,15 @@ def build_deployment(model: GPTModel | Mapping[str, Any], served: ServedRevision
     if serving.tolerations:
         pod_spec["tolerations"] = tolerations(serving.tolerations)
     spec = {
-        "replicas": serving.replicas,
         "selector": {"matchLabels": server_selector(model)},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         "progressDeadlineSeconds": serving.rollout_deadline_seconds,
         "revisionHistoryLimit": 3,
         "template": {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}, "spec": pod_spec},
     }
+    if serving.autoscaling is None:
+        spec = {"replicas": serving.replicas, **spec}
+    # else the autoscaler owns spec.replicas: never sent, so a patch of the Deployment never undoes its scaling.
     # The operator compares this hash with the live Deployment's to decide whether to patch it.
     meta_annotations = {**annotations, ANNOTATION_SPEC_HASH: spec_hash(spec)}
     return {
