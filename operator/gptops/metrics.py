@@ -37,7 +37,7 @@ STAGE_FAILURES_TOTAL = Counter(
 )
 GPTMODEL_CONDITION = Gauge(
     "gptops_gptmodel_condition",
-    "1 when a GPTModel's condition (Ready, Progressing, Degraded) is True, else 0.",
+    "1 when a GPTModel's condition (Ready, Progressing, Degraded, Drifted) is True, else 0.",
     ["namespace", "model", "condition"],
 )
 STAGE_DURATION_SECONDS = Histogram(
@@ -66,6 +66,35 @@ SERVING_REVISION_INFO = Gauge(
     "1 for the revision a GPTModel serves.",
     ["namespace", "model", "revision"],
 )
+
+RESYNC_TIMESTAMP_SECONDS = Gauge(
+    "gptops_resync_timestamp_seconds",
+    "Unix time the resync loop last went over every watched object (also when there are none): the control loop is "
+    "alive.",
+)
+LIVE_METRIC = Gauge(
+    "gptops_live_metric",
+    "The served model's metrics measured live by the monitor Job (perplexity, bleu).",
+    ["namespace", "model", "revision", "metric"],
+)
+LIVE_BASELINE_METRIC = Gauge(
+    "gptops_live_baseline_metric",
+    "The served revision's metrics recorded at promotion, which the live ones are compared with.",
+    ["namespace", "model", "revision", "metric"],
+)
+LIVE_INPUT_PSI = Gauge(
+    "gptops_live_input_psi",
+    "Population stability index of live prompt lengths against the evaluation data.",
+    ["namespace", "model", "revision"],
+)
+LIVE_RUNS_TOTAL = Counter(
+    "gptops_live_runs_total",
+    "Monitor runs of a GPTModel, by result.",
+    ["namespace", "model", "result"],
+)
+
+for _kind in ("GPTModel", "FineTuneJob"):  # errors at 0 from the start: a clean run still has the series
+    RECONCILE_ERRORS_TOTAL.labels(kind=_kind)
 
 _finetunejob_phases: dict[tuple[str, str], str] = {}
 _served: dict[tuple[str, str], str] = {}
@@ -112,7 +141,15 @@ def forget_finetunejob(namespace: str, name: str, uid: str = "") -> None:
 
 def record_gptmodel_conditions(namespace: str, model: str, conditions: dict[str, bool] | None) -> None:
     """Set a GPTModel's condition gauges (None: the model is gone, drop them)."""
-    for condition in ("Ready", "Progressing", "Degraded"):
+    for counter in (PROMOTIONS_TOTAL, ROLLBACKS_TOTAL):  # at 0 from the start, so the first one is an increase
+        if conditions is None:
+            try:
+                counter.remove(namespace, model)
+            except KeyError:
+                pass
+        else:
+            counter.labels(namespace=namespace, model=model)
+    for condition in ("Ready", "Progressing", "Degraded", "Drifted"):
         if conditions is None:
             try:
                 GPTMODEL_CONDITION.remove(namespace, model, condition)

@@ -107,6 +107,9 @@ def test_an_approval_of_another_revision_does_not_promote(world: World) -> None:
     assert promoted(world)["reason"] == "AwaitingApproval"
     assert "names revision 0123456789ab, not the current revision" in promoted(world)["message"]
     assert serves(world) is None
+    del world.ftj["metadata"]["annotations"][ANNOTATION_APPROVED_REVISION]  # the plain approval then counts
+    settle(world, "ftj")
+    assert world.ftj["status"]["approval"]["decision"] == "Approved" and serves(world) == "tiny-ft"
 
 
 def new_revision(world: World) -> str:

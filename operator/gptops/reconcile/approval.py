@@ -28,22 +28,20 @@ def decide_approval(revision: str, annotations: Mapping[str, str], recorded: App
     raw = (annotations.get(ANNOTATION_APPROVED) or "").strip().lower()
     bound = (annotations.get(ANNOTATION_APPROVED_REVISION) or "").strip()
     decision = _VALUES.get(raw)
+    # The value that last decided a revision stays known, so that it is not taken again for another one.
+    used = recorded.unbound if recorded is not None else None
     if raw and decision is None:
-        return (Approval(revision=revision, decision="Pending"),
+        return (Approval(revision=revision, decision="Pending", unbound=used),
                 f"{ANNOTATION_APPROVED}={raw!r} is not a decision: use true (approve) or false (reject)")
     if decision is None:
         return Approval(revision=revision, decision="Pending"), "no decision yet"
     if bound:
         if bound != revision:
-            return (Approval(revision=revision, decision="Pending", unbound=raw),
+            return (Approval(revision=revision, decision="Pending", unbound=used),
                     f"{ANNOTATION_APPROVED_REVISION} names revision {bound}, not the current revision {revision}")
         return Approval(revision=revision, decision=decision, unbound=raw), ""  # type: ignore[arg-type]
-    if recorded is not None and recorded.unbound == raw and recorded.revision != revision:
-        return (Approval(revision=revision, decision="Pending", unbound=raw),
-                f"{ANNOTATION_APPROVED}={raw} was given for revision {recorded.revision}; a new revision needs its "
-                f"own decision")
-    if recorded is not None and recorded.unbound == raw and recorded.decision == "Pending":
-        # Stale from an earlier revision and still unchanged: it stays bound to that one.
+    if recorded is not None and used == raw and (recorded.revision != revision or recorded.decision == "Pending"):
+        # Unchanged since it decided an earlier revision: it stays that revision's.
         return (Approval(revision=revision, decision="Pending", unbound=raw),
                 f"{ANNOTATION_APPROVED}={raw} was given for an earlier revision; a new revision needs its own decision")
     return Approval(revision=revision, decision=decision, unbound=raw), ""  # type: ignore[arg-type]
