@@ -145,3 +145,16 @@ def test_an_approval_does_not_carry_over_to_a_new_revision(world: World, bound: 
     settle(world, "ftj")
     assert world.ftj["status"]["approval"] == {"revision": second, "decision": "Approved", "unbound": "true"}
     assert serves(world) == "tiny-ft" and world.model["status"]["servingDigest"] == "sha256:w2"
+
+
+def test_a_pin_on_a_run_awaiting_approval_waits_and_a_rejected_one_is_degraded(world: World) -> None:
+    run_to_gate(world)
+    world.model["spec"]["serving"]["revision"] = "tiny-ft"
+    world.model["metadata"]["generation"] = 2
+    assert serves(world) is None
+    progressing = conditions(world.model["status"])["Progressing"]
+    assert progressing["reason"] == "AwaitingApproval" and "waits for a person's approval" in progressing["message"]
+    annotate(world, approved="false")
+    settle(world, "ftj")
+    assert serves(world) is None
+    assert conditions(world.model["status"])["Degraded"]["reason"] == "Rejected"
