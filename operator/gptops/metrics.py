@@ -93,8 +93,12 @@ LIVE_RUNS_TOTAL = Counter(
     ["namespace", "model", "result"],
 )
 
-for _kind in ("GPTModel", "FineTuneJob"):  # errors at 0 from the start: a clean run still has the series
+# Counters at 0 from the start, so that a clean run has the series and the first error or failure is an increase.
+for _kind in ("GPTModel", "FineTuneJob"):
     RECONCILE_ERRORS_TOTAL.labels(kind=_kind)
+for _stage in ("prepare", "train", "evaluate"):
+    for _reason in ("StageFailed", "JobFailed", "ResultMissing"):
+        STAGE_FAILURES_TOTAL.labels(stage=_stage, reason=_reason)
 
 _finetunejob_phases: dict[tuple[str, str], str] = {}
 _served: dict[tuple[str, str], str] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -143,13 +144,21 @@ def test_prometheus_scrapes_a_run_and_answers_every_dashboard_query_and_alert(k:
     wait_for(lambda: prometheus.query(f'gptops_promotions_total{{namespace="{ns}", model="{MODEL}"}} >= 1')
              ["data"]["result"], "the promotion to be scraped", timeout=60)
 
-    empty, failed = [], []
-    for title, expr in dashboard_queries():
-        answer = prometheus.query(expr)
-        if answer.get("status") != "success":
-            failed.append(f"{title}: {expr}: {answer.get('error')}")
-        elif not answer["data"]["result"] and not any(prefix in expr for prefix in FED_ELSEWHERE):
-            empty.append(f"{title}: {expr}")
+    def unanswered() -> tuple[list[str], list[str]]:
+        empty, failed = [], []
+        for title, expr in dashboard_queries():
+            answer = prometheus.query(expr)
+            if answer.get("status") != "success":
+                failed.append(f"{title}: {expr}: {answer.get('error')}")
+            elif not answer["data"]["result"] and not any(prefix in expr for prefix in FED_ELSEWHERE):
+                empty.append(f"{title}: {expr}")
+        return empty, failed
+
+    # A rate needs two scrapes of a series: allow some seconds of them before the answers count.
+    deadline = time.monotonic() + 30
+    while (answers := unanswered()) != ([], []) and time.monotonic() < deadline:
+        time.sleep(1)
+    empty, failed = answers
     for rule in alert_rules():
         answer = prometheus.query(rule["expr"])
         if answer.get("status") != "success":
