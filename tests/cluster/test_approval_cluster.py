@@ -37,11 +37,12 @@ def finetunejob(name: str, learning_rate: float = 5e-5) -> dict[str, Any]:
     }
 
 
-def run_to_gate(k: Cluster, name: str, digest: str) -> str:
-    """Finish the current revision's three stages; returns its revision key."""
+def run_to_gate(k: Cluster, name: str, digest: str, earlier: frozenset[str] = frozenset()) -> str:
+    """Finish the three stages of the current revision (Jobs not among `earlier`); returns its revision key."""
     for stage, extra in (("prepare", {"digest": "sha256:data"}), ("train", {"digest": digest}),
                          ("evaluate", {"metrics": GOOD, "samples": SAMPLES})):
-        job = k.stage_job_name(name, stage, timeout=120)
+        job = wait_for(lambda st=stage: (j := k.stage_job(name, st)) and j["metadata"]["name"] not in earlier
+                       and j["metadata"]["name"], f"the {stage} Job of {name}'s current revision", timeout=120)
         pod = wait_for(lambda j=job: next(iter(k.items("pods", f"job-name={j}")), None), f"a Pod of Job {job}",
                        timeout=120)
         doc = json.dumps({"apiVersion": "gptops.io/stage-result/v1", "stage": stage, "ok": True,
@@ -79,8 +80,9 @@ def test_a_passed_run_waits_for_a_person_and_an_approval_is_bound_to_its_revisio
     assert any(e["reason"] == "Approved" for e in k.events("review"))
 
     # A new spec is a new revision: the standing gptops.io/approved=true was about the first one.
+    earlier = frozenset(j["metadata"]["name"] for j in k.items("jobs", "gptops.io/finetunejob=review"))
     k.apply(finetunejob("review", learning_rate=1e-4))
-    second = run_to_gate(k, "review", "sha256:second")
+    second = run_to_gate(k, "review", "sha256:second", earlier)
     assert second != first
     status = (k.get("ftj", "review") or {})["status"]
     assert status["approval"] == {"revision": second, "decision": "Pending", "unbound": "true"}
