@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet -c constraints.txt -e '.[operator,train,serve,devcluster,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Builds kube-apiserver, controller-manager, scheduler, etcd, kwok and helm into ~/.cache/gptops (once).
+# Builds kube-apiserver, controller-manager, scheduler, etcd, kwok and helm, then prometheus and promtool, into
+# ~/.cache/gptops (once).
 controlplane:
 	@if [ "$${GPTOPS_SKIP_CLUSTER:-0}" = 1 ]; then echo "GPTOPS_SKIP_CLUSTER=1: not building the control plane"; \
-	else tools/build-controlplane.sh >/dev/null; fi
+	else tools/build-controlplane.sh >/dev/null && tools/build-prometheus.sh >/dev/null; fi
 
 # The vLLM release the default serving image pins, in ~/.cache/gptops (once): tests run its own argument checks.
 vllm:

@@ -103,6 +103,18 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory):
         stop(directory)
 
 
+@pytest.fixture(scope="session")
+def prometheus_bin() -> Path:
+    """The directory of `prometheus` and `promtool`, built from Go modules by tools/build-prometheus.sh (once)."""
+    if os.environ.get(SKIP_ENV) == "1":
+        pytest.skip(f"{SKIP_ENV}=1: tests that need Go-built binaries skipped")
+    done = subprocess.run([str(ROOT / "tools" / "build-prometheus.sh")], capture_output=True, text=True,
+                          timeout=3600)
+    if done.returncode != 0:
+        pytest.fail(f"tools/build-prometheus.sh failed:\n{done.stderr[-3000:]}", pytrace=False)
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture
 def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest):
     """A fresh namespace for one test, ready for Pods (its `default` ServiceAccount exists); deleted afterwards."""

@@ -98,3 +98,20 @@ def test_the_chart_installs_under_the_restricted_pod_security_standard(control_p
                                    check=False)
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr, result.stderr  # PodSecurity admission warns about Deployments
+
+
+@pytest.mark.cluster
+def test_alerts_and_dashboard_are_off_by_default_and_carry_the_files_when_on(control_plane) -> None:
+    import json
+
+    kinds = {k for k, _ in render(control_plane)}
+    assert "PrometheusRule" not in kinds and "ConfigMap" not in kinds
+    docs = render(control_plane, "prometheusRule.enabled=true", "prometheusRule.labels.release=kps",
+                  "grafanaDashboard.enabled=true")
+    rule = one(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    dashboard = one(docs, "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["gptops.json"]) == json.loads((CHART / "files" / "grafana-dashboard.json")
+                                                                      .read_text())

@@ -69,6 +69,11 @@ SERVING_REVISION_INFO = Gauge(
     ["namespace", "model", "revision"],
 )
 
+RESYNC_TIMESTAMP_SECONDS = Gauge(
+    "gptops_resync_timestamp_seconds",
+    "Unix time the resync loop last went over every watched object (also when there are none): the control loop is "
+    "alive.",
+)
 LIVE_METRIC = Gauge(
     "gptops_live_metric",
     "The latest live evaluation of a GPTModel's served revision (perplexity, bleu), by the monitor Job.",
@@ -89,6 +94,14 @@ LIVE_RUNS_TOTAL = Counter(
     "Finished monitor runs of a GPTModel, by result (ok, drifted, error).",
     ["namespace", "model", "result"],
 )
+
+
+# Counters at 0 from the start, so that a clean run has the series and the first error or failure is an increase.
+for _kind in ("GPTModel", "FineTuneJob"):
+    RECONCILE_ERRORS_TOTAL.labels(kind=_kind)
+for _stage in ("prepare", "train", "evaluate"):
+    for _reason in ("StageFailed", "JobFailed", "ResultMissing"):
+        STAGE_FAILURES_TOTAL.labels(stage=_stage, reason=_reason)
 
 _finetunejob_phases: dict[tuple[str, str], str] = {}
 _served: dict[tuple[str, str], str] = {}
@@ -135,6 +148,14 @@ def forget_finetunejob(namespace: str, name: str, uid: str = "") -> None:
 
 def record_gptmodel_conditions(namespace: str, model: str, conditions: dict[str, bool] | None) -> None:
     """Set a GPTModel's condition gauges (None: the model is gone, drop them)."""
+    for counter in (PROMOTIONS_TOTAL, ROLLBACKS_TOTAL):  # at 0 from the start, so the first one is an increase
+        if conditions is None:
+            try:
+                counter.remove(namespace, model)
+            except KeyError:
+                pass
+        else:
+            counter.labels(namespace=namespace, model=model)
     for condition in ("Ready", "Progressing", "Degraded", "Drifted"):
         if conditions is None:
             try:

@@ -66,3 +66,17 @@ def test_odd_metrics_and_artifacts_are_dropped_not_fatal():
     result = parse_stage_result(text)
     assert result.metrics == {"perplexity": 3.0}
     assert result.artifacts == {"eval": "/a/eval"}
+
+
+def test_samples_are_few_and_short_and_give_way_first_in_a_full_termination_message():
+    samples = [{"prompt": "p" * 1000, "reference": "r" * 1000, "output": "o" * 1000, "baseOutput": "b" * 1000}] * 9
+    result = StageResult(stage="evaluate", ok=True, message="m" * 2000, metrics={"perplexity": 3.0}, samples=samples)
+    assert len(result.samples) == 3 and all(len(s.prompt) <= 160 for s in result.samples)
+    text = result.to_termination_message()
+    assert len(text.encode()) <= MAX_BYTES
+    back = parse_stage_result(text)
+    assert back is not None and back.message == "m" * 2000 and back.metrics == {"perplexity": 3.0}
+    assert len(back.samples) < 3  # samples went before the message was cut
+    small = StageResult(stage="evaluate", ok=True, samples=samples[:2])
+    assert [s.base_output[:3] for s in parse_stage_result(small.to_termination_message()).samples] == ["bbb", "bbb"]
+    assert "samples" not in StageResult(stage="train", ok=True).to_dict()

@@ -41,6 +41,12 @@ def test_validation_perplexity_ends_far_below_the_starting_model(trained_run):
     assert m["bleu"] is not None and m["baselineBleu"] is not None and m["bleuSamples"] == 16
     saved = json.loads((trained_run["root"] / "eval" / "report.json").read_text())
     assert saved["metrics"] == m and saved["model"]["samples"]
+    # For a person: each held-out prompt with its reference, the trained and the starting model's output side by side.
+    samples = saved["samples"]
+    assert 1 <= len(samples) <= 5
+    assert all(set(s) == {"prompt", "reference", "output", "baseOutput"} for s in samples)
+    assert [s["output"] for s in samples] == [s["output"] for s in saved["model"]["samples"]]
+    assert samples != [dict(s, output=s["baseOutput"]) for s in samples]  # the two models wrote different things
 
 
 def test_stage_results_fit_the_termination_message(trained_run):
@@ -48,3 +54,5 @@ def test_stage_results_fit_the_termination_message(trained_run):
         doc = json.loads(render(trained_run[stage].result()))
         assert doc["apiVersion"] == "gptops.io/stage-result/v1" and doc["stage"] == stage and doc["ok"] is True
     assert json.loads(render(trained_run["prepare"].result()))["digest"] == trained_run["prepare"].digest
+    evaluated = json.loads(render(trained_run["evaluate"].result()))
+    assert 1 <= len(evaluated["samples"]) <= 3 and all(len(s["output"]) <= 160 for s in evaluated["samples"])

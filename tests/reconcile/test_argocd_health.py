@@ -38,9 +38,14 @@ def ftj_in(world: World, state: str) -> dict[str, Any]:
     if state == "failed":
         finish(world, "prepare", stage_result("prepare", ok=False, message="no column 'text'"), ok=False)
         return world.ftj
+    if state in ("awaiting approval", "rejected by a person"):
+        world.ftj["spec"]["evaluation"]["approval"] = "manual"
     finish(world, "prepare", stage_result("prepare"))
     finish(world, "train", stage_result("train", digest="sha256:w"))
     finish(world, "evaluate", stage_result("evaluate", metrics=BAD if state == "rejected" else GOOD))
+    if state == "rejected by a person":
+        world.ftj["metadata"]["annotations"] = {"gptops.io/approved": "false"}
+        settle(world, "ftj")
     if state == "promoted":
         world.apply_model(world.plan_model())
         settle(world, "ftj")
@@ -54,6 +59,8 @@ def ftj_in(world: World, state: str) -> dict[str, Any]:
     ("failed", "Degraded", "no column 'text'"),
     ("rejected", "Degraded", "Rejected by its gate: maxPerplexity: perplexity 80.00, needs <= 50.00"),
     ("passed", "Healthy", "waiting for GPTModel tiny to serve it"),
+    ("awaiting approval", "Suspended", "awaits a person's approval (no decision yet). Approve: kubectl annotate ftj"),
+    ("rejected by a person", "Degraded", "Rejected by a person: revision "),
     ("promoted", "Healthy", "served by GPTModel tiny"),
 ])
 def test_finetunejob_health(world: World, state: str, status: str, says: str) -> None:

@@ -1,5 +1,6 @@
 -- Argo CD health check for gptops.io/FineTuneJob (argocd-cm: resource.customizations.health.gptops.io_FineTuneJob).
--- Degraded: a stage failed, the gate rejected the run, or its GPTModel does not exist. Healthy: the run passed its
+-- Degraded: a stage failed, the gate or a person rejected the run, or its GPTModel does not exist. Suspended: it
+-- passed its gate and waits for a person's approval (evaluation.approval: manual). Healthy: the run passed its
 -- gate (served, waiting to be served, or superseded: a finished run). Progressing: otherwise, with the cause the
 -- running stage's condition gives (a running Job, an unschedulable Pod, a failed attempt being retried).
 local hs = {status = "Progressing", message = "Waiting for the operator"}
@@ -23,6 +24,18 @@ if cond.Passed ~= nil and cond.Passed.status == "False" then
   hs.status = "Degraded"
   hs.message = "Rejected by its gate: " .. cond.Passed.message
   return hs
+end
+if cond.Passed ~= nil and cond.Passed.status == "True" and cond.Promoted ~= nil then
+  if cond.Promoted.reason == "AwaitingApproval" then
+    hs.status = "Suspended"
+    hs.message = cond.Promoted.message
+    return hs
+  end
+  if cond.Promoted.reason == "Rejected" then
+    hs.status = "Degraded"
+    hs.message = "Rejected by a person: " .. cond.Promoted.message
+    return hs
+  end
 end
 if cond.Passed ~= nil and cond.Passed.status == "True" then
   hs.status = "Healthy"

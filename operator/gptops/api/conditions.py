@@ -55,6 +55,10 @@ class Reason:
     PINNED_REVISION = "PinnedRevision"
     SUPERSEDED = "Superseded"
     GATE_NOT_PASSED = "GateNotPassed"
+    # human review (evaluation.approval: manual)
+    AWAITING_APPROVAL = "AwaitingApproval"
+    APPROVED = "Approved"
+    REJECTED = "Rejected"
     # references and spec
     MODEL_NOT_FOUND = "ModelNotFound"
     INVALID_SPEC = "InvalidSpec"

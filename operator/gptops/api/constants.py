@@ -49,6 +49,10 @@ ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 ANNOTATION_DIGEST = f"{GROUP}/digest"
 #: On stage Jobs: the model directory the revision starts from ("" for the GPTModel's source).
 ANNOTATION_START_MODEL = f"{GROUP}/start-model"
+#: Set by a person on a FineTuneJob with `evaluation.approval: manual`: "true" approves its passed revision for
+#: promotion, "false" rejects it. ANNOTATION_APPROVED_REVISION, when set, binds the decision to that revision key.
+ANNOTATION_APPROVED = f"{GROUP}/approved"
+ANNOTATION_APPROVED_REVISION = f"{GROUP}/approved-revision"
 
 # Pipeline stages, in order.
 STAGE_PREPARE = "prepare"

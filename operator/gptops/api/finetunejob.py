@@ -29,7 +29,7 @@ from gptops.api.sources import (  # noqa: F401  (re-exported: the dataset source
     S3Source,
     URLDatasetSource,
 )
-from gptops.api.stageresult import StageResult
+from gptops.api.stageresult import Sample, StageResult
 
 
 class ModelRef(SpecModel):
@@ -178,6 +178,8 @@ class Evaluation(SpecModel):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     bleu: BleuSettings = Field(default_factory=BleuSettings)
     promote: bool = False
+    approval: Literal["auto", "manual"] = "auto"
+    """manual: a passed revision is served only after a person approves it (annotation gptops.io/approved)."""
 
     @model_validator(mode="after")
     def _thresholds_need_metrics(self) -> Evaluation:
@@ -250,7 +252,21 @@ class Lineage(StatusModel):
     served_by: str | None = None
 
 
-Phase = Literal["Pending", "Preparing", "Training", "Evaluating", "Passed", "Rejected", "Promoted", "Failed"]
+Phase = Literal["Pending", "Preparing", "Training", "Evaluating", "AwaitingApproval", "Passed", "Rejected", "Promoted",
+                "Failed"]
+
+ApprovalDecision = Literal["Pending", "Approved", "Rejected"]
+
+
+class Approval(StatusModel):
+    """A person's decision on a revision (evaluation.approval: manual), recorded with the revision it is about."""
+
+    revision: str | None = None
+    """The revision key the decision is about; a decision never carries over to another revision."""
+    decision: ApprovalDecision = "Pending"
+    unbound: str | None = None
+    """The gptops.io/approved value once it decided (or was named for) a revision: while it stays unchanged and
+    gptops.io/approved-revision does not name a later revision, it is not taken as a decision about that one."""
 
 
 class FineTuneJobStatus(StatusModel):
@@ -262,6 +278,9 @@ class FineTuneJobStatus(StatusModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     artifacts: RunArtifacts = Field(default_factory=RunArtifacts)
     lineage: Lineage = Field(default_factory=Lineage)
+    samples: list[Sample] = Field(default_factory=list)
+    """A few of the evaluate stage's sample generations, for a person reviewing the run."""
+    approval: Approval | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
 

@@ -21,7 +21,7 @@ RUN_ONLY_TRAINING_FIELDS = ("nodeSelector", "tolerations", "backoffLimit", "resu
 #: spec.training.resources fields that do not change the weights (gpus and nodes do: they set the global batch).
 RUN_ONLY_RESOURCE_FIELDS = ("cpu", "memory")
 #: spec.evaluation fields that only the gate reads: changing them re-runs the gate, not the evaluate stage.
-GATE_ONLY_EVALUATION_FIELDS = ("thresholds", "promote")
+GATE_ONLY_EVALUATION_FIELDS = ("thresholds", "promote", "approval")
 
 
 def _digest(doc: Any) -> str:

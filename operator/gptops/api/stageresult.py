@@ -16,6 +16,32 @@ MAX_BYTES = 4096
 StageName = Literal["prepare", "train", "evaluate", "monitor"]
 
 
+#: Sample generations a result carries (the evaluate stage's report keeps more), and the characters kept of each text.
+SAMPLES_MAX = 3
+SAMPLE_TEXT_MAX = 160
+
+
+def _cut_text(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= SAMPLE_TEXT_MAX else text[: SAMPLE_TEXT_MAX - 1] + "\u2026"
+
+
+class Sample(BaseModel):
+    """One held-out prompt, its reference, and what the new and the base model wrote (for a person to read)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    prompt: str = ""
+    reference: str = ""
+    output: str = ""
+    base_output: str | None = Field(default=None, alias="baseOutput")
+
+    @field_validator("prompt", "reference", "output", "base_output", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        return None if value is None else _cut_text(value)
+
+
 class StageResult(BaseModel):
     """What one stage reports: ok or not, a human message, metrics, artifact paths and a content digest."""
 
@@ -28,6 +54,13 @@ class StageResult(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     artifacts: dict[str, str] = Field(default_factory=dict)
     digest: str | None = None
+    samples: list[Sample] = Field(default_factory=list)
+    """A few sample generations (the evaluate stage), each text cut to SAMPLE_TEXT_MAX characters."""
+
+    @field_validator("samples", mode="before")
+    @classmethod
+    def _few_samples(cls, value: Any) -> Any:
+        return value[:SAMPLES_MAX] if isinstance(value, list) else value
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -46,12 +79,21 @@ class StageResult(BaseModel):
         return {str(k): str(v) for k, v in value.items() if v is not None and not isinstance(v, (dict, list))}
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+        data = self.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if not data.get("samples"):
+            data.pop("samples", None)
+        return data
 
     def to_termination_message(self) -> str:
-        """Compact JSON under MAX_BYTES; the message is cut first, then artifacts, if it would not fit."""
+        """Compact JSON under MAX_BYTES; samples go first (one at a time), then the message is cut, then artifacts,
+        if it would not fit."""
         data = self.to_dict()
         text = _dumps(data)
+        while len(text.encode()) > MAX_BYTES and data.get("samples"):
+            data["samples"] = data["samples"][:-1] or None
+            if data["samples"] is None:
+                del data["samples"]
+            text = _dumps(data)
         if len(text.encode()) <= MAX_BYTES:
             return text
         overflow = len(text.encode()) - MAX_BYTES

@@ -153,5 +153,7 @@ class Resync:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        metrics.RESYNC_TIMESTAMP_SECONDS.set_to_current_time()
         while not self._stop.wait(self.interval):
             wake_all(sorted(KNOWN))
+            metrics.RESYNC_TIMESTAMP_SECONDS.set_to_current_time()

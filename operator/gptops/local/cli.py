@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from gptops.local.state import ModelState
     from gptops.serve import Server
 
-EXIT_FAILED, EXIT_INVALID, EXIT_REJECTED, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_FAILED, EXIT_INVALID, EXIT_REJECTED, EXIT_AWAITING_APPROVAL, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 
 
 def ask(base_url: str, model: str, question: str, max_tokens: int = 64) -> str:
@@ -53,6 +53,10 @@ def run(
     max_tokens: Annotated[int, typer.Option(help="Tokens per --ask answer.")] = 64,
     threads: Annotated[int, typer.Option(help="CPU threads for torch when there is no GPU; 0 means one per core. "
                                            "Small models train fastest on one.")] = 1,
+    approve: Annotated[bool | None, typer.Option("--approve/--reject", help="For evaluation.approval: manual: "
+                                                 "approve (or reject) every revision that passes its gate, without "
+                                                 "asking. Unset: ask on a terminal; without one, the run waits.")]
+    = None,
     stop_after: Annotated[str | None, typer.Option(hidden=True, help="Stop after this stage (prepare, train, "
                                                    "evaluate).")] = None,
 ) -> None:
@@ -69,7 +73,8 @@ def run(
         signal.signal(sig, signal.default_int_handler)
     # The console holds on to the real stream: stages' own output is redirected to their log files.
     out = _Output(Console(file=sys.stderr if output == "json" else sys.stdout), as_json=output == "json")
-    options = runner.Options(runs_dir=runs_dir.resolve(), fresh=fresh, stop_after=stop_after, threads=threads)
+    options = runner.Options(runs_dir=runs_dir.resolve(), fresh=fresh, stop_after=stop_after, threads=threads,
+                             approval="ask" if approve is None else "approve" if approve else "reject")
 
     out.outcomes = _run_jobs(file, options, out)                           # 1-4: validate, stages, gate, promotion
     code, target, note = _serving_decision(out, options, serve)
@@ -108,6 +113,7 @@ def _run_jobs(file: Path, options: Options, out: _Output) -> list[Outcome]:
 
     try:
         with report.StageProgress(out.console) as progress:
+            options.ask = lambda outcome: _ask_approval(outcome, out.console, progress)
             return runner.run_file(file, options, progress)
     except (specs.SpecError, runner.InvalidSpec) as e:
         out.error("error", e)
@@ -121,13 +127,28 @@ def _run_jobs(file: Path, options: Options, out: _Output) -> list[Outcome]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
+def _ask_approval(outcome: Outcome, console: Console, progress: Any) -> bool | None:
+    """Show the sample generations and ask whether the passed revision may be served; None without a terminal."""
+    from rich.prompt import Confirm
+
+    from gptops.local import report
+
+    if not (sys.stdin.isatty() and console.is_terminal):
+        return None
+    with progress.paused():
+        console.print(report.samples_table(outcome))
+        return Confirm.ask(f"{outcome.name}: revision {outcome.revision} passed its gate. Serve it?", console=console,
+                           default=False)
+
+
 def _serving_decision(out: _Output, options: Options, serve: bool) -> tuple[int, ModelState, str]:
     """Print each job's outcome; (exit code, the GPTModel state to serve, why). Exits when nothing is served."""
     from gptops.local import report, runner
 
     for outcome in out.outcomes:
         out.console.print(report.render_outcome(outcome))
-    code = {"Failed": EXIT_FAILED, "Rejected": EXIT_REJECTED}.get(out.outcomes[-1].decision, 0)
+    code = {"Failed": EXIT_FAILED, "Rejected": EXIT_REJECTED,
+            "AwaitingApproval": EXIT_AWAITING_APPROVAL}.get(out.outcomes[-1].decision, 0)
     target, note = runner.serving_target(out.outcomes, options.runs_dir)
     if target is None or not serve:
         if not serve and target is not None:

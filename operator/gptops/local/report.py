@@ -4,7 +4,9 @@ as one JSON document for scripts. Reads outcomes; decides nothing.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console, Group
@@ -19,7 +21,7 @@ from gptops.local.runner import Outcome
 COMPARED = (("perplexity", "baselinePerplexity", True), ("bleu", "baselineBleu", False))
 THRESHOLD_OF = {"perplexity": ("maxPerplexity", "<="), "bleu": ("minBleu", ">=")}
 DECISION_STYLE = {"Promoted": "bold green", "Passed": "green", "Rejected": "bold red", "Failed": "bold red",
-                  "Stopped": "yellow"}
+                  "Stopped": "yellow", "AwaitingApproval": "yellow"}
 
 
 class StageProgress:
@@ -41,6 +43,15 @@ class StageProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop the live display while a person is asked something on the terminal."""
+        self.progress.stop()
+        try:
+            yield
+        finally:
+            self.progress.start()
 
     def __call__(self, job: str, stage: str, event: str, fields: dict[str, Any]) -> None:
         key = f"{job}/{stage}"
@@ -119,6 +130,23 @@ def _verdict(check: Any) -> str:
     return "[green]✔ met[/]" if check.passed else "[red]✘ not met[/]"
 
 
+def samples_of(out: Outcome) -> list[dict[str, str]]:
+    """The evaluate stage's sample generations (prompt, reference, output, baseOutput)."""
+    ev = out.stages.get("evaluate")
+    return list(ev.result.get("samples") or []) if ev else []
+
+
+def samples_table(out: Outcome) -> Table:
+    """The sample generations side by side, for a person deciding whether the revision may be served."""
+    table = Table(title=f"{out.name}: sample generations (held-out prompts)", show_lines=True)
+    for column in ("prompt", "reference", "new model", "base model"):
+        table.add_column(column, overflow="fold")
+    for sample in samples_of(out):
+        table.add_row(sample.get("prompt", ""), sample.get("reference", ""), sample.get("output", ""),
+                      sample.get("baseOutput", "-"))
+    return table
+
+
 def summary_line(out: Outcome) -> str:
     """One sentence a person reads first: the perplexity story and the decision."""
     m = out.metrics
@@ -194,6 +222,8 @@ def to_json(outcomes: list[Outcome], serving: dict[str, Any] | None, answers: li
             "gate": o.gate.to_dict() if o.gate else None,
             "promoted": o.promoted,
             "notPromoted": o.not_promoted or None,
+            "approval": o.approval,
+            "samples": samples_of(o),
             "artifacts": o.artifacts,
         } for o in outcomes],
         "serving": serving,

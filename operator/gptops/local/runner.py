@@ -21,7 +21,7 @@ from typing import Any
 from gptops.api.artifacts import ServedRevision
 from gptops.api.conditions import now_rfc3339
 from gptops.local import corpora, specs
-from gptops.local.state import DATA_DIR, STAGES, ModelState, open_run, spec_digest
+from gptops.local.state import DATA_DIR, STAGES, ModelState, RunState, open_run, spec_digest
 from gptops.pipeline.revisions import sealed, sweep
 from gptops.reconcile import gate, promotion
 
@@ -49,6 +49,10 @@ class Options:
     """Stop after this stage (prepare, train, evaluate): for tests and for looking at intermediate artifacts."""
     threads: int = 1
     """torch CPU threads for the stages when there is no GPU; 0 keeps torch's default (one per core)."""
+    approval: str = "ask"
+    """For evaluation.approval: manual: approve or reject decide every passed revision of the file; ask keeps a
+    decision made earlier for the same revision, else calls `ask` (None: nobody to ask, the run waits)."""
+    ask: Callable[[Outcome], bool | None] | None = None
 
 
 @dataclass
@@ -85,6 +89,8 @@ class Outcome:
     """When the gate passed (RFC 3339), the promotion order."""
     not_promoted: str = ""
     """Why a passed run was not promoted, for people."""
+    approval: str | None = None
+    """evaluation.approval manual: Pending, Approved or Rejected (None: auto)."""
     removed: list[str] = field(default_factory=list)
     """Revision directories of this FineTuneJob that retention removed."""
     error: str | None = None
@@ -108,13 +114,16 @@ class Outcome:
 
     @property
     def decision(self) -> str:
-        """Failed, Rejected, Promoted, Passed, or Stopped (interrupted on purpose before the gate)."""
+        """Failed, Rejected (by the gate or a person), AwaitingApproval, Promoted, Passed, or Stopped (interrupted on
+        purpose before the gate)."""
         if self.error:
             return "Failed"
         if self.gate is None:
             return "Stopped"
-        if not self.gate.passed:
+        if not self.gate.passed or self.approval == "Rejected":
             return "Rejected"
+        if self.approval == "Pending":
+            return "AwaitingApproval"
         return "Promoted" if self.promoted else "Passed"
 
 
@@ -243,6 +252,8 @@ def run_one(item: specs.RunItem, options: Options, progress: Progress) -> Outcom
         decided["passedAt"] = earlier.get("passedAt") if earlier.get("passed") and earlier.get("passedAt") \
             else now_rfc3339()
         out.passed_at = decided["passedAt"]
+    if out.gate.passed and (state.gate or {}).get("approval"):  # a person's decision on this revision stays
+        decided["approval"] = state.gate["approval"]
     if state.gate != decided:  # a finished revision's directory is not written again
         state.gate = decided
         state.save()
@@ -250,6 +261,12 @@ def run_one(item: specs.RunItem, options: Options, progress: Progress) -> Outcom
     train = out.stages.get("train")
     out.digest = (train.result.get("digest") if train else None) or sealed(configs.train.output_dir)
     this = _served_revision(item, out, configs.train.method, start) if out.gate.passed else None
+    if this is not None and (spec.get("evaluation") or {}).get("approval") == "manual":
+        out.approval = _approval(state, out, options)
+        if out.approval != "Approved":
+            out.not_promoted = ("rejected by a person" if out.approval == "Rejected" else
+                                "awaits approval: run again on a terminal to be asked, or with --approve or --reject")
+            this = None
     current = model_state.served()
     # The operator's rule (gptops.reconcile.promotion): only a revision that passed its gate is served; a pin wins;
     # otherwise the one that passed last among those with promote: true. No rollback happens on this machine.
@@ -263,6 +280,25 @@ def run_one(item: specs.RunItem, options: Options, progress: Progress) -> Outcom
     elif this is not None:
         out.not_promoted = _why_not(out, current)
     return out
+
+
+def _approval(state: RunState, out: Outcome, options: Options) -> str:
+    """A person's decision on this revision: the flag's, else one recorded with the revision earlier, else asked.
+    A decision is recorded in the revision's own state, so it never carries over to another revision."""
+    recorded = (state.gate or {}).get("approval")
+    if options.approval in ("approve", "reject"):
+        decision = "Approved" if options.approval == "approve" else "Rejected"
+    elif recorded in ("Approved", "Rejected"):
+        return str(recorded)
+    else:
+        verdict = options.ask(out) if options.ask is not None else None
+        if verdict is None:
+            return "Pending"
+        decision = "Approved" if verdict else "Rejected"
+    if recorded != decision:
+        state.gate = {**(state.gate or {}), "approval": decision}
+        state.save()
+    return decision
 
 
 def _served_revision(item: specs.RunItem, out: Outcome, method: str, start: str | None) -> ServedRevision:

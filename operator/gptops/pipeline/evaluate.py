@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
 SAMPLES_IN_REPORT = 5
+SAMPLE_CHARS = 500
 
 
 @dataclass
@@ -44,7 +45,8 @@ class EvalReport:
         m = self.metrics
         parts = [f"{k} {m[k]}" for k in ("perplexity", "baselinePerplexity", "bleu", "baselineBleu") if m.get(k) is not None]
         return StageResult(stage="evaluate", ok=True, message="evaluated: " + ", ".join(parts),
-                           metrics=m, artifacts={"evaluation": str(self.report_path)}, digest=self.digest)
+                           metrics=m, artifacts={"evaluation": str(self.report_path)}, digest=self.digest,
+                           samples=self.report.get("samples") or [])
 
 
 def run(config: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
@@ -60,7 +62,9 @@ def run(config: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
     # Completion-only loss: perplexity on the tokens training learned (the completions), not the prompts.
     labels = validation["labels"][:] if "labels" in validation.column_names else None
     positions = validation["position_ids"][:] if "position_ids" in validation.column_names else None
-    pairs = _read_pairs(dataset_dir / "eval_pairs.jsonl", config.max_samples) if "bleu" in config.metrics else []
+    # BLEU scores every pair up to maxSamples; otherwise a few are still generated, for a person to read.
+    pairs = _read_pairs(dataset_dir / "eval_pairs.jsonl",
+                        config.max_samples if "bleu" in config.metrics else SAMPLES_IN_REPORT)
     tokenizer = models.load_tokenizer(root / "tokenizer")
     device, dtype = models.device(), models.pick_dtype(config.precision)
 
@@ -85,7 +89,8 @@ def run(config: EvalConfig, progress: ProgressFn | None = None) -> EvalReport:
         "method": config.method,
         "validationBlocks": len(blocks),
         "perplexityTokens": "completion" if labels is not None else "all",
-        "bleuPairs": len(pairs),
+        "bleuPairs": len(pairs) if "bleu" in config.metrics else 0,
+        "samples": _samples(results),
         "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     report_path = config.evaluation_dir / "report.json"
@@ -103,18 +108,32 @@ def _score(model, name: str, blocks, labels, positions, pairs, tokenizer, config
         ppl, nll, tokens = perplexity(model, blocks, config.batch_size, device, labels, positions)
         out.update(perplexity=ppl, loss=nll, tokens=tokens)
         say("perplexity", {"model": name, "perplexity": ppl})
+    hyps = generate(model, tokenizer, [p for p, _ in pairs], config.max_new_tokens, config.batch_size, device) \
+        if pairs else []
+    out["samples"] = [{"prompt": p, "reference": r, "output": h}
+                      for (p, r), h in list(zip(pairs, hyps, strict=True))[:SAMPLES_IN_REPORT]]
     if "bleu" in config.metrics:
         if pairs:
-            hyps = generate(model, tokenizer, [p for p, _ in pairs], config.max_new_tokens, config.batch_size, device)
             import sacrebleu
 
             bleu = sacrebleu.corpus_bleu(hyps, [[r for _, r in pairs]])
-            out.update(bleu=bleu.score, bleuSignature=str(bleu.format(signature=True)), bleuSamples=len(pairs),
-                       samples=[{"prompt": p, "reference": r, "output": h}
-                                for (p, r), h in list(zip(pairs, hyps, strict=True))[:SAMPLES_IN_REPORT]])
+            out.update(bleu=bleu.score, bleuSignature=str(bleu.format(signature=True)), bleuSamples=len(pairs))
             say("bleu", {"model": name, "bleu": bleu.score})
         else:
             out.update(bleu=None, bleuNote="no prompt/reference pairs in the validation split")
+    return out
+
+
+def _samples(results: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """Side by side for a person: each held-out prompt, its reference, the new model's and the base model's output
+    (SAMPLES_IN_REPORT of them, each text cut to SAMPLE_CHARS characters)."""
+    base = {s["prompt"]: s["output"] for s in (results.get("base") or {}).get("samples") or ()}
+    out = []
+    for s in results["model"].get("samples") or ():
+        row = {"prompt": s["prompt"], "reference": s["reference"], "output": s["output"]}
+        if s["prompt"] in base:
+            row["baseOutput"] = base[s["prompt"]]
+        out.append({k: v if len(v) <= SAMPLE_CHARS else v[: SAMPLE_CHARS - 1] + "\u2026" for k, v in row.items()})
     return out
 
 

@@ -27,12 +27,13 @@ from gptops.api.conditions import (
     get_condition,
 )
 from gptops.api.constants import STAGES
-from gptops.api.finetunejob import FineTuneJob, RunArtifacts, StageStatus
+from gptops.api.finetunejob import Approval, FineTuneJob, RunArtifacts, StageStatus
 from gptops.api.gptmodel import GPTModel
 from gptops.api.revisions import Revision, new_revision, same_revision, spec_key
 from gptops.api.stageresult import STAGE_RESULT_API_VERSION, StageResult, parse_stage_result
 from gptops.builders import BuildError, build_stage_children, stage_job_name
 from gptops.builders.job import is_multinode
+from gptops.reconcile.approval import approval_command, decide_approval
 from gptops.reconcile.gate import decide
 from gptops.reconcile.conditions import Want, rebuild, transition_events
 from gptops.reconcile.observed import JobState, ObservedFineTuneJob
@@ -135,7 +136,10 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
     evaluation = results.get("evaluate") if previous_done else None
     metrics = dict(evaluation.metrics) if evaluation else {}
     done = ftj.model_copy(update={"status": ftj.status.model_copy(update={"artifacts": artifacts})})
-    passed_want, promoted_want = _gate_and_promotion(done, model, evaluation, failed, observed.now)
+    approval, undecided = _approval(ftj, artifacts, evaluation)
+    passed_want, promoted_want = _gate_and_promotion(done, model, evaluation, failed, observed.now,
+                                                     approval=approval, undecided=undecided)
+    actions += _approval_events(ftj, approval, undecided)
     wants += [passed_want, promoted_want, failed or Want(FAILED, FALSE, Reason.AS_EXPECTED, "no stage failed")]
 
     conditions = rebuild(ftj.status.conditions, wants, generation=gen, now=observed.now)
@@ -154,7 +158,40 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
         lineage=_lineage(results, artifacts, model, promoted_want),
         conditions=[c.to_dict() for c in conditions],
     )
+    if evaluation is not None and evaluation.samples:
+        status["samples"] = [x.model_dump(by_alias=True, exclude_none=True) for x in evaluation.samples]
+    # The last decision stays recorded while a new revision runs: it must not be mistaken for one about that revision.
+    record = approval if approval is not None else ftj.status.approval
+    if record is not None:
+        status["approval"] = record.to_dict()
     return Plan(actions=tuple(actions), status=merge_patch_from(ftj.status.to_dict(), status))
+
+
+def _approval(ftj: FineTuneJob, artifacts: RunArtifacts,
+              evaluation: StageResult | None) -> tuple[Approval | None, str]:
+    """With evaluation.approval manual and a passed gate: the person's decision on the current revision, and why
+    there is none yet ("" when decided). None when no decision is asked for (yet)."""
+    if ftj.spec.evaluation.approval != "manual" or evaluation is None or artifacts.revision is None:
+        return None, ""
+    if not decide(ftj.spec.evaluation.thresholds.to_dict(), evaluation.metrics).passed:
+        return None, ""
+    return decide_approval(artifacts.revision, ftj.metadata.annotations, ftj.status.approval)
+
+
+def _approval_events(ftj: FineTuneJob, approval: Approval | None, undecided: str) -> list[Action]:
+    """A Normal event when a revision starts waiting for a person, and when the person decides."""
+    before = ftj.status.approval
+    if approval is None or (before is not None and (before.revision, before.decision)
+                            == (approval.revision, approval.decision)):
+        return []
+    key = approval.revision or ""
+    if approval.decision == "Pending":
+        return [EmitEvent("Normal", Reason.AWAITING_APPROVAL,
+                          f"Revision {key} passed its gate and awaits approval ({undecided}): "
+                          f"{approval_command(ftj.name, key)}")]
+    if approval.decision == "Approved":
+        return [EmitEvent("Normal", Reason.APPROVED, f"Revision {key} approved for promotion")]
+    return [EmitEvent("Normal", Reason.REJECTED, f"Revision {key} rejected: it will not be served")]
 
 
 def _known_revision(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Revision | None:
@@ -299,9 +336,10 @@ def _artifacts(revision: Revision | None, results: dict[str, StageResult]) -> Ru
 
 
 def _gate_and_promotion(ftj: FineTuneJob, model: GPTModel | None, evaluation: StageResult | None,
-                        failed: Want | None, now: str) -> tuple[Want, Want]:
+                        failed: Want | None, now: str, *, approval: Approval | None = None,
+                        undecided: str = "") -> tuple[Want, Want]:
     """Passed from the thresholds; Promoted from what the GPTModel serves (its own pass decides, by the rule of
-    reconcile/promotion.py; this pass only reads the outcome)."""
+    reconcile/promotion.py; this pass only reads the outcome) and, with approval manual, from a person's decision."""
     promote = ftj.spec.evaluation.promote
     if evaluation is None:
         if failed is not None:
@@ -323,6 +361,14 @@ def _gate_and_promotion(ftj: FineTuneJob, model: GPTModel | None, evaluation: St
     mine = served_revision_for(ftj, model)
     if mine is not None and mine.same_files(serving):
         return passed, Want(PROMOTED, TRUE, Reason.PROMOTED, f"served by GPTModel {model.name}")
+    if approval is not None and approval.decision == "Rejected":
+        return passed, Want(PROMOTED, FALSE, Reason.REJECTED,
+                            f"revision {approval.revision} was rejected by a person (gptops.io/approved=false)")
+    if approval is not None and approval.decision == "Pending":
+        key = approval.revision or ""
+        return passed, Want(PROMOTED, FALSE, Reason.AWAITING_APPROVAL,
+                            f"passed; revision {key} awaits a person's approval ({undecided}). Approve: "
+                            f"{approval_command(ftj.name, key)}; reject: {approval_command(ftj.name, key, False)}")
     pin = model.spec.serving.revision
     was = get_condition(ftj.status.conditions, PROMOTED)
     now_serving = serving.revision if serving is not None else "its source"
@@ -379,6 +425,11 @@ def derive_phase(conditions: list[Condition], *, started: bool) -> str:
     if status.get(PROMOTED, ("",))[0] == TRUE:
         return "Promoted"
     passed = status.get(PASSED, ("",))[0]
+    promoted_reason = status.get(PROMOTED, ("", ""))[1]
+    if passed == TRUE and promoted_reason == Reason.AWAITING_APPROVAL:
+        return "AwaitingApproval"
+    if passed == TRUE and promoted_reason == Reason.REJECTED:
+        return "Rejected"
     if passed == TRUE:
         return "Passed"
     if passed == FALSE:

@@ -80,6 +80,14 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
             pin_note = Want(DEGRADED, TRUE, Reason.GATE_NOT_PASSED,
                             f"spec.serving.revision {pin}: FineTuneJob {pin} did not pass its gate; only a revision "
                             "that passed is served")
+        elif pinned is None and ftj.status.approval is not None and ftj.status.approval.decision == "Rejected":
+            pin_note = Want(DEGRADED, TRUE, Reason.REJECTED,
+                            f"spec.serving.revision {pin}: a person rejected FineTuneJob {pin}'s revision "
+                            f"{ftj.status.approval.revision}; it is not served")
+        elif pinned is None and gate is not None and gate.status == TRUE and ftj.spec.evaluation.approval == "manual":
+            pin_note = Want(PROGRESSING, TRUE, Reason.AWAITING_APPROVAL,
+                            f"spec.serving.revision {pin}: FineTuneJob {pin} passed its gate and waits for a person's "
+                            "approval (gptops.io/approved)")
         elif pinned is None:
             pin_note = Want(PROGRESSING, TRUE, Reason.WAITING,
                             f"spec.serving.revision {pin}: waiting for FineTuneJob {pin} to pass its gate")

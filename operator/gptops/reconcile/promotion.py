@@ -24,12 +24,16 @@ def order(revision: ServedRevision) -> tuple[str, str]:
 
 def passed_revision(ftj: FineTuneJob, model: GPTModel) -> ServedRevision | None:
     """`ftj`'s current revision when it may be served: status describes the current spec, the gate passed for it,
-    no stage failed and the weights are recorded; else None."""
+    no stage failed, a person approved it (evaluation.approval: manual) and the weights are recorded; else None."""
     passed = get_condition(ftj.status.conditions, PASSED)
     generation = ftj.metadata.generation
     if (passed is None or passed.status != TRUE or passed.observed_generation != generation
             or ftj.status.observed_generation != generation or is_true(ftj.status.conditions, FAILED)):
         return None
+    approval = ftj.status.approval
+    if ftj.spec.evaluation.approval == "manual" and (
+            approval is None or approval.decision != "Approved" or approval.revision != ftj.status.artifacts.revision):
+        return None  # a person has not approved this revision (reconcile/approval.py)
     return served_revision_for(ftj, model, passed_at=passed.last_transition_time)
 
 
