@@ -251,6 +251,7 @@ def server_side_apply(manifest: dict[str, Any]) -> None:
     calls = {
         "Deployment": k8s.AppsV1Api(api).patch_namespaced_deployment,
         "Service": k8s.CoreV1Api(api).patch_namespaced_service,
+        "HorizontalPodAutoscaler": k8s.AutoscalingV2Api(api).patch_namespaced_horizontal_pod_autoscaler,
     }
     _raw(calls[kind], name, ns, manifest, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
     log.info("Applied %s namespace=%s name=%s", kind, ns, name)
@@ -258,7 +259,9 @@ def server_side_apply(manifest: dict[str, Any]) -> None:
 
 def delete(action: DeleteChild) -> None:
     """Delete a child and, in the background, what it owns; NotFound (404) means it is already gone."""
-    calls = {"Job": k8s.BatchV1Api(api_client()).delete_namespaced_job}
+    api = api_client()
+    calls = {"Job": k8s.BatchV1Api(api).delete_namespaced_job,
+             "HorizontalPodAutoscaler": k8s.AutoscalingV2Api(api).delete_namespaced_horizontal_pod_autoscaler}
     try:
         _raw(calls[action.kind], action.name, action.namespace, propagation_policy="Background")
         log.info("Deleted %s namespace=%s name=%s", action.kind, action.namespace, action.name)

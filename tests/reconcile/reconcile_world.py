@@ -103,6 +103,8 @@ class World:
     """Other FineTuneJobs of the GPTModel (the one in `ftj` is always observed too)."""
     serving_pods: tuple[str, ...] = ()
     """/metrics URLs of the ready vLLM Pods."""
+    autoscaler: dict[str, Any] | None = None
+    """The HorizontalPodAutoscaler the operator applied."""
 
     # --- observing ---
     def observe_ftj(self) -> ObservedFineTuneJob:
@@ -117,7 +119,9 @@ class World:
         return ObservedGPTModel(now=self.now, deployment=self.deployment, service=bool(self.services),
                                 finetunejobs=tuple(FineTuneJob.from_dict(f) for f in ftjs.values()),
                                 monitor_jobs=tuple(j for j in self.jobs.values() if j.stage == "monitor"),
-                                serving_pods=self.serving_pods)
+                                serving_pods=self.serving_pods,
+                                autoscaler=None if self.autoscaler is None else
+                                self.autoscaler["metadata"]["annotations"].get("gptops.io/spec-hash", ""))
 
     def job(self, stage: str) -> str:
         """The name of the current revision's Job of `stage` (the newest of that stage the operator created)."""
@@ -147,6 +151,8 @@ class World:
         for action in plan.changes:
             if isinstance(action, CreateChild | ApplyChild):
                 self._create(action.manifest)
+            elif isinstance(action, DeleteChild) and action.kind == "HorizontalPodAutoscaler":
+                self.autoscaler = None
             elif isinstance(action, DeleteChild):
                 self.jobs.pop(action.name, None)
 
@@ -163,6 +169,8 @@ class World:
                 created=f"{self.now}#{self._created:04d}", active=1))
         elif kind == "Service":
             self.services.add(name)
+        elif kind == "HorizontalPodAutoscaler":
+            self.autoscaler = copy.deepcopy(manifest)
         elif kind == "Deployment":
             dep = self.deployment
             if dep and self.deployment_manifest and self.deployment_manifest["spec"] == manifest["spec"]:
@@ -175,7 +183,8 @@ class World:
             self.deployment = DeploymentState(
                 name=name, annotations=dict(manifest["metadata"].get("annotations") or {}), generation=generation,
                 observed_generation=dep.observed_generation if dep else 0,
-                replicas=manifest["spec"]["replicas"],
+                # Without replicas in the manifest (an autoscaler owns them) the live count stays; 1 when created.
+                replicas=manifest["spec"].get("replicas", dep.replicas if dep else 1),
                 status_replicas=dep.status_replicas if dep else 0,
                 updated_replicas=0, ready_replicas=dep.ready_replicas if dep else 0,
                 available_replicas=dep.available_replicas if dep else 0,

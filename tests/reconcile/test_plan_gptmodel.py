@@ -3,6 +3,8 @@ and that planning again after applying a plan changes nothing."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from reconcile_world import World, conditions, passed_finetunejob, settle
 
@@ -353,3 +355,24 @@ def test_a_pin_on_a_lora_run_records_its_rank_and_the_one_it_replaces(world: Wor
     world.apply_model(plan)
     assert revision(world) == "ft-2" and opt(world, "--max-lora-rank") == "128"
     assert settle(world, "model").changes == ()
+
+
+def test_autoscaling_adds_an_autoscaler_and_removing_it_deletes_it(world: World) -> None:
+    assert world.model is not None
+    world.model["spec"]["serving"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 4}
+    serve_source(world)
+    assert world.autoscaler is not None and world.autoscaler["spec"]["maxReplicas"] == 4
+    assert "replicas" not in world.deployment_manifest["spec"]
+    assert world.plan_model().changes == ()  # applied once, not on every pass
+    # The autoscaler scaled the Deployment to 3: READY counts against that, not spec.serving.replicas.
+    assert world.deployment is not None
+    world.deployment = replace(world.deployment, replicas=3, ready_replicas=3, available_replicas=3)
+    assert world.plan_model().status["ready"] == "3/3"
+    world.model["spec"]["serving"]["autoscaling"]["maxReplicas"] = 6
+    changed = world.plan_model().changes
+    assert [(type(a).__name__, a.kind) for a in changed] == [("ApplyChild", "HorizontalPodAutoscaler")]
+    del world.model["spec"]["serving"]["autoscaling"]
+    plan = settle(world, "model")
+    assert world.autoscaler is None
+    assert world.deployment_manifest["spec"]["replicas"] == world.model["spec"]["serving"].get("replicas", 1)
+    assert plan.changes == ()

@@ -33,12 +33,12 @@ from gptops.api.constants import (
     GROUP,
 )
 from gptops.api.gptmodel import GPTModel
-from gptops.builders import build_deployment, build_service
+from gptops.builders import build_autoscaler, build_deployment, build_service, deployment_name
 from gptops.reconcile.conditions import Want, rebuild, transition_events
 from gptops.reconcile.observed import DeploymentState, ObservedGPTModel
 from gptops.reconcile.finetunejob import promotion_message
 from gptops.reconcile.monitoring import DRIFT_ROLLBACK_PREFIX, MonitoringDecision, plan_monitoring
-from gptops.reconcile.plan import Action, ApplyChild, CreateChild, EmitEvent, Plan
+from gptops.reconcile.plan import Action, ApplyChild, CreateChild, DeleteChild, EmitEvent, Plan
 from gptops.reconcile.promotion import candidates, choose, passed_revision
 
 #: When the Deployment's current revision started rolling out (RFC 3339).
@@ -309,6 +309,26 @@ def _degraded(annotations: dict[str, str] | Any) -> Want:
                 f"revision {failed} did not become Available ({why}); rolled back to revision {serving}")
 
 
+def _autoscaler(model: GPTModel, observed: ObservedGPTModel) -> list[Action]:
+    """The HorizontalPodAutoscaler while spec.serving.autoscaling is set (applied when what it says changed), none
+    when it is not."""
+    desired = build_autoscaler(model)
+    if desired is None:
+        if observed.autoscaler is None:
+            return []
+        return [DeleteChild("HorizontalPodAutoscaler", deployment_name(model), model.namespace)]
+    if observed.autoscaler != desired["metadata"]["annotations"][ANNOTATION_SPEC_HASH]:
+        return [ApplyChild(desired)]
+    return []
+
+
+def _wanted_replicas(model: GPTModel, observed: ObservedGPTModel) -> int:
+    """The replicas the GPTModel wants: its spec's, or with an autoscaler the Deployment's (the autoscaler sets them)."""
+    if model.spec.serving.autoscaling is not None and observed.deployment is not None:
+        return observed.deployment.replicas
+    return model.spec.serving.replicas
+
+
 def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], serving: dict[str, Any],
             pin_note: Want | None, wants: list[Want], *, endpoint: str | None, ready_replicas: int,
             watch: MonitoringDecision) -> Plan:
@@ -317,6 +337,7 @@ def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], 
     if watch.drifted is not None:
         wants = [*wants, watch.drifted]
     actions += watch.actions
+    actions += _autoscaler(model, observed)
     conditions = rebuild(model.status.conditions, wants, generation=model.metadata.generation, now=observed.now)
     actions += transition_events(model.status.conditions, conditions, warn_when_true=(DEGRADED, DRIFTED))
     served = _served(model, serving)
@@ -325,7 +346,7 @@ def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], 
         "endpoint": endpoint,
         "readyReplicas": ready_replicas,
         "serving": _display(served) if endpoint else None,
-        "ready": f"{ready_replicas}/{model.spec.serving.replicas}",
+        "ready": f"{ready_replicas}/{_wanted_replicas(model, observed)}",
         "conditions": [c.to_dict() for c in conditions],
     }
     if watch.status is not None:

@@ -125,6 +125,8 @@ class ObservedGPTModel:
     """Its monitor Jobs (spec.monitoring), with their Pods."""
     serving_pods: tuple[str, ...] = ()
     """The /metrics URLs of its ready vLLM Pods (observed with spec.monitoring only)."""
+    autoscaler: str | None = None
+    """Its HorizontalPodAutoscaler's gptops.io/spec-hash ("" without one), or None when it has none."""
 
     def finetunejob(self, name: str) -> FineTuneJob | None:
         return next((f for f in self.finetunejobs if f.name == name), None)
