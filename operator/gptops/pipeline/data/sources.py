@@ -217,24 +217,38 @@ def _strings(ds, names: list[str]):
 
 def _normalized(ds, wanted: dict[str, str], diagnose, shown: str):
     """The wanted fields under their normalized names, checked on the Arrow columns: strings, and chat messages as
-    non-empty lists of {role, content} strings. A failed check reads the records one by one for the message."""
+    non-empty lists of {role, content} strings. When a check fails the records are read one by one: the first bad
+    one is named; if none is bad (a shape the Arrow checks do not read, such as extra keys in the messages), each
+    record is normalized in a batched map."""
     from datasets import Features, List, Value
 
+    features = Features({column: List({"role": Value("string"), "content": Value("string")}) if column == "messages"
+                         else Value("string") for column in wanted})
     if not _valid(ds, wanted):
         _find_bad_record(diagnose)
-        raise PipelineError(f"{shown}: a record does not match dataset.fields ({ds.features})")
+        return ds.map(_Normalize(wanted, shown), batched=True, remove_columns=ds.column_names, features=features,
+                      desc="normalize")
     ds = ds.select_columns(list(wanted.values()))
     ds = ds.rename_columns({v: k for k, v in wanted.items() if k != v})
-    for column in wanted:
-        if column == "messages":
-            feature = List({"role": Value("string"), "content": Value("string")})
-            if ds.features["messages"] != feature:
-                ds = ds.map(lambda b: {"messages": [[{"role": m["role"], "content": m["content"]} for m in ms]
-                                                    for ms in b["messages"]]},
-                            batched=True, features=Features({"messages": feature}), desc="messages")
-        elif ds.features[column] != Value("string"):
-            ds = ds.cast_column(column, Value("string"))
+    for column, feature in features.items():
+        if ds.features[column] != feature:
+            ds = ds.cast_column(column, feature)
     return ds
+
+
+class _Normalize:
+    """Batched: `normalize` on each record (only for records the Arrow checks could not read)."""
+
+    def __init__(self, wanted: dict[str, str], shown: str):
+        self.wanted, self.shown = wanted, shown
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        rows = (dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True))
+        out: dict[str, list] = {column: [] for column in self.wanted}
+        for row in rows:
+            for column, value in normalize(row, self.wanted, self.shown, "a record").items():
+                out[column].append(value)
+        return out
 
 
 def _valid(ds, wanted: dict[str, str]) -> bool:
@@ -327,7 +341,7 @@ def _records(path: Path, shown: str, fmt: str, config: PrepareConfig) -> Iterato
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise PipelineError(f"{shown}: line {n}: not valid JSON ({e.msg}); expected one JSON object per line") from e
             yield normalize(row, wanted, shown, f"line {n}")
