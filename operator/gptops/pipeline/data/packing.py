@@ -228,7 +228,7 @@ class Packer:
                 counts["loss"] += int(flat.size)
                 yield flat, flat, lengths
 
-    def _by_document(self, name: str, ds, documents: Path, out: "_BlockWriter", counts: dict[str, int],
+    def _by_document(self, name: str, ds, documents: Path, out: _BlockWriter, counts: dict[str, int],
                      drop_unlearned: bool) -> None:
         """Whole documents into blocks: each document's first block of ids (and labels) goes to a file on disk, one
         length per document stays in memory; the layout is computed on the lengths, then the blocks are cut from
@@ -335,7 +335,7 @@ def digest(paths: dict[str, Path]) -> str:
             for chunk in table.column(column).chunks:
                 offsets = chunk.offsets.to_numpy()
                 values = np.ascontiguousarray(chunk.values.to_numpy(), dtype="<i4")
-                for a, b in zip(offsets[:-1], offsets[1:], strict=True):
+                for a, b in itertools.pairwise(offsets):
                     if with_length:
                         h.update(np.int64(b - a).tobytes())
                     h.update(values[a:b].tobytes())

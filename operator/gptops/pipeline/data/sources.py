@@ -173,7 +173,10 @@ def _load_file(path: Path, shown: str, config: PrepareConfig, cache: Path):
     if fmt == "csv":
         options.update(keep_default_na=False, na_filter=False)  # an empty cell is an empty string, as csv reads it
     wanted = wanted_fields(config)
-    diagnose = lambda: _records(path, shown, fmt, config)  # noqa: E731
+
+    def diagnose() -> Iterator[dict[str, Any]]:
+        return _records(path, shown, fmt, config)
+
     try:
         ds = load_dataset(BUILDERS[fmt], data_files=str(path), split="train", cache_dir=str(cache), **options)
     except Exception as e:  # the loader's own message names neither the line nor the field: find them
