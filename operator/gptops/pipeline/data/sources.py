@@ -7,6 +7,7 @@ record to name the file, line and field of the first bad record. No torch here.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -29,10 +30,18 @@ BUILDERS = {"text": "text", "jsonl": "json", "json": "json", "csv": "csv", "parq
 """File format -> the `datasets` packaged loader that reads it."""
 
 
-def offline() -> None:
-    """No hub reads from the loaders: local files and the cache only (a Hugging Face source sets its own)."""
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """No hub reads while a packaged loader reads local files (no download counts, no lookups). Scoped to the call:
+    the environment is left alone, so a later stage in the same process may still fetch a hub model."""
+    from datasets import config
+
+    before = config.HF_HUB_OFFLINE
+    config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        config.HF_HUB_OFFLINE = before
 
 
 def columns(fmt: str) -> tuple[str, ...]:
@@ -56,8 +65,7 @@ def load_records(config: PrepareConfig):
     source = config.source
     cache = config.artifact_root / "cache" / "datasets"
     if source.kind == "huggingface":
-        return _load_hub(config, cache), source.describe()
-    offline()
+        return _load_hub(config), source.describe()
     if source.kind == "path":
         files = _list_files(Path(source.location), config)
     else:
@@ -125,7 +133,7 @@ def _download_s3(uri: str, endpoint_url: str | None, target: Path, config: Prepa
         raise PipelineError(f"{uri}: cannot read from S3 ({type(e).__name__}: {e})") from e
 
 
-def _load_hub(config: PrepareConfig, cache: Path):
+def _load_hub(config: PrepareConfig):
     from datasets import load_dataset
 
     s = config.source
@@ -178,7 +186,8 @@ def _load_file(path: Path, shown: str, config: PrepareConfig, cache: Path):
         return _records(path, shown, fmt, config)
 
     try:
-        ds = load_dataset(BUILDERS[fmt], data_files=str(path), split="train", cache_dir=str(cache), **options)
+        with offline():
+            ds = load_dataset(BUILDERS[fmt], data_files=str(path), split="train", cache_dir=str(cache), **options)
     except Exception as e:  # the loader's own message names neither the line nor the field: find them
         _find_bad_record(diagnose)
         raise PipelineError(f"{shown}: cannot load as {fmt} ({type(e).__name__}: {e}); expected {fmt} records") from e
