@@ -109,12 +109,14 @@ _REASONS = {EMPTY: "empty", TOO_SHORT: "tooShort", TOO_LONG: "tooLong"}
 
 def select(records, config: PrepareConfig) -> tuple[np.ndarray, Counter]:
     """Indices of the documents to keep, and how many were dropped for which reason. Reads a batch at a time and
-    holds one code and one 20-byte digest per document; dedupe keeps each content's first document."""
-    verdicts, digests = [], []
+    holds one code and one 16-byte digest (blake2b) per document; dedupe keeps each content's first document."""
+    n = len(records)
+    verdict = np.zeros(n, dtype=np.int8)
+    dedupe = config.dedupe != "none"
+    digests = np.zeros((n if dedupe else 0, 2), dtype=np.uint64)  # as two words: lexsort sorts them without copies
+    at = 0
     for batch in key_batches(records, config.format):
-        verdict = np.zeros(len(batch), dtype=np.int8)
-        digest = np.zeros(len(batch), dtype="S20")
-        for i, key in enumerate(batch):
+        for i, key in enumerate(batch, at):
             content = key.strip()
             if not content:
                 verdict[i] = EMPTY
@@ -122,16 +124,22 @@ def select(records, config: PrepareConfig) -> tuple[np.ndarray, Counter]:
                 verdict[i] = TOO_SHORT
             elif config.max_chars is not None and len(content) > config.max_chars:
                 verdict[i] = TOO_LONG
-            elif config.dedupe != "none":
-                digest[i] = hashlib.sha1((_dedupe_form(key) if config.dedupe == "normalized" else key).encode()).digest()
-        verdicts.append(verdict)
-        digests.append(digest)
-    verdict = np.concatenate(verdicts) if verdicts else np.zeros(0, dtype=np.int8)
+            elif dedupe:
+                form = _dedupe_form(key) if config.dedupe == "normalized" else key
+                digests[i] = np.frombuffer(hashlib.blake2b(form.encode(), digest_size=16).digest(), dtype=np.uint64)
+        at += len(batch)
     dropped: Counter = Counter({_REASONS[code]: int((verdict == code).sum()) for code in _REASONS})
     candidates = np.flatnonzero(verdict == 0)
-    if config.dedupe != "none" and candidates.size:
-        _, first = np.unique(np.concatenate(digests)[candidates], return_index=True)  # each digest's first document
-        keep = candidates[np.sort(first)]
+    del verdict
+    if dedupe and candidates.size:
+        if candidates.size < n:
+            digests = digests[candidates]
+        order = np.lexsort((digests[:, 1], digests[:, 0]))  # stable: equal digests stay in document order
+        ordered = digests[order]
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+        del ordered
+        keep = candidates[np.sort(order[first])]
         dropped["duplicate"] = int(candidates.size - keep.size)
     else:
         keep = candidates
