@@ -224,14 +224,14 @@ def test_missing_path(tmp_path):
 def test_unreadable_file(tmp_path, monkeypatch):
     data = tmp_path / "locked.txt"
     data.write_text("hello\n")
-    real = Path.read_bytes
+    real = Path.open
 
-    def denied(self):  # chmod 000 does not stop root, so deny the read itself
+    def denied(self, *args, **kwargs):  # chmod 000 does not stop root, so deny the open itself
         if self == data:
             raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(Path, "open", denied)
     message = _error(tmp_path, data)
     assert str(data) in message and "cannot read" in message and "Permission denied" in message
 

@@ -16,7 +16,7 @@ from pipeline_corpus import documents
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
 
 from gptops.pipeline import configs_from_spec, run_prepare
-from gptops.pipeline.data import _gather, _pack_documents
+from gptops.pipeline.data.packing import gather, pack_documents
 from gptops.pipeline.train import PackedCollator
 
 VOCAB = 97
@@ -50,10 +50,10 @@ def packed_rows(items, block_size: int) -> list[dict]:
     """The rows prepare writes for these examples: its own packing of whole documents, with position ids."""
     flat = np.concatenate([ids for ids, _ in items])
     flat_labels = np.concatenate([labels for _, labels in items])
-    layout = _pack_documents(np.array([len(ids) for ids, _ in items]), block_size)
+    layout = pack_documents(np.array([len(ids) for ids, _ in items]), block_size)
     assert len(layout) < len(items)  # several examples share a block, or this test proves nothing
     return [{"input_ids": ids, "labels": labels, "position_ids": np.concatenate([np.arange(n) for _, n in block])}
-            for ids, labels, block in zip(_gather(flat, layout), _gather(flat_labels, layout), layout, strict=True)]
+            for ids, labels, block in zip(gather(flat, layout), gather(flat_labels, layout), layout, strict=True)]
 
 
 def unpacked_mean_loss(model, items) -> float:

@@ -8,11 +8,13 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from gptops.pipeline.config import ModelSource
 from gptops.pipeline.errors import PipelineError
+
+if TYPE_CHECKING:  # torch is imported where a model is built: prepare and the operator never load it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +173,10 @@ def context_length(source: ModelSource, cache_dir: Path) -> int:
     return 1024
 
 
-def build_scratch_model(source: ModelSource, tokenizer, seed: int, dtype: torch.dtype = torch.float32):
-    """A freshly initialised causal LM of the scratch architecture; the same seed gives the same weights."""
+def build_scratch_model(source: ModelSource, tokenizer, seed: int, dtype: torch.dtype | None = None):
+    """A freshly initialised causal LM of the scratch architecture (fp32 unless `dtype`); the same seed gives the
+    same weights."""
+    import torch
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     vocab = len(tokenizer)
@@ -188,7 +192,7 @@ def build_scratch_model(source: ModelSource, tokenizer, seed: int, dtype: torch.
                              tie_word_embeddings=True, **common)
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype or torch.float32)
     return model
 
 
@@ -201,6 +205,8 @@ def load_pretrained_model(path: str, dtype: torch.dtype | str, **kwargs):
 
 def pick_dtype(precision: str) -> torch.dtype:
     """The compute dtype: bf16 on a GPU that has it (auto), else what was asked, fp32 on CPU."""
+    import torch
+
     cuda = torch.cuda.is_available()
     if precision == "auto":
         return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
@@ -212,6 +218,8 @@ def pick_dtype(precision: str) -> torch.dtype:
 
 def device() -> torch.device:
     """The device of this process (its local rank's GPU under torchrun)."""
+    import torch
+
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
