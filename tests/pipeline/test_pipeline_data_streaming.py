@@ -50,13 +50,16 @@ def test_the_loaders_give_the_records_of_a_plain_read_on_every_format(tmp_path):
     with open(files["d.csv"], "w", newline="", encoding="utf-8-sig") as f:
         w = csv.writer(f)
         w.writerow(["id", "text"])
-        w.writerows([i, t] for i, t in enumerate(docs[:20] + ["", "42", "multi\nline cell"]))
+        w.writerows([i, t] for i, t in enumerate(docs[:20] + ["", "42", "007", "1.50", "multi\nline cell"]))
+    files["f.csv"] = tmp_path / "f.csv"  # a column of numbers only: still its text, "007" and all
+    files["f.csv"].write_text("text\n" + "".join(f"{n:03d}\n" for n in range(7, 30)) + "1.50\n")
     files["e.parquet"] = tmp_path / "e.parquet"
     pq.write_table(pa.table({"text": docs, "other": list(range(40))}), files["e.parquet"])
     for name, path in files.items():
         loaded = _loaded(tmp_path / f"run-{name}", path)
         assert loaded == _read_one_by_one(tmp_path / f"run-{name}", path), name
         assert len(loaded) >= 20
+    assert _loaded(tmp_path / "run-f", files["f.csv"])[0]["text"] == "007"
 
     chat = tmp_path / "chat.jsonl"  # extra keys in a message are not the model's: dropped
     chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"about {d.split()[0]}", "name": "u"},

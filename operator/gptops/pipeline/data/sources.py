@@ -180,6 +180,9 @@ def _load_file(path: Path, shown: str, config: PrepareConfig, cache: Path):
         options["field"] = "data"  # an object with a 'data' array of records
     if fmt == "csv":
         options.update(keep_default_na=False, na_filter=False)  # an empty cell is an empty string, as csv reads it
+        if header := _csv_header(path):  # every column a string, as csv reads it: "007" stays "007"
+            from datasets import Features, Value
+            options["features"] = Features({name: Value("string") for name in header})
     wanted = wanted_fields(config)
 
     def diagnose() -> Iterator[dict[str, Any]]:
@@ -204,6 +207,19 @@ def _load_file(path: Path, shown: str, config: PrepareConfig, cache: Path):
     if fmt == "csv":  # pandas reads a column of numbers as numbers; csv's values are strings
         ds = _strings(ds, [name for column, name in wanted.items() if column != "messages"])
     return _normalized(ds, wanted, diagnose, shown)
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    """The csv file's column names (its first line), or None when they cannot serve as string features (then the
+    loader infers the types and the columns are cast to strings afterwards)."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            header = next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if not header or len(set(header)) != len(header) or any(not name for name in header):
+        return None
+    return header
 
 
 def _first_content_byte(path: Path, shown: str, fmt: str) -> bytes:
