@@ -48,18 +48,23 @@ _lock = threading.Lock()
 _api: k8s.ApiClient | None = None
 
 
-def configure(kubeconfig: str | None = None) -> None:
-    """Connect to the cluster: in-cluster credentials when running in a Pod, else the kubeconfig."""
+def configure(kubeconfig: str | None = None, pool_size: int = 4) -> None:
+    """Connect to the cluster: in-cluster credentials when running in a Pod, else the kubeconfig. `pool_size`
+    connections are kept open (one per thread that calls at once; more would be opened and closed per request)."""
     global _api
     with _lock:
+        configuration = k8s.Configuration()
+        loaded = False
         if kubeconfig is None:
             try:
-                k8s_config.load_incluster_config()
-                _api = k8s.ApiClient()
-                return
+                k8s_config.load_incluster_config(client_configuration=configuration)
+                loaded = True
             except k8s_config.ConfigException:
                 pass
-        _api = k8s_config.new_client_from_config(config_file=kubeconfig)
+        if not loaded:
+            k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        configuration.connection_pool_maxsize = pool_size
+        _api = k8s.ApiClient(configuration)
 
 
 def api_client() -> k8s.ApiClient:
