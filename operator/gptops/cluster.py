@@ -248,15 +248,16 @@ def get_object(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
     return _get_or_none(custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
 
 
-def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-    """Merge-patch the status subresource (what kopf's patch.status does, for passes outside kopf's handlers)."""
+def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+    """Merge-patch the status subresource; returns the object as written, or None when it is gone."""
     custom = k8s.CustomObjectsApi(api_client())
     try:
-        _raw(custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural, name,
-             {"status": status}, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)
+        return _raw(custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural, name,
+                    {"status": status}, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)
     except ApiException as err:
         if err.status != 404:  # deleted meanwhile
             raise
+        return None
 
 
 def finetunejobs_of(namespace: str, model: str) -> list[str]:

@@ -90,7 +90,7 @@ def run_pass(
     plural = PLURALS[kind]
     try:
         with lock_for((kind, namespace, name)):
-            body = cluster.get_object(plural, namespace, name)
+            body = indexes.current_body(plural, namespace, name)
             if body is None or body.get("metadata", {}).get("deletionTimestamp"):
                 result = "ok"
                 return None
@@ -102,7 +102,8 @@ def run_pass(
             cluster.apply(decided.actions, body)
             indexes.note_created(decided.actions, body)
             if changes_status(body.get("status") or {}, decided.status):
-                cluster.patch_status(plural, namespace, name, decided.status)
+                indexes.note_written(plural, namespace, name,
+                                     cluster.patch_status(plural, namespace, name, decided.status))
             for event in decided.events:  # each transition once: a rollback, a failed stage, a promotion
                 log.log(logging.WARNING if event.type == "Warning" else logging.INFO, "%s kind=%s namespace=%s "
                         "name=%s reason=%s", event.message, kind, namespace, name, event.reason)

@@ -42,6 +42,7 @@ async def finetunejob_event(type: str | None, name: str, namespace: str, uid: st
     if type == "DELETED":
         metrics.forget_finetunejob(namespace, name, uid)
         SEEN.forget(key)
+        indexes.forget_written(PLURAL_FINETUNEJOB, namespace, name)
         SEEN.forget((KIND_GPTMODEL, key))
         indexes.forget_created(namespace, name)
         if model:

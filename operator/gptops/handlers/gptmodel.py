@@ -31,6 +31,7 @@ async def gptmodel_event(type: str | None, name: str, namespace: str, uid: str, 
         metrics.record_serving_revision(namespace, name, None)
         metrics.record_gptmodel_conditions(namespace, name, None)
         SEEN.forget(key)
+        indexes.forget_written(PLURAL_GPTMODEL, namespace, name)
         SEEN.forget((KIND_FINETUNEJOB, key))
         return
     meta = body.get("metadata") or {}

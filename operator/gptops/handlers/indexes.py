@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 FTJ_CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_FINETUNEJOB: kopf.PRESENT}
 MODEL_CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL: kopf.PRESENT}
 NAMES = ("gptops_stage_jobs", "gptops_stage_pods", "gptops_stage_services", "gptops_models",
-         "gptops_finetunejobs_by_model", "gptops_deployments", "gptops_model_services")
+         "gptops_finetunejobs_by_model", "gptops_deployments", "gptops_model_services", "gptops_model_bodies",
+         "gptops_finetunejob_bodies")
+BODIES = {PLURAL_GPTMODEL: "gptops_model_bodies", PLURAL_FINETUNEJOB: "gptops_finetunejob_bodies"}
 T = TypeVar("T")
 
 _bound: dict[str, Any] = {}
@@ -61,6 +63,9 @@ _bound: dict[str, Any] = {}
 #: The next pass sees them, so it neither creates them again nor announces them twice.
 _created: dict[tuple[str, str], dict[str, tuple[float, JobState]]] = {}
 _created_guard = threading.Lock()
+#: The resourceVersion of each object's last status write by a pass: (plural, namespace, name) -> version.
+_written: dict[tuple[str, str, str], str] = {}
+_written_guard = threading.Lock()
 #: Seconds a created Job is assumed to exist without the watch showing it.
 CREATED_GRACE = 30.0
 
@@ -140,6 +145,20 @@ async def gptops_deployments(namespace: str, name: str, meta: Mapping[str, Any],
 async def gptops_model_services(namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
     """(namespace, name) -> True: the GPTModel's Service exists."""
     return {(namespace, name): True}
+
+
+@kopf.index(GROUP, VERSION, PLURAL_GPTMODEL, id="gptops_model_bodies")
+async def gptops_model_bodies(namespace: str, name: str, body: kopf.Body,
+                              **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, name) -> the GPTModel as the watch last showed it (what a pass starts from)."""
+    return {(namespace, name): dict(body)}
+
+
+@kopf.index(GROUP, VERSION, PLURAL_FINETUNEJOB, id="gptops_finetunejob_bodies")
+async def gptops_finetunejob_bodies(namespace: str, name: str, body: kopf.Body,
+                                    **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, name) -> the FineTuneJob as the watch last showed it (what a pass starts from)."""
+    return {(namespace, name): dict(body)}
 
 
 # --- reading them (from the pass workers' threads) ----------------------------------------------------------
@@ -233,3 +252,32 @@ def finetunejobs_of(namespace: str, model_name: str) -> list[str]:
     if not bound():
         return cluster.finetunejobs_of(namespace, model_name)
     return sorted(name for name, _ in _read("gptops_finetunejobs_by_model", (namespace, model_name)))
+
+
+def current_body(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """The object a pass starts from: the watch's copy when it holds the status the last pass wrote (or no pass
+    wrote one yet), else a fresh GET; None when it is gone."""
+    if bound():
+        cached = _first(_read(BODIES[plural], (namespace, name)))
+        with _written_guard:
+            written = _written.get((plural, namespace, name))
+        if cached is not None and written in (None, (cached.get("metadata") or {}).get("resourceVersion")):
+            return cached
+    return cluster.get_object(plural, namespace, name)
+
+
+def note_written(plural: str, namespace: str, name: str, written: Mapping[str, Any] | None) -> None:
+    """Remember the resourceVersion a status write produced (None: the object is gone)."""
+    if not bound():
+        return
+    with _written_guard:
+        version = ((written or {}).get("metadata") or {}).get("resourceVersion")
+        if version:
+            _written[(plural, namespace, name)] = version
+        else:
+            _written.pop((plural, namespace, name), None)
+
+
+def forget_written(plural: str, namespace: str, name: str) -> None:
+    with _written_guard:
+        _written.pop((plural, namespace, name), None)
