@@ -352,13 +352,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def plot(png: Path, results: list[Path]) -> None:
+    """p99 apply -> prepare Job and the throughput ratio against N, one line per label (the file's stem)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(json.dumps({"plot": None, "reason": "matplotlib is not installed"}))
+        return
+    runs: dict[str, list[tuple[int, float]]] = {}
+    for path in results:
+        data = json.loads(path.read_text())
+        label = path.stem.rsplit("-", 1)[0]
+        runs.setdefault(label, []).append((data["runs"], data["latencySeconds"]["applyToPrepareJob"]["p99"]))
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=80)
+    for label, points in sorted(runs.items()):
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlabel("FineTuneJobs applied (N)")
+    ax.set_ylabel("p99 apply -> prepare Job (s)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png)
+    print(json.dumps({"plot": str(png)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=100, help="FineTuneJobs (100, 300, 1000); GPTModels: runs / 10")
     parser.add_argument("--timeout", type=float, default=900, help="seconds for every run to pass and be served")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--keep", action="store_true", help="leave the cluster's state directory")
+    parser.add_argument("--plot", type=Path, nargs="+", metavar=("PNG", "JSON"),
+                        help="no run: plot p99 latencies against N from earlier --out files into PNG (matplotlib)")
     args = parser.parse_args()
+    if args.plot:
+        plot(args.plot[0], args.plot[1:])
+        return
     runs, models = args.runs, max(1, args.runs // 10)
     nodes = max(2, math.ceil(runs * 1.2 / min(PODS_PER_NODE, GPUS_PER_NODE)))
     kubectl = str(Path(sys.executable).parent / "kubectl")

@@ -18,6 +18,7 @@ import ctypes
 import gc
 import heapq
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -99,7 +100,11 @@ def run_pass(
             except pydantic.ValidationError as err:
                 raise kopf.PermanentError(f"invalid {kind}: {err}") from err
             decided = plan(obj, observe(obj))
-            cluster.apply(decided.actions, body)
+            if EVENTS is not None:  # children first; the events go out behind every pass's Jobs
+                cluster.apply(decided.changes, body)
+                EVENTS.post(decided.events, body)
+            else:
+                cluster.apply(decided.actions, body)
             indexes.note_created(decided.actions, body)
             if changes_status(body.get("status") or {}, decided.status):
                 indexes.note_written(plural, namespace, name,
@@ -278,6 +283,40 @@ class WorkQueue:
                     self._failures.pop(key, None)
             self._done(key, retry_in)
 
+
+class EventPoster:
+    """Posts a pass's Events from its own thread, so a pass (and the Job the next pass creates) never waits on them.
+    Each Event is still posted once: the pass decided it under the object's lock. Bounded: past `limit` waiting,
+    an Event is posted by the pass itself."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._queue: queue.Queue[tuple[Any, Mapping[str, Any]] | None] = queue.Queue(maxsize=limit)
+        self._thread = threading.Thread(target=self._run, name="gptops-events", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def post(self, events: tuple[Any, ...], body: Mapping[str, Any]) -> None:
+        for event in events:
+            try:
+                self._queue.put_nowait((event, body))
+            except queue.Full:
+                cluster.post_event(body, event)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                cluster.post_event(item[1], item[0])
+            except Exception:  # best effort, like every Event
+                log.exception("Could not post event")
+
+
+#: The running operator's event poster (None outside `gptops operator`: a pass posts its own).
+EVENTS: EventPoster | None = None
 
 #: The running operator's work queue (None outside `gptops operator`: passes then run where they are asked for).
 QUEUE: WorkQueue | None = None

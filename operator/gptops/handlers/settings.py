@@ -62,6 +62,8 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     cluster.configure(os.environ.get("KUBECONFIG"), pool_size=workers + 2)
     common.KNOWN.clear()
     indexes.bind(kwargs)
+    common.EVENTS = common.EventPoster()
+    common.EVENTS.start()
     common.QUEUE = common.WorkQueue(workers, RETRY_DELAYS)
     common.QUEUE.start()
     global _resync
@@ -77,4 +79,7 @@ def stop(**_: Any) -> None:
     if common.QUEUE is not None:
         common.QUEUE.stop()
         common.QUEUE = None
+    if common.EVENTS is not None:
+        common.EVENTS.stop()
+        common.EVENTS = None
     indexes.unbind()
