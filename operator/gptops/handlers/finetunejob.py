@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from gptops import metrics
+from gptops.api.conditions import FAILED, PASSED, TRUE
 from gptops.api.constants import (
     GROUP,
     KIND_FINETUNEJOB,
@@ -20,7 +21,6 @@ from gptops.api.constants import (
     STAGES,
     VERSION,
 )
-from gptops.api.conditions import FAILED, PASSED, TRUE
 from gptops.api.finetunejob import FineTuneJob
 from gptops.handlers import common, indexes
 from gptops.reconcile import plan_finetunejob

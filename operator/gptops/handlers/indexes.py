@@ -11,7 +11,6 @@ passes observe through cluster.py.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -35,7 +34,6 @@ from gptops.api.finetunejob import FineTuneJob
 from gptops.api.gptmodel import GPTModel
 from gptops.api.names import label_value
 from gptops.builders import deployment_name
-from gptops.reconcile.plan import Action, CreateChild
 from gptops.reconcile.observed import (
     DeploymentState,
     JobState,
@@ -47,8 +45,8 @@ from gptops.reconcile.observed import (
     pod_state,
     with_pods,
 )
+from gptops.reconcile.plan import Action, CreateChild
 
-log = logging.getLogger(__name__)
 
 FTJ_CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_FINETUNEJOB: kopf.PRESENT}
 MODEL_CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL: kopf.PRESENT}

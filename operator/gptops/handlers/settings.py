@@ -12,8 +12,8 @@ from typing import Any
 import kopf
 
 from gptops import cluster
-from gptops.handlers import common, indexes
 from gptops.api.constants import FINALIZER, KOPF_STORAGE_PREFIX
+from gptops.handlers import common, indexes
 
 
 def _env_float(name: str, default: float) -> float:
