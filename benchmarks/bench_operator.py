@@ -180,7 +180,11 @@ class Recorder:
         self.finished_pods.add(meta["name"])
         stage = (meta.get("labels") or {}).get(LABEL_STAGE, "")
         patch = {"metadata": {"annotations": {RESULT_ANNOTATION: stage_result(stage)}}}
-        k8s.CoreV1Api(client).patch_namespaced_pod(meta["name"], NAMESPACE, patch)
+        try:
+            k8s.CoreV1Api(client).patch_namespaced_pod(meta["name"], NAMESPACE, patch)
+        except k8s.exceptions.ApiException as err:  # gone meanwhile (its Job replaced it): the next one is finished
+            if err.status != 404:
+                self.finished_pods.discard(meta["name"])
 
     def _on_ftj(self, type_: str, obj: Any, client: k8s.ApiClient) -> None:
         if type_ == "DELETED":
