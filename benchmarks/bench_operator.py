@@ -231,8 +231,28 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
 
 def operator_requests(cp: devcluster.DevCluster) -> dict[str, float]:
     text = devcluster._Api(cp).get("/metrics").decode()
-    return {kind: metric_sum(text, "apiserver_flowcontrol_dispatched_requests_total", flow_schema=f"gptops-bench-{kind}")
+    return {kind: metric_sum(text, "apiserver_flowcontrol_dispatched_requests_total",
+                             flow_schema=f"gptops-bench-{kind}")
             for kind in ("reads", "writes", "events")}
+
+
+#: The writes of the operator's own resources, by "resource[/subresource] VERB", from apiserver_request_total:
+#: (resource, subresource, verbs) that only the operator makes (the Job controller writes Jobs' status by PUT).
+OWN_WRITES = (("finetunejobs", "status", ("PATCH",)), ("gptmodels", "status", ("PATCH",)),
+              ("jobs", "", ("POST", "DELETE")), ("deployments", "", ("POST", "PATCH", "APPLY")),
+              ("services", "", ("POST", "PATCH", "APPLY")))
+
+
+def own_writes(cp: devcluster.DevCluster) -> dict[str, float]:
+    text = devcluster._Api(cp).get("/metrics").decode()
+    out = {}
+    for resource, sub, verbs in OWN_WRITES:
+        for verb in verbs:
+            key = f"{resource}{'/' + sub if sub else ''} {verb}"
+            out[key] = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                           if line.startswith("apiserver_request_total{") and f'resource="{resource}"' in line
+                           and f'subresource="{sub}"' in line and f'verb="{verb}"' in line)
+    return out
 
 
 def setup_cluster(cp: devcluster.DevCluster, api: k8s.ApiClient, kubectl: str, nodes: int) -> Path:
@@ -424,6 +444,7 @@ def main() -> None:
         time.sleep(2)  # its watches are up
         idle_rss = psutil.Process(operator.pid).memory_info().rss
         requests_before = operator_requests(cp)
+        own_before = own_writes(cp)
         cpu_before = sum(psutil.Process(operator.pid).cpu_times()[:2])
 
         recorder = Recorder(api, time.monotonic() + args.timeout + 120)
@@ -454,6 +475,7 @@ def main() -> None:
         finished = time.monotonic()
         time.sleep(3)  # let the last status writes land in the counters
         requests_after = operator_requests(cp)
+        own_after = own_writes(cp)
         op = psutil.Process(operator.pid)
         cpu_seconds = sum(op.cpu_times()[:2]) - cpu_before
         op_metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -530,7 +552,9 @@ def main() -> None:
             "apiRequestsPerFineTuneJob": {"reads": round(reads / runs, 2), "writes": round(writes / runs, 2),
                                           "writesWithoutEvents": round(object_writes / runs, 2),
                                           "eventWrites": round(events / runs, 2),
-                                          "totalReads": int(reads), "totalWrites": int(writes)},
+                                          "totalReads": int(reads), "totalWrites": int(writes),
+                                          "writesByResource": {k: round((own_after[k] - own_before[k]) / runs, 2)
+                                                               for k in own_after if own_after[k] > own_before[k]}},
             "direct": direct,
             "ratios": {
                 "throughput": round(direct["seconds"] / prepare_all, 3),
