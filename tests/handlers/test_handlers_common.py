@@ -176,6 +176,8 @@ def test_the_status_check_follows_merge_patch_rules() -> None:
     assert common.changes_status(current, {"stages": {"prepare": {"job": "b"}}})
     assert common.changes_status(current, {"phase": None})
     assert common.changes_status(current, {"conditions": []})
+    stored = {"conditions": [{"type": "Prepared", "status": "True"}]}  # the API server dropped the null
+    assert not common.changes_status(stored, {"conditions": [{"type": "Prepared", "status": "True", "message": None}]})
 
 
 def test_the_work_queue_runs_a_key_once_at_a_time_and_again_when_added_meanwhile(

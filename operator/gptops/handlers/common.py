@@ -122,7 +122,8 @@ def run_pass(
 
 
 def changes_status(current: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
-    """Whether merge-patching `patch` onto `current` changes anything (None deletes a key; dicts merge)."""
+    """Whether merge-patching `patch` onto `current` changes anything (None deletes a key; dicts merge; the API
+    server drops null fields inside what it stores, e.g. in a condition, so they are not compared)."""
     for key, value in patch.items():
         if value is None:
             if current.get(key) is not None:
@@ -130,9 +131,17 @@ def changes_status(current: Mapping[str, Any], patch: Mapping[str, Any]) -> bool
         elif isinstance(value, Mapping) and isinstance(current.get(key), Mapping):
             if changes_status(current[key], value):
                 return True
-        elif current.get(key) != value:
+        elif current.get(key) != _without_nulls(value):
             return True
     return False
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def wake(kind: str, namespace: str, name: str) -> None:
