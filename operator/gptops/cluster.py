@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gptops.api.conditions import now_rfc3339
 from gptops.api.constants import (
+    ANNOTATION_SPEC_HASH,
     GROUP,
     LABEL_FINETUNEJOB,
     LABEL_MANAGED_BY,
@@ -32,7 +33,9 @@ from gptops.api.finetunejob import FineTuneJob
 from gptops.api.gptmodel import GPTModel
 from gptops.api.names import label_value
 from gptops.builders import deployment_name
+from gptops.builders.deployment import server_selector
 from gptops.reconcile.observed import (
+    JobState,
     ObservedFineTuneJob,
     ObservedGPTModel,
     deployment_state,
@@ -52,18 +55,23 @@ _lock = threading.Lock()
 _api: k8s.ApiClient | None = None
 
 
-def configure(kubeconfig: str | None = None) -> None:
-    """Connect to the cluster: in-cluster credentials when running in a Pod, else the kubeconfig."""
+def configure(kubeconfig: str | None = None, pool_size: int = 4) -> None:
+    """Connect to the cluster: in-cluster credentials when running in a Pod, else the kubeconfig. `pool_size`
+    connections are kept open (one per thread that calls at once; more would be opened and closed per request)."""
     global _api
     with _lock:
+        configuration = k8s.Configuration()
+        loaded = False
         if kubeconfig is None:
             try:
-                k8s_config.load_incluster_config()
-                _api = k8s.ApiClient()
-                return
+                k8s_config.load_incluster_config(client_configuration=configuration)
+                loaded = True
             except k8s_config.ConfigException:
                 pass
-        _api = k8s_config.new_client_from_config(config_file=kubeconfig)
+        if not loaded:
+            k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        configuration.connection_pool_maxsize = pool_size
+        _api = k8s.ApiClient(configuration)
 
 
 def api_client() -> k8s.ApiClient:
@@ -121,17 +129,8 @@ def observe_gptmodel(model: GPTModel) -> ObservedGPTModel:
     if deployment is not None and not _owned([deployment], model.metadata.uid):
         raise kopf.PermanentError(f"Deployment {ns}/{name} exists and is not owned by GPTModel {model.name}")
     service = _get_or_none(core.read_namespaced_service, name, ns)
-    monitor_jobs: tuple = ()
-    serving_pods: tuple[str, ...] = ()
-    if model.spec.monitoring is not None or model.status.monitoring is not None:
-        batch = k8s.BatchV1Api(api)
-        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_STAGE}={STAGE_MONITOR}"
-        jobs = _owned(_raw(batch.list_namespaced_job, ns, label_selector=f"{selector},{LABEL_MODEL}="
-                           f"{label_value(model.name)}")["items"], model.metadata.uid)
-        pods = _raw(core.list_namespaced_pod, ns, label_selector=selector)["items"] if jobs else []
-        monitor_jobs = tuple(job_state(j, pods) for j in jobs)
-    if model.spec.monitoring is not None and deployment is not None:
-        serving_pods = _metrics_urls(core, ns, deployment)
+    monitor_jobs, serving_pods = observe_monitoring(model, deployment is not None)
+    autoscaler = _get_or_none(k8s.AutoscalingV2Api(api).read_namespaced_horizontal_pod_autoscaler, name, ns)
     return ObservedGPTModel(
         now=now_rfc3339(),
         deployment=deployment_state(deployment) if deployment else None,
@@ -139,12 +138,33 @@ def observe_gptmodel(model: GPTModel) -> ObservedGPTModel:
         finetunejobs=tuple(_parsed_finetunejobs(_finetunejob_items(custom, ns, model.name))),
         monitor_jobs=monitor_jobs,
         serving_pods=serving_pods,
+        autoscaler=None if autoscaler is None else
+        ((autoscaler.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH, ""),
     )
 
 
-def _metrics_urls(core: k8s.CoreV1Api, namespace: str, deployment: dict[str, Any]) -> tuple[str, ...]:
+def observe_monitoring(model: GPTModel, deployed: bool) -> tuple[tuple[JobState, ...], tuple[str, ...]]:
+    """(its monitor Jobs with their Pods, the /metrics URLs of its ready vLLM Pods): read only for a GPTModel with
+    spec.monitoring (or a monitoring status still to clear), so the others cost no request."""
+    monitor_jobs: tuple[JobState, ...] = ()
+    serving_pods: tuple[str, ...] = ()
+    if model.spec.monitoring is None and model.status.monitoring is None:
+        return monitor_jobs, serving_pods
+    api = api_client()
+    batch, core = k8s.BatchV1Api(api), k8s.CoreV1Api(api)
+    ns = model.namespace
+    selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_STAGE}={STAGE_MONITOR}"
+    jobs = _owned(_raw(batch.list_namespaced_job, ns, label_selector=f"{selector},{LABEL_MODEL}="
+                       f"{label_value(model.name)}")["items"], model.metadata.uid)
+    pods = _raw(core.list_namespaced_pod, ns, label_selector=selector)["items"] if jobs else []
+    monitor_jobs = tuple(job_state(j, pods) for j in jobs)
+    if model.spec.monitoring is not None and deployed:
+        serving_pods = _metrics_urls(core, ns, server_selector(model))
+    return monitor_jobs, serving_pods
+
+
+def _metrics_urls(core: k8s.CoreV1Api, namespace: str, match: Mapping[str, str]) -> tuple[str, ...]:
     """http://<Pod IP>:8000/metrics of each ready Pod of the vLLM Deployment (a monitor run reads them all)."""
-    match = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
     selector = ",".join(f"{k}={v}" for k, v in sorted(match.items()))
     if not selector:
         return ()
@@ -279,15 +299,16 @@ def get_object(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
     return _get_or_none(custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
 
 
-def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-    """Merge-patch the status subresource (what kopf's patch.status does, for passes outside kopf's handlers)."""
+def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+    """Merge-patch the status subresource; returns the object as written, or None when it is gone."""
     custom = k8s.CustomObjectsApi(api_client())
     try:
-        _raw(custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural, name,
-             {"status": status}, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)
+        return _raw(custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural, name,
+                    {"status": status}, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)
     except ApiException as err:
         if err.status != 404:  # deleted meanwhile
             raise
+        return None
 
 
 def finetunejobs_of(namespace: str, model: str) -> list[str]:

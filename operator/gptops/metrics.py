@@ -6,6 +6,7 @@ phases, metric names) except the per-object ones, which follow the objects that 
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -105,26 +106,31 @@ for _stage in ("prepare", "train", "evaluate"):
 
 _finetunejob_phases: dict[tuple[str, str], str] = {}
 _served: dict[tuple[str, str], str] = {}
-_phases_seen: set[tuple[str, str]] = set()
+_phases_lock = threading.Lock()
 #: uids of deleted FineTuneJobs: a pass that raced the delete must not count them again.
 _gone: set[str] = set()
 
 
 def record_finetunejob_phase(namespace: str, name: str, phase: str | None, uid: str = "") -> None:
-    """Count a FineTuneJob under its current phase (None: it is gone, for good when `uid` is given)."""
+    """Count a FineTuneJob under its current phase (None: it is gone, for good when `uid` is given). Passes call it
+    from many threads at once; O(1) per call."""
     key = (namespace, name)
-    if phase is None:
-        _finetunejob_phases.pop(key, None)
-        if uid:
-            _gone.add(uid)
-    elif uid not in _gone:
-        _finetunejob_phases[key] = phase
-    counts = dict.fromkeys(_phases_seen, 0)
-    for (ns, _), value in _finetunejob_phases.items():
-        counts[(ns, value)] = counts.get((ns, value), 0) + 1
-    for (ns, value), count in counts.items():
-        _phases_seen.add((ns, value))
-        FINETUNEJOBS.labels(namespace=ns, phase=value).set(count)
+    with _phases_lock:
+        before = _finetunejob_phases.get(key)
+        after = before
+        if phase is None:
+            _finetunejob_phases.pop(key, None)
+            after = None
+            if uid:
+                _gone.add(uid)
+        elif uid not in _gone:
+            _finetunejob_phases[key] = after = phase
+        if before == after:
+            return
+        if before is not None:
+            FINETUNEJOBS.labels(namespace=namespace, phase=before).dec()
+        if after is not None:
+            FINETUNEJOBS.labels(namespace=namespace, phase=after).inc()
 
 
 def record_evaluation(namespace: str, name: str, numbers: dict[str, float]) -> None:

@@ -3,6 +3,7 @@ each transition, and its event, is posted once. Runs the real handlers and plann
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import threading
@@ -113,10 +114,16 @@ def at_once(*starters: Any) -> None:
         raise errors[0]
 
 
+def finetunejob_event(body: dict[str, Any]) -> None:
+    """Deliver a FineTuneJob's watch event as kopf would (no work queue runs here: what it queues runs at once)."""
+    asyncio.run(ftj_handlers.finetunejob_event(type="MODIFIED", name=body["metadata"]["name"], namespace=NS,
+                                               uid=body["metadata"]["uid"], body=copy.deepcopy(body)))
+
+
 def test_concurrent_passes_post_each_event_once(api: FakeAPI) -> None:
-    # A kopf handler, a Job's watch event and the resync loop wake the same FineTuneJob at once.
+    # The FineTuneJob's event, a Job's watch event and the resync loop wake the same FineTuneJob at once.
     def kopf_handler() -> None:
-        ftj_handlers.reconcile(name="tiny-ft", namespace=NS)
+        finetunejob_event(api.objects[PLURAL_FINETUNEJOB])
 
     def woken() -> None:
         common.wake(KIND_FINETUNEJOB, NS, "tiny-ft")
@@ -141,10 +148,94 @@ def test_concurrent_passes_post_each_event_once(api: FakeAPI) -> None:
         ("JobCreated", f"Created Job {train} for the train stage of revision {key}"),
         ("JobSucceeded", f"Prepared=True: Job {prepare} succeeded"),
     ])
-    assert set(api.woken) == {"tiny"}  # its GPTModel heard of the news
+    # Its GPTModel hears of it when the watch shows a change that the promotion reads, not of every status write.
+    woken_before = len(api.woken)
+    finetunejob_event(api.objects[PLURAL_FINETUNEJOB])
+    assert len(api.woken) == woken_before
     conditions = {c["type"]: c["status"] for c in api.objects[PLURAL_FINETUNEJOB]["status"]["conditions"]}
     assert conditions["Prepared"] == "True"
 
     # A later pass with nothing new posts nothing.
     woken()
     assert len(api.events) == 3
+
+
+def test_a_pass_that_changes_nothing_writes_no_status(api: FakeAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    common.wake(KIND_FINETUNEJOB, NS, "tiny-ft")  # creates the prepare Job
+    common.wake(KIND_FINETUNEJOB, NS, "tiny-ft")  # sees it running
+    writes: list[dict[str, Any]] = []
+    monkeypatch.setattr(cluster, "patch_status", lambda plural, ns, name, status: writes.append(status))
+    common.wake(KIND_FINETUNEJOB, NS, "tiny-ft")
+    assert writes == []
+
+
+def test_the_status_check_follows_merge_patch_rules() -> None:
+    current = {"phase": "Training", "stages": {"prepare": {"job": "a"}}, "metrics": None}
+    assert not common.changes_status(current, {"phase": "Training", "stages": {"prepare": {"job": "a"}}})
+    assert not common.changes_status(current, {"metrics": None, "gone": None})
+    assert common.changes_status(current, {"stages": {"prepare": {"job": "b"}}})
+    assert common.changes_status(current, {"phase": None})
+    assert common.changes_status(current, {"conditions": []})
+    stored = {"conditions": [{"type": "Prepared", "status": "True"}]}  # the API server dropped the null
+    assert not common.changes_status(stored, {"conditions": [{"type": "Prepared", "status": "True", "message": None}]})
+
+
+def test_the_work_queue_runs_a_key_once_at_a_time_and_again_when_added_meanwhile(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    running, runs, overlaps = set(), [], []
+    gate = threading.Event()
+
+    def one_pass(namespace: str, name: str) -> None:
+        if name in running:
+            overlaps.append(name)
+        running.add(name)
+        runs.append(name)
+        if name == "slow":
+            gate.wait(5)
+        running.discard(name)
+
+    monkeypatch.setitem(common.PASSES, "Test", one_pass)
+    queue = common.WorkQueue(4, (0.01,))
+    queue.start()
+    try:
+        queue.add(("Test", NS, "slow"))
+        deadline = time.monotonic() + 5
+        while "slow" not in runs and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(5):  # added while it runs: one more run, after
+            queue.add(("Test", NS, "slow"))
+        for _ in range(5):  # another object does not wait behind it, and runs once
+            queue.add(("Test", NS, "fast"))
+        while runs.count("fast") < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert runs.count("fast") == 1 and runs.count("slow") == 1
+        gate.set()
+        while runs.count("slow") < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert runs.count("slow") == 2 and runs.count("fast") == 1 and not overlaps
+    finally:
+        gate.set()
+        queue.stop()
+
+
+def test_a_failed_pass_is_retried_after_its_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[float] = []
+
+    def one_pass(namespace: str, name: str) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise RuntimeError("the API server is away")
+
+    monkeypatch.setitem(common.PASSES, "Test", one_pass)
+    queue = common.WorkQueue(2, (0.05, 0.2))
+    queue.start()
+    try:
+        queue.add(("Test", NS, "flaky"))
+        deadline = time.monotonic() + 5
+        while len(attempts) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(attempts) == 3
+        assert attempts[1] - attempts[0] >= 0.05 and attempts[2] - attempts[1] >= 0.2
+    finally:
+        queue.stop()

@@ -1,16 +1,24 @@
-"""One reconcile pass, shared by the per-kind handlers, and waking a parent when something it depends on changed.
+"""One reconcile pass, shared by the per-kind handlers, and the work queue that runs passes.
 
-A pass is: read the object, observe, plan, apply the actions (events included), write the status. Passes over one
-object are serialized here, whatever started them (a kopf handler, a child's watch event, the resync loop), and each
-reads the object and writes its status inside the lock: a pass always plans from the status the one before it wrote,
-so a transition, and its event, is seen once. (kopf's own `patch.status` would be written after the handler returns,
-outside the lock, and kopf's body can be older than a status another pass wrote: either would let two passes see the
-same transition.) Follow-up wakes run after the lock is released, so two objects never wait on each other.
+A pass is: read the object, observe (from the watch caches, handlers/indexes.py), plan, apply the actions (events
+included), write the status if it changed. Passes over one object are serialized here, whatever started them (a watch
+event of the object or of a child, the resync loop), and each reads the object and writes its status inside the lock:
+a pass always plans from the status the one before it wrote, so a transition, and its event, is seen once.
+
+kopf's handlers only put keys on the work queue (controller-runtime's workqueue): a key waiting there is queued once
+however often it is added, one worker runs it at a time, a key added while it runs is run again afterwards, and a
+failed pass comes back after a backoff. So kopf's event loop never waits on a pass, and a pass never waits behind the
+passes of other objects longer than the queue is deep.
 """
 
 from __future__ import annotations
 
+import collections
+import ctypes
+import gc
+import heapq
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +28,7 @@ import kopf
 import pydantic
 
 from gptops import cluster, metrics
+from gptops.handlers import indexes
 from gptops.reconcile.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -27,13 +36,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Seen = TypeVar("Seen")
 Key = tuple[str, str, str]  # (kind, namespace, name)
-#: kind -> the function that runs one pass over the object (namespace, name); it returns the objects to wake next.
-Pass = Callable[[str, str], list[Key]]
+#: kind -> the function that runs one pass over the object (namespace, name).
+Pass = Callable[[str, str], None]
 
 PASSES: dict[str, Pass] = {}
 PLURALS: dict[str, str] = {}
 #: Every object the watches have shown this operator (so the resync loop stays in the watched namespaces).
 KNOWN: set[Key] = set()
+
+#: How many deletes the watches have shown (the resync thread releases memory once they stop coming).
+DELETED = [0]
+RELEASE_CHECK_SECONDS = 5.0
 
 _locks: dict[Key, threading.RLock] = {}
 _locks_guard = threading.Lock()
@@ -54,6 +67,7 @@ def track(kind: str, event_type: str, namespace: str, name: str) -> None:
     """Remember (or forget) an object the watch shows."""
     key = (kind, namespace, name)
     if event_type == "DELETED":
+        DELETED[0] += 1
         KNOWN.discard(key)
         with _locks_guard:
             _locks.pop(key, None)
@@ -77,7 +91,7 @@ def run_pass(
     plural = PLURALS[kind]
     try:
         with lock_for((kind, namespace, name)):
-            body = cluster.get_object(plural, namespace, name)
+            body = indexes.current_body(plural, namespace, name)
             if body is None or body.get("metadata", {}).get("deletionTimestamp"):
                 result = "ok"
                 return None
@@ -86,8 +100,15 @@ def run_pass(
             except pydantic.ValidationError as err:
                 raise kopf.PermanentError(f"invalid {kind}: {err}") from err
             decided = plan(obj, observe(obj))
-            cluster.apply(decided.actions, body)
-            cluster.patch_status(plural, namespace, name, decided.status)
+            if EVENTS is not None:  # children first; the events go out behind every pass's Jobs
+                cluster.apply(decided.changes, body)
+                EVENTS.post(decided.events, body)
+            else:
+                cluster.apply(decided.actions, body)
+            indexes.note_created(decided.actions, body)
+            if changes_status(body.get("status") or {}, decided.status):
+                indexes.note_written(plural, namespace, name,
+                                     cluster.patch_status(plural, namespace, name, decided.status))
             for event in decided.events:  # each transition once: a rollback, a failed stage, a promotion
                 log.log(logging.WARNING if event.type == "Warning" else logging.INFO, "%s kind=%s namespace=%s "
                         "name=%s reason=%s", event.message, kind, namespace, name, event.reason)
@@ -100,44 +121,218 @@ def run_pass(
         metrics.RECONCILE_DURATION_SECONDS.labels(kind=kind).observe(time.monotonic() - started)
 
 
-def wake(kind: str, namespace: str, name: str, *, depth: int = 0) -> None:
-    """Run a pass over an object now, then whatever it wakes in turn."""
-    try:
-        follow = PASSES[kind](namespace, name)
-    except kopf.TemporaryError:
-        return  # a concurrent change; the event it caused wakes this object again
-    if depth < 2:  # a promotion wakes the GPTModel, which may wake FineTuneJobs; nothing goes deeper
-        for key in follow:
-            wake(*key, depth=depth + 1)
+def changes_status(current: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    """Whether merge-patching `patch` onto `current` changes anything (None deletes a key; dicts merge; the API
+    server drops null fields inside what it stores, e.g. in a condition, so they are not compared)."""
+    for key, value in patch.items():
+        if value is None:
+            if current.get(key) is not None:
+                return True
+        elif isinstance(value, Mapping) and isinstance(current.get(key), Mapping):
+            if changes_status(current[key], value):
+                return True
+        elif current.get(key) != _without_nulls(value):
+            return True
+    return False
 
 
-def wake_owner(kind: str, body: Mapping[str, Any]) -> None:
-    """Wake the controller owner (of `kind`) of a child whose watch event arrived."""
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def wake(kind: str, namespace: str, name: str) -> None:
+    """Run a pass over an object now, in this thread."""
+    PASSES[kind](namespace, name)
+
+
+def enqueue(kind: str, namespace: str, name: str) -> None:
+    """Have a pass over an object run soon: on the work queue when the operator runs it, else now."""
+    if QUEUE is not None:
+        QUEUE.add((kind, namespace, name))
+    else:
+        wake(kind, namespace, name)
+
+
+def enqueue_owner(kind: str, body: Mapping[str, Any]) -> None:
+    """Queue the controller owner (of `kind`) of a child whose watch event arrived."""
     meta = body.get("metadata") or {}
     owner = next((ref for ref in meta.get("ownerReferences") or () if ref.get("kind") == kind
                   and ref.get("controller")), None)
     if owner is not None:
-        wake(kind, meta.get("namespace", ""), owner["name"])
+        enqueue(kind, meta.get("namespace", ""), owner["name"])
 
 
-def wake_labelled(kind: str, body: Mapping[str, Any], label: str) -> None:
-    """Wake the object of `kind` that a grandchild's label names (a stage Pod names its FineTuneJob), if known."""
+def enqueue_labelled(kind: str, body: Mapping[str, Any], label: str) -> None:
+    """Queue the object of `kind` that a grandchild's label names (a stage Pod names its FineTuneJob), if known."""
     meta = body.get("metadata") or {}
     key = (kind, meta.get("namespace", ""), (meta.get("labels") or {}).get(label, ""))
     if key in KNOWN:
-        wake(*key)
+        enqueue(*key)
 
 
-def wake_all(keys: list[Key]) -> None:
-    for key in keys:
-        try:
-            wake(*key)
-        except Exception:  # one object's failure must not stop the others
-            log.exception("Reconcile failed kind=%s namespace=%s name=%s", *key)
+class Changes:
+    """What the watch last showed of each object, as a small comparable value, so an event that changes nothing
+    a pass reads wakes nothing (a Pod's heartbeat, our own status write echoing back)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Any, Any] = {}
+        self._guard = threading.Lock()
+
+    def changed(self, key: Any, value: Any) -> bool:
+        """Record `value` for `key`; whether it differs from the one recorded before (True the first time)."""
+        with self._guard:
+            before = self._seen.get(key, _MISSING)
+            self._seen[key] = value
+            return before != value
+
+    def forget(self, key: Any) -> None:
+        with self._guard:
+            self._seen.pop(key, None)
+
+
+_MISSING = object()
+
+
+class WorkQueue:
+    """Keys (kind, namespace, name) waiting for a pass, and the worker threads that run them."""
+
+    def __init__(self, workers: int, retry_delays: tuple[float, ...]) -> None:
+        self.retry_delays = retry_delays
+        self._cond = threading.Condition()
+        self._ready: collections.deque[Key] = collections.deque()
+        self._waiting: set[Key] = set()  # in _ready
+        self._running: set[Key] = set()
+        self._dirty: set[Key] = set()  # added while running: run again after
+        self._later: list[tuple[float, Key]] = []  # (when, key): retries after a backoff
+        self._failures: dict[Key, int] = {}
+        self._stop = False
+        self._threads = [threading.Thread(target=self._work, name=f"gptops-pass-{i}", daemon=True)
+                         for i in range(workers)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def add(self, key: Key, delay: float = 0.0) -> None:
+        with self._cond:
+            if delay > 0:
+                heapq.heappush(self._later, (time.monotonic() + delay, key))
+            elif key in self._running:
+                self._dirty.add(key)
+            elif key not in self._waiting:
+                self._waiting.add(key)
+                self._ready.append(key)
+            self._cond.notify()
+
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._ready)
+
+    def _next(self) -> Key | None:
+        with self._cond:
+            while not self._stop:
+                now = time.monotonic()
+                while self._later and self._later[0][0] <= now:
+                    _, key = heapq.heappop(self._later)
+                    if key in self._running:
+                        self._dirty.add(key)
+                    elif key not in self._waiting:
+                        self._waiting.add(key)
+                        self._ready.append(key)
+                if self._ready:
+                    key = self._ready.popleft()
+                    self._waiting.discard(key)
+                    self._running.add(key)
+                    return key
+                timeout = min(1.0, self._later[0][0] - now) if self._later else 1.0
+                self._cond.wait(timeout=max(timeout, 0.01))
+            return None
+
+    def _done(self, key: Key, retry_in: float | None) -> None:
+        with self._cond:
+            self._running.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                if key not in self._waiting:
+                    self._waiting.add(key)
+                    self._ready.append(key)
+                    self._cond.notify()
+            elif retry_in is not None:
+                heapq.heappush(self._later, (time.monotonic() + retry_in, key))
+                self._cond.notify()
+
+    def _work(self) -> None:
+        while (key := self._next()) is not None:
+            retry_in: float | None = None
+            try:
+                wake(*key)
+                self._failures.pop(key, None)
+            except kopf.TemporaryError as err:  # a concurrent change: try again shortly
+                retry_in = err.delay or self.retry_delays[0]
+            except kopf.PermanentError as err:  # a spec the operator cannot act on: its next change wakes it
+                self._failures.pop(key, None)
+                log.error("Reconcile refused kind=%s namespace=%s name=%s: %s", *key, err)
+            except Exception:  # one object's failure must not stop the others
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                log.exception("Reconcile failed kind=%s namespace=%s name=%s attempt=%d", *key, failures)
+                if failures <= len(self.retry_delays):
+                    retry_in = self.retry_delays[failures - 1]
+                else:  # given up until an event or the resync wakes it
+                    self._failures.pop(key, None)
+            self._done(key, retry_in)
+
+
+class EventPoster:
+    """Posts a pass's Events from its own thread, so a pass (and the Job the next pass creates) never waits on them.
+    Each Event is still posted once: the pass decided it under the object's lock. Bounded: past `limit` waiting,
+    an Event is posted by the pass itself."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._queue: queue.Queue[tuple[Any, Mapping[str, Any]] | None] = queue.Queue(maxsize=limit)
+        self._thread = threading.Thread(target=self._run, name="gptops-events", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def post(self, events: tuple[Any, ...], body: Mapping[str, Any]) -> None:
+        for event in events:
+            try:
+                self._queue.put_nowait((event, body))
+            except queue.Full:
+                cluster.post_event(body, event)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                cluster.post_event(item[1], item[0])
+            except Exception:  # best effort, like every Event
+                log.exception("Could not post event")
+
+
+#: The running operator's event poster (None outside `gptops operator`: a pass posts its own).
+EVENTS: EventPoster | None = None
+
+#: The running operator's work queue (None outside `gptops operator`: passes then run where they are asked for).
+QUEUE: WorkQueue | None = None
 
 
 class Resync:
-    """A background thread that wakes every known object every `interval` seconds: level-based passes catch what
+    """A background thread that queues every known object every `interval` seconds: level-based passes catch what
     no event announces (and any event that was missed)."""
 
     def __init__(self, interval: float) -> None:
@@ -154,6 +349,25 @@ class Resync:
 
     def _run(self) -> None:
         metrics.RESYNC_TIMESTAMP_SECONDS.set_to_current_time()
-        while not self._stop.wait(self.interval):
-            wake_all(sorted(KNOWN))
-            metrics.RESYNC_TIMESTAMP_SECONDS.set_to_current_time()
+        next_round = time.monotonic() + self.interval
+        deleted = released = DELETED[0]
+        while not self._stop.wait(min(RELEASE_CHECK_SECONDS, self.interval)):
+            # Deletes came and then stopped for a while: hand their memory back.
+            if DELETED[0] == deleted and deleted != released:
+                release_memory()
+                released = deleted
+            deleted = DELETED[0]
+            if time.monotonic() >= next_round:
+                next_round = time.monotonic() + self.interval
+                for key in sorted(KNOWN):
+                    enqueue(*key)
+                metrics.RESYNC_TIMESTAMP_SECONDS.set_to_current_time()
+
+
+def release_memory() -> None:
+    """Collect garbage and return the freed heap to the system (glibc keeps it otherwise, and RSS never falls)."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

@@ -1,77 +1,97 @@
-"""kopf handlers of FineTuneJob. Every trigger runs the same level-based pass (reconcile.plan_finetunejob): the
-object's own create/update/resume, and the watch events of its stage Jobs."""
+"""kopf handlers of FineTuneJob. They only queue passes (handlers/common.py); every pass is the same level-based one
+(reconcile.plan_finetunejob), woken by the FineTuneJob's watch events that change its spec, and by its stage Jobs' and
+Pods' events that change what the pass reads."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import kopf
 
-from gptops import cluster, metrics
+from gptops import metrics
+from gptops.api.conditions import FAILED, PASSED, TRUE
 from gptops.api.constants import (
+    ANNOTATION_APPROVED,
+    ANNOTATION_APPROVED_REVISION,
     GROUP,
     KIND_FINETUNEJOB,
     KIND_GPTMODEL,
     LABEL_FINETUNEJOB,
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
     PLURAL_FINETUNEJOB,
     STAGES,
     VERSION,
 )
-from gptops.api.conditions import FAILED, TRUE
 from gptops.api.finetunejob import FineTuneJob
-from gptops.handlers import common
-from gptops.handlers.settings import HANDLER_LIMITS
+from gptops.handlers import common, indexes
 from gptops.reconcile import plan_finetunejob
 from gptops.reconcile.finetunejob import STAGE_CONDITION
+from gptops.reconcile.observed import job_state, pod_state
 
 RESOURCE = (GROUP, VERSION, PLURAL_FINETUNEJOB)
-CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_FINETUNEJOB: kopf.PRESENT}
-
-
-@kopf.on.resume(*RESOURCE, id="resume", **HANDLER_LIMITS)
-@kopf.on.create(*RESOURCE, id="create", **HANDLER_LIMITS)
-@kopf.on.update(*RESOURCE, id="update", **HANDLER_LIMITS)
-def reconcile(name: str, namespace: str, **_: Any) -> None:
-    """Observe the stage Jobs, plan, create what is missing, promote, write status."""
-    common.wake_all(one_pass(namespace, name))
+SEEN = common.Changes()
 
 
 @kopf.on.event(*RESOURCE)
-def tracked(type: str, name: str, namespace: str, uid: str, **_: Any) -> None:
-    """Keep the resync loop's list current; drop a deleted FineTuneJob's metric series."""
-    common.track(KIND_FINETUNEJOB, type, namespace, name)
+async def finetunejob_event(type: str | None, name: str, namespace: str, uid: str, body: kopf.Body,
+                            **_: Any) -> None:
+    """Queue a pass when the FineTuneJob is new (or first listed), its spec or deletion changed, or a person approved
+    or rejected it; and its GPTModel's pass when what the promotion reads changed (the gate, a failure, the weights,
+    the approval); forget a deleted one."""
+    common.track(KIND_FINETUNEJOB, type or "ADDED", namespace, name)
+    model = ((body.get("spec") or {}).get("model") or {}).get("name", "")
+    key = (KIND_FINETUNEJOB, namespace, name)
     if type == "DELETED":
         metrics.forget_finetunejob(namespace, name, uid)
+        SEEN.forget(key)
+        indexes.forget_written(PLURAL_FINETUNEJOB, namespace, name)
+        SEEN.forget((KIND_GPTMODEL, key))
+        indexes.forget_created(namespace, name)
+        if model:
+            common.enqueue(KIND_GPTMODEL, namespace, model)
+        return
+    meta = body.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    decision = (annotations.get(ANNOTATION_APPROVED), annotations.get(ANNOTATION_APPROVED_REVISION))  # a person's
+    if SEEN.changed(key, (uid, meta.get("generation"), bool(meta.get("deletionTimestamp")), decision)):
+        common.enqueue(*key)
+    status = body.get("status") or {}
+    promotion = json.dumps([meta.get("generation"), status.get("observedGeneration"), status.get("artifacts"),
+                            status.get("approval"),
+                            [c for c in status.get("conditions") or () if c.get("type") in (PASSED, FAILED)]],
+                           sort_keys=True)
+    if model and SEEN.changed((KIND_GPTMODEL, key), promotion):
+        common.enqueue(KIND_GPTMODEL, namespace, model)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=CHILDREN)
-def stage_job_changed(body: kopf.Body, type: str, **_: Any) -> None:
-    """A stage Job moved: reconcile its FineTuneJob."""
-    if type != "DELETED":
-        common.wake_owner(KIND_FINETUNEJOB, body)
+@kopf.on.event("batch", "v1", "jobs", labels=indexes.FTJ_CHILDREN)
+async def stage_job_event(body: kopf.Body, type: str | None, uid: str, **_: Any) -> None:
+    """A stage Job moved: queue its FineTuneJob."""
+    if type == "DELETED":  # deleted to retry its stage, or by a new revision: the pass decides
+        SEEN.forget(uid)
+        common.enqueue_owner(KIND_FINETUNEJOB, body)
+    elif SEEN.changed(uid, job_state(body)):
+        common.enqueue_owner(KIND_FINETUNEJOB, body)
 
 
-@kopf.on.event("", "v1", "pods", labels=CHILDREN)
-def stage_pod_changed(body: kopf.Body, type: str, **_: Any) -> None:
-    """A stage Pod moved without its Job (unschedulable, pulling its image, an attempt failed): reconcile its
-    FineTuneJob now, so the cause reaches its condition in one pass."""
-    if type != "DELETED":
-        common.wake_labelled(KIND_FINETUNEJOB, body, LABEL_FINETUNEJOB)
+@kopf.on.event("", "v1", "pods", labels=indexes.FTJ_CHILDREN)
+async def stage_pod_event(body: kopf.Body, type: str | None, uid: str, **_: Any) -> None:
+    """A stage Pod moved without its Job (unschedulable, pulling its image, an attempt failed): queue its
+    FineTuneJob, so the cause reaches its condition in one pass."""
+    if type == "DELETED":
+        SEEN.forget(uid)
+    elif SEEN.changed(uid, pod_state(body)):
+        common.enqueue_labelled(KIND_FINETUNEJOB, body, LABEL_FINETUNEJOB)
 
 
-def one_pass(namespace: str, name: str) -> list[common.Key]:
-    """One pass; returns what to wake next: the GPTModel when a condition moved (a passed gate is a promotion
-    candidate; the GPTModel's own pass decides, as the only writer of its status)."""
+def one_pass(namespace: str, name: str) -> None:
+    """One pass over a FineTuneJob: observe its stage Jobs, plan, create what is missing, write status."""
     done = common.run_pass(KIND_FINETUNEJOB, namespace, name, parse=FineTuneJob.from_dict,
-                           observe=cluster.observe_finetunejob, plan=plan_finetunejob)
-    if done is None:
-        return []
-    ftj, plan = done
-    _record(ftj, ftj.status.to_dict(), plan.status)
-    return [(KIND_GPTMODEL, ftj.namespace, ftj.spec.model.name)] if plan.events else []
+                           observe=indexes.observe_finetunejob, plan=plan_finetunejob)
+    if done is not None:
+        ftj, plan = done
+        _record(ftj, ftj.status.to_dict(), plan.status)
 
 
 def _record(ftj: FineTuneJob, before: dict[str, Any], status: dict[str, Any]) -> None:

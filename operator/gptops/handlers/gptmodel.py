@@ -1,20 +1,21 @@
-"""kopf handlers of GPTModel. Every trigger runs the same level-based pass (reconcile.plan_gptmodel): the object's
-own create/update/resume, the watch events of its Deployment, and promotions (woken by the FineTuneJob pass)."""
+"""kopf handlers of GPTModel. They only queue passes (handlers/common.py); every pass is the same level-based one
+(reconcile.plan_gptmodel), woken by the GPTModel's watch events that change its spec, its Deployment's, monitor Jobs'
+and autoscaler's events, and its FineTuneJobs' events that change what the promotion reads (handlers/finetunejob.py)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import kopf
 
-from gptops import cluster, metrics
+from gptops import metrics
 from gptops.api.conditions import Reason
 from gptops.api.constants import (
     GROUP,
     KIND_FINETUNEJOB,
     KIND_GPTMODEL,
     LABEL_MANAGED_BY,
-    LABEL_MODEL,
     LABEL_STAGE,
     MANAGED_BY,
     PLURAL_GPTMODEL,
@@ -22,56 +23,73 @@ from gptops.api.constants import (
     VERSION,
 )
 from gptops.api.gptmodel import GPTModel
-from gptops.handlers import common
-from gptops.handlers.settings import HANDLER_LIMITS
+from gptops.handlers import common, indexes
 from gptops.reconcile import plan_gptmodel
+from gptops.reconcile.observed import deployment_state, job_state
 
 RESOURCE = (GROUP, VERSION, PLURAL_GPTMODEL)
-CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL: kopf.PRESENT}
-
-
-@kopf.on.resume(*RESOURCE, id="resume", **HANDLER_LIMITS)
-@kopf.on.create(*RESOURCE, id="create", **HANDLER_LIMITS)
-@kopf.on.update(*RESOURCE, id="update", **HANDLER_LIMITS)
-def reconcile(name: str, namespace: str, reason: str, **_: Any) -> None:
-    """Observe the Deployment, plan, roll out or roll back, write status."""
-    follow = one_pass(namespace, name)
-    if reason in ("create", "resume"):  # FineTuneJobs may be waiting for this GPTModel to exist
-        follow += [(KIND_FINETUNEJOB, namespace, n) for n in cluster.finetunejobs_of(namespace, name)]
-    common.wake_all(follow)
+SEEN = common.Changes()
 
 
 @kopf.on.event(*RESOURCE)
-def tracked(type: str, name: str, namespace: str, **_: Any) -> None:
-    """Keep the resync loop's list current; drop a deleted GPTModel's metric series."""
-    common.track(KIND_GPTMODEL, type, namespace, name)
+async def gptmodel_event(type: str | None, name: str, namespace: str, uid: str, body: kopf.Body, **_: Any) -> None:
+    """Queue a pass when the GPTModel is new (or first listed) or its spec or deletion changed; queue its
+    FineTuneJobs when it appears or what they read of it changed (what it serves); forget a deleted one."""
+    common.track(KIND_GPTMODEL, type or "ADDED", namespace, name)
+    key = (KIND_GPTMODEL, namespace, name)
     if type == "DELETED":
         metrics.record_serving_revision(namespace, name, None)
         metrics.record_gptmodel_conditions(namespace, name, None)
         metrics.record_live(namespace, name, None)
+        SEEN.forget(key)
+        indexes.forget_written(PLURAL_GPTMODEL, namespace, name)
+        SEEN.forget((KIND_FINETUNEJOB, key))
+        return
+    meta = body.get("metadata") or {}
+    if SEEN.changed(key, (uid, meta.get("generation"), bool(meta.get("deletionTimestamp")))):
+        common.enqueue(*key)
+    status = body.get("status") or {}
+    served = json.dumps([uid, meta.get("generation")]
+                        + sorted((k, v) for k, v in status.items() if k.startswith(("serving", "previous"))),
+                        sort_keys=True, default=str)
+    if SEEN.changed((KIND_FINETUNEJOB, key), served):  # FineTuneJobs may be waiting for it, or follow what it serves
+        for ftj in indexes.finetunejobs_of(namespace, name):
+            common.enqueue(KIND_FINETUNEJOB, namespace, ftj)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=CHILDREN)
-def deployment_changed(body: kopf.Body, type: str, **_: Any) -> None:
-    """The vLLM Deployment moved (rolled out, stalled, lost Pods): reconcile its GPTModel."""
-    if type != "DELETED":
-        common.wake_owner(KIND_GPTMODEL, body)
+@kopf.on.event("apps", "v1", "deployments", labels=indexes.MODEL_CHILDREN)
+async def deployment_event(body: kopf.Body, type: str | None, uid: str, **_: Any) -> None:
+    """The vLLM Deployment moved (rolled out, stalled, lost Pods, deleted): queue its GPTModel."""
+    if type == "DELETED":
+        SEEN.forget(uid)
+        common.enqueue_owner(KIND_GPTMODEL, body)
+    elif SEEN.changed(uid, deployment_state(body)):
+        common.enqueue_owner(KIND_GPTMODEL, body)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_STAGE: STAGE_MONITOR})
-def monitor_job_changed(body: kopf.Body, type: str, **_: Any) -> None:
-    """A monitor Job moved (finished, failed): reconcile its GPTModel, which reads the result."""
-    if type != "DELETED":
-        common.wake_owner(KIND_GPTMODEL, body)
+async def monitor_job_event(body: kopf.Body, type: str | None, uid: str, **_: Any) -> None:
+    """A monitor Job moved (finished, failed, deleted): queue its GPTModel, which reads the result."""
+    if type == "DELETED":
+        SEEN.forget(uid)
+        common.enqueue_owner(KIND_GPTMODEL, body)
+    elif SEEN.changed(uid, job_state(body)):
+        common.enqueue_owner(KIND_GPTMODEL, body)
 
 
-def one_pass(namespace: str, name: str) -> list[common.Key]:
-    """One pass; when the served revision changed (promotion, pin, rollback), wakes the GPTModel's FineTuneJobs:
-    their Promoted condition follows what it serves."""
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=indexes.MODEL_CHILDREN)
+async def autoscaler_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """The GPTModel's autoscaler was deleted (by hand): queue its GPTModel, which makes it again."""
+    if type == "DELETED":
+        common.enqueue_owner(KIND_GPTMODEL, body)
+
+
+def one_pass(namespace: str, name: str) -> None:
+    """One pass over a GPTModel: observe its Deployment and FineTuneJobs, plan, roll out or back, write status."""
     done = common.run_pass(KIND_GPTMODEL, namespace, name, parse=GPTModel.from_dict,
-                           observe=cluster.observe_gptmodel, plan=plan_gptmodel)
+                           observe=indexes.observe_gptmodel, plan=plan_gptmodel)
     if done is None:
-        return []
+        return
     model, plan = done
     rolled_back = any(e.reason == Reason.ROLLED_BACK for e in plan.events)
     ns = model.namespace
@@ -92,9 +110,7 @@ def one_pass(namespace: str, name: str) -> list[common.Key]:
     revision = plan.status["servingRevision"] if "servingArtifact" in plan.status else model.status.serving_revision
     serving = plan.status.get("endpoint") is not None
     metrics.record_serving_revision(model.namespace, model.name, (revision or "source") if serving else None)
-    if "servingArtifact" in plan.status:
-        return [(KIND_FINETUNEJOB, model.namespace, n) for n in cluster.finetunejobs_of(model.namespace, model.name)]
-    return []
+
 
 
 def _merged(old: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any] | None:

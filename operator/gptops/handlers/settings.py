@@ -12,8 +12,8 @@ from typing import Any
 import kopf
 
 from gptops import cluster
-from gptops.handlers import common
 from gptops.api.constants import FINALIZER, KOPF_STORAGE_PREFIX
+from gptops.handlers import common, indexes
 
 
 def _env_float(name: str, default: float) -> float:
@@ -25,12 +25,10 @@ def _env_float(name: str, default: float) -> float:
 RESYNC_ENV, RESYNC_SECONDS = "GPTOPS_RESYNC_SECONDS", 60.0
 #: How long the API server keeps a watch open before kopf reconnects.
 WATCH_TIMEOUT_ENV, WATCH_SERVER_TIMEOUT = "GPTOPS_WATCH_SERVER_TIMEOUT", 300.0
-#: Retries of a failing create/update/resume handler before kopf gives up on that change.
-HANDLER_RETRIES = 10
-HANDLER_TIMEOUT = 600.0
-HANDLER_BACKOFF = 5.0
-#: The keyword arguments of every create/update/resume handler.
-HANDLER_LIMITS: dict[str, Any] = {"retries": HANDLER_RETRIES, "timeout": HANDLER_TIMEOUT, "backoff": HANDLER_BACKOFF}
+#: Threads that run passes (most of a pass waits on the API server).
+WORKERS_ENV, WORKERS = "GPTOPS_WORKERS", 16
+#: Seconds before a failed pass runs again, one per retry; after the last, the next event or resync wakes it.
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 60.0, 60.0, 60.0)
 
 _resync: common.Resync | None = None
 
@@ -42,8 +40,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Storage under gptops.io, finite timeouts, events from gptops; connect cluster.py."""
+def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+    """Storage under gptops.io, finite timeouts, events from gptops; connect cluster.py; bind the watch caches;
+    start the pass workers and the resync loop."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_STORAGE_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -55,12 +54,18 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 30
     settings.queueing.error_delays = (1, 2, 5, 10, 20, 30, 60)
-    settings.execution.max_workers = 8
+    settings.execution.max_workers = 4  # kopf's own pool: every handler here is async and only queues
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = "gptops"
     settings.posting.event_name_prefix = "gptops-"
-    cluster.configure(os.environ.get("KUBECONFIG"))
+    workers = int(_env_float(WORKERS_ENV, WORKERS))
+    cluster.configure(os.environ.get("KUBECONFIG"), pool_size=workers + 2)
     common.KNOWN.clear()
+    indexes.bind(kwargs)
+    common.EVENTS = common.EventPoster()
+    common.EVENTS.start()
+    common.QUEUE = common.WorkQueue(workers, RETRY_DELAYS)
+    common.QUEUE.start()
     global _resync
     _resync = common.Resync(_env_float(RESYNC_ENV, RESYNC_SECONDS))
     _resync.start()
@@ -68,6 +73,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def stop(**_: Any) -> None:
-    """Stop the resync loop with the operator."""
+    """Stop the resync loop and the pass workers with the operator; unbind the watch caches."""
     if _resync is not None:
         _resync.stop()
+    if common.QUEUE is not None:
+        common.QUEUE.stop()
+        common.QUEUE = None
+    if common.EVENTS is not None:
+        common.EVENTS.stop()
+        common.EVENTS = None
+    indexes.unbind()

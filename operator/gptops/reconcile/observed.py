@@ -3,8 +3,8 @@ Pure: cluster.py fetches the dicts, these functions read them; no I/O, no kopf o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gptops.api.constants import ANNOTATION_START_MODEL, LABEL_REVISION_KEY, LABEL_SPEC_KEY, LABEL_STAGE
@@ -187,6 +187,11 @@ def job_state(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) ->
         failed=int(status.get("failed") or 0),
         pods=tuple(pod_state(p) for p in mine),
     )
+
+
+def with_pods(job: JobState, pods: Iterable[PodState]) -> JobState:
+    """The same Job with these Pods (a watch cache holds Jobs and Pods apart)."""
+    return replace(job, pods=tuple(sorted(pods, key=lambda p: (p.created, p.name))))
 
 
 def deployment_state(deployment: Mapping[str, Any]) -> DeploymentState:

@@ -1,0 +1,295 @@
+"""What the passes observe, from kopf's watch caches (`@kopf.index`) instead of a LIST per pass: the stage Jobs, Pods
+and Services of each FineTuneJob, the GPTModels, the FineTuneJobs of each GPTModel, and each GPTModel's Deployment,
+Service and autoscaler. kopf fills every index from its watch before any handler runs, and updates an index before the handlers
+of the same event, so a pass woken by a watch event sees that event.
+
+The indexes hold small frozen snapshots (reconcile/observed.py) or parsed models, not whole API objects. They live in
+kopf's event loop and are read here from the pass workers' threads; reads copy under a retry (a store changing size
+during a copy raises, and the copy is taken again). Outside a running operator (unit tests) they are unbound and the
+passes observe through cluster.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import kopf
+
+from gptops import cluster
+from gptops.api.conditions import now_rfc3339
+from gptops.api.constants import (
+    ANNOTATION_SPEC_HASH,
+    GROUP,
+    LABEL_FINETUNEJOB,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL,
+    MANAGED_BY,
+    PLURAL_FINETUNEJOB,
+    PLURAL_GPTMODEL,
+    VERSION,
+)
+from gptops.api.finetunejob import FineTuneJob
+from gptops.api.gptmodel import GPTModel
+from gptops.api.names import label_value
+from gptops.builders import deployment_name
+from gptops.reconcile.observed import (
+    DeploymentState,
+    JobState,
+    ObservedFineTuneJob,
+    ObservedGPTModel,
+    PodState,
+    deployment_state,
+    job_state,
+    pod_state,
+    with_pods,
+)
+from gptops.reconcile.plan import Action, CreateChild
+
+
+FTJ_CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_FINETUNEJOB: kopf.PRESENT}
+MODEL_CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL: kopf.PRESENT}
+NAMES = ("gptops_stage_jobs", "gptops_stage_pods", "gptops_stage_services", "gptops_models",
+         "gptops_finetunejobs_by_model", "gptops_deployments", "gptops_model_services", "gptops_model_bodies",
+         "gptops_finetunejob_bodies", "gptops_autoscalers")
+BODIES = {PLURAL_GPTMODEL: "gptops_model_bodies", PLURAL_FINETUNEJOB: "gptops_finetunejob_bodies"}
+T = TypeVar("T")
+
+_bound: dict[str, Any] = {}
+#: Jobs a pass created that the watch has not shown yet: (namespace, FineTuneJob label) -> {name: (when, Job)}.
+#: The next pass sees them, so it neither creates them again nor announces them twice.
+_created: dict[tuple[str, str], dict[str, tuple[float, JobState]]] = {}
+_created_guard = threading.Lock()
+#: The resourceVersion of each object's last status write by a pass: (plural, namespace, name) -> version.
+_written: dict[tuple[str, str, str], str] = {}
+_written_guard = threading.Lock()
+#: Seconds a created Job is assumed to exist without the watch showing it.
+CREATED_GRACE = 30.0
+
+
+def bind(indices: Mapping[str, Any]) -> None:
+    """Remember the running operator's indexes (kopf passes them to every handler, the startup handler included)."""
+    _bound.clear()
+    _bound.update({name: indices[name] for name in NAMES if name in indices})
+
+
+def unbind() -> None:
+    _bound.clear()
+
+
+def bound() -> bool:
+    return len(_bound) == len(NAMES)
+
+
+def _owners(meta: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(ref.get("uid", "") for ref in meta.get("ownerReferences") or ())
+
+
+# --- the indexes (run in kopf's loop on every watch event of their resource) ------------------------------------
+
+
+@kopf.index("batch", "v1", "jobs", labels=FTJ_CHILDREN, id="gptops_stage_jobs")
+async def gptops_stage_jobs(namespace: str, labels: Mapping[str, str], meta: Mapping[str, Any], body: kopf.Body,
+                      **_: Any) -> dict[tuple[str, str], tuple[frozenset[str], JobState]]:
+    """(namespace, FineTuneJob label) -> (owner uids, the Job without its Pods)."""
+    return {(namespace, labels[LABEL_FINETUNEJOB]): (_owners(meta), job_state(body))}
+
+
+@kopf.index("", "v1", "pods", labels=FTJ_CHILDREN, id="gptops_stage_pods")
+async def gptops_stage_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body,
+                      **_: Any) -> dict[tuple[str, str], tuple[str, PodState]]:
+    """(namespace, FineTuneJob label) -> (its Job's name, the Pod)."""
+    job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or ""
+    return {(namespace, labels[LABEL_FINETUNEJOB]): (job, pod_state(body))}
+
+
+@kopf.index("", "v1", "services", labels=FTJ_CHILDREN, id="gptops_stage_services")
+async def gptops_stage_services(namespace: str, name: str, labels: Mapping[str, str], meta: Mapping[str, Any],
+                          **_: Any) -> dict[tuple[str, str], tuple[frozenset[str], str]]:
+    """(namespace, FineTuneJob label) -> (owner uids, the Service's name): the rendezvous of multi-node training."""
+    return {(namespace, labels[LABEL_FINETUNEJOB]): (_owners(meta), name)}
+
+
+@kopf.index(GROUP, VERSION, PLURAL_GPTMODEL, id="gptops_models")
+async def gptops_models(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], GPTModel | None]:
+    """(namespace, name) -> the parsed GPTModel (None when it does not parse)."""
+    try:
+        return {(namespace, name): GPTModel.from_dict(dict(body))}
+    except ValueError:
+        return {(namespace, name): None}
+
+
+@kopf.index(GROUP, VERSION, PLURAL_FINETUNEJOB, id="gptops_finetunejobs_by_model")
+async def gptops_finetunejobs_by_model(namespace: str, name: str, spec: Mapping[str, Any], body: kopf.Body,
+                                 **_: Any) -> dict[tuple[str, str], tuple[str, FineTuneJob | None]]:
+    """(namespace, spec.model.name) -> (name, the parsed FineTuneJob, None when it does not parse)."""
+    model = (spec.get("model") or {}).get("name", "")
+    try:
+        parsed: FineTuneJob | None = FineTuneJob.from_dict(dict(body))
+    except ValueError:
+        parsed = None
+    return {(namespace, model): (name, parsed)}
+
+
+@kopf.index("apps", "v1", "deployments", labels=MODEL_CHILDREN, id="gptops_deployments")
+async def gptops_deployments(namespace: str, name: str, meta: Mapping[str, Any], body: kopf.Body,
+                       **_: Any) -> dict[tuple[str, str], tuple[frozenset[str], DeploymentState]]:
+    """(namespace, name) -> (owner uids, the Deployment)."""
+    return {(namespace, name): (_owners(meta), deployment_state(body))}
+
+
+@kopf.index("", "v1", "services", labels=MODEL_CHILDREN, id="gptops_model_services")
+async def gptops_model_services(namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
+    """(namespace, name) -> True: the GPTModel's Service exists."""
+    return {(namespace, name): True}
+
+
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=MODEL_CHILDREN, id="gptops_autoscalers")
+async def gptops_autoscalers(namespace: str, name: str, meta: Mapping[str, Any],
+                             **_: Any) -> dict[tuple[str, str], tuple[frozenset[str], str]]:
+    """(namespace, name) -> (owner uids, the spec-hash it was applied with)."""
+    return {(namespace, name): (_owners(meta), (meta.get("annotations") or {}).get(ANNOTATION_SPEC_HASH, ""))}
+
+
+@kopf.index(GROUP, VERSION, PLURAL_GPTMODEL, id="gptops_model_bodies")
+async def gptops_model_bodies(namespace: str, name: str, body: kopf.Body,
+                              **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, name) -> the GPTModel as the watch last showed it (what a pass starts from)."""
+    return {(namespace, name): dict(body)}
+
+
+@kopf.index(GROUP, VERSION, PLURAL_FINETUNEJOB, id="gptops_finetunejob_bodies")
+async def gptops_finetunejob_bodies(namespace: str, name: str, body: kopf.Body,
+                                    **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, name) -> the FineTuneJob as the watch last showed it (what a pass starts from)."""
+    return {(namespace, name): dict(body)}
+
+
+# --- reading them (from the pass workers' threads) ----------------------------------------------------------
+
+
+def _read(index: str, key: Any) -> list[Any]:
+    """A copy of the values under `key` (empty when there are none)."""
+    for _ in range(100):  # bounded: a copy fails only when the loop changes that store meanwhile
+        try:
+            store = _bound[index].get(key)
+            return list(store) if store is not None else []
+        except RuntimeError:
+            continue
+    raise kopf.TemporaryError(f"index {index} kept changing while read", delay=1)
+
+
+def _first(values: list[T], keep: Callable[[T], bool] = lambda _: True) -> T | None:
+    return next((v for v in values if keep(v)), None)
+
+
+def note_created(actions: tuple[Action, ...], parent: Mapping[str, Any]) -> None:
+    """Remember the Jobs a pass just created for a FineTuneJob, until the watch shows them."""
+    jobs = [a.manifest for a in actions if isinstance(a, CreateChild) and a.manifest.get("kind") == "Job"]
+    if not jobs or not bound():
+        return
+    meta = parent.get("metadata") or {}
+    key = (meta.get("namespace", ""), label_value(meta.get("name", "")))
+    with _created_guard:
+        _created.setdefault(key, {}).update({j["metadata"]["name"]: (time.monotonic(), job_state(j)) for j in jobs})
+
+
+def forget_created(namespace: str, name: str) -> None:
+    """Drop what was remembered for a deleted FineTuneJob."""
+    with _created_guard:
+        _created.pop((namespace, label_value(name)), None)
+
+
+def _just_created(key: tuple[str, str], seen: Mapping[str, JobState]) -> dict[str, JobState]:
+    """The Jobs created for `key` that the watch does not show yet (and forget those it shows, or too old)."""
+    now = time.monotonic()
+    with _created_guard:
+        mine = _created.get(key)
+        if not mine:
+            return {}
+        for name in [n for n, (when, _) in mine.items() if n in seen or now - when > CREATED_GRACE]:
+            del mine[name]
+        if not mine:
+            del _created[key]
+        return {n: job for n, (_, job) in mine.items()}
+
+
+def observe_finetunejob(ftj: FineTuneJob) -> ObservedFineTuneJob:
+    """The stage Jobs (with their Pods), Services and the GPTModel of a FineTuneJob, from the watch caches."""
+    if not bound():
+        return cluster.observe_finetunejob(ftj)
+    key = (ftj.namespace, label_value(ftj.name))
+    uid = ftj.metadata.uid
+    pods = _read("gptops_stage_pods", key)
+    jobs = {job.name: with_pods(job, [p for owner, p in pods if owner == job.name])
+            for owners, job in _read("gptops_stage_jobs", key) if uid in owners}
+    jobs.update(_just_created(key, jobs))
+    services = frozenset(name for owners, name in _read("gptops_stage_services", key) if uid in owners)
+    return ObservedFineTuneJob(now=now_rfc3339(), jobs=jobs, services=services, model=model(ftj.namespace,
+                                                                                           ftj.spec.model.name))
+
+
+def model(namespace: str, name: str) -> GPTModel | None:
+    """The GPTModel as the watch last showed it, or None."""
+    return _first(_read("gptops_models", (namespace, name)), lambda m: m is not None)
+
+
+def observe_gptmodel(gm: GPTModel) -> ObservedGPTModel:
+    """The vLLM Deployment and Service of a GPTModel and the FineTuneJobs that name it, from the watch caches."""
+    if not bound():
+        return cluster.observe_gptmodel(gm)
+    ns, name = gm.namespace, deployment_name(gm)
+    found = _first(_read("gptops_deployments", (ns, name)))
+    if found is not None and gm.metadata.uid not in found[0]:
+        raise kopf.PermanentError(f"Deployment {ns}/{name} exists and is not owned by GPTModel {gm.name}")
+    autoscaler = _first(_read("gptops_autoscalers", (ns, name)), lambda a: gm.metadata.uid in a[0])
+    # Monitor Jobs and the vLLM Pods are read from the API, and only for a GPTModel with spec.monitoring.
+    monitor_jobs, serving_pods = cluster.observe_monitoring(gm, found is not None)
+    return ObservedGPTModel(
+        now=now_rfc3339(),
+        deployment=found[1] if found else None,
+        service=bool(_read("gptops_model_services", (ns, name))),
+        finetunejobs=tuple(sorted((f for _, f in _read("gptops_finetunejobs_by_model", (ns, gm.name))
+                                   if f is not None), key=lambda f: f.name)),
+        monitor_jobs=monitor_jobs,
+        serving_pods=serving_pods,
+        autoscaler=autoscaler[1] if autoscaler else None,
+    )
+
+
+def finetunejobs_of(namespace: str, model_name: str) -> list[str]:
+    """The names of the FineTuneJobs in `namespace` whose spec.model is `model_name`."""
+    if not bound():
+        return cluster.finetunejobs_of(namespace, model_name)
+    return sorted(name for name, _ in _read("gptops_finetunejobs_by_model", (namespace, model_name)))
+
+
+def current_body(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """The object a pass starts from: the watch's copy when it holds the status the last pass wrote (or no pass
+    wrote one yet), else a fresh GET; None when it is gone."""
+    if bound():
+        cached = _first(_read(BODIES[plural], (namespace, name)))
+        with _written_guard:
+            written = _written.get((plural, namespace, name))
+        if cached is not None and written in (None, (cached.get("metadata") or {}).get("resourceVersion")):
+            return cached
+    return cluster.get_object(plural, namespace, name)
+
+
+def note_written(plural: str, namespace: str, name: str, written: Mapping[str, Any] | None) -> None:
+    """Remember the resourceVersion a status write produced (None: the object is gone)."""
+    if not bound():
+        return
+    with _written_guard:
+        version = ((written or {}).get("metadata") or {}).get("resourceVersion")
+        if version:
+            _written[(plural, namespace, name)] = version
+        else:
+            _written.pop((plural, namespace, name), None)
+
+
+def forget_written(plural: str, namespace: str, name: str) -> None:
+    with _written_guard:
+        _written.pop((plural, namespace, name), None)
