@@ -302,9 +302,12 @@ def test_training_killed_midway_resumes_from_its_checkpoint(tmp_path):
     proc = subprocess.Popen([GPTOPS, "run", str(spec), "--runs-dir", str(runs), "--no-serve"], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        # Kill it (like a lost machine) once a second complete checkpoint exists, so an older one is whole for sure.
-        wait_for(lambda: (checkpoints / "checkpoint-10" / "trainer_state.json").exists() or proc.poll() is not None,
-                 "a second checkpoint", 400, interval=0.2)
+        # Kill it (like a lost machine) once a second complete checkpoint exists, so an older one is whole for sure
+        # (any step from 10 on: older checkpoints are rotated away as training goes on).
+        def second_checkpoint() -> bool:
+            return any(int(c.parent.name.split("-")[1]) >= 10
+                       for c in checkpoints.glob("checkpoint-*/trainer_state.json")) or proc.poll() is not None
+        wait_for(second_checkpoint, "a second checkpoint", 400, interval=0.05)
         assert proc.poll() is None, "gptops run ended before it wrote a checkpoint"
         proc.kill()
     finally:

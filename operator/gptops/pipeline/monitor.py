@@ -180,7 +180,8 @@ def run(config: MonitorConfig, progress: ProgressFn | None = None) -> MonitorRep
 
 def load_samples(config: MonitorConfig) -> list[_Sample]:
     """The first max_samples records of the dataset, as what perplexity scores and BLEU asks."""
-    from gptops.pipeline.data import _join, load_records
+    from gptops.pipeline.data.rendering import join_prompt_completion
+    from gptops.pipeline.data.sources import load_records
 
     fields = config.fields
     prepare = PrepareConfig(
@@ -204,7 +205,7 @@ def load_samples(config: MonitorConfig) -> list[_Sample]:
         elif config.format == "prompt-completion":
             prompt, completion = row["prompt"] or "", (row["completion"] or "").strip()
             if prompt and completion:
-                text = _join(prompt, completion)
+                text = join_prompt_completion(prompt, completion)
                 samples.append(_Sample(prompt=prompt, reference=completion, text=text, scored_from=len(prompt)))
         else:
             messages = row["messages"] or []

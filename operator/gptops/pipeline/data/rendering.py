@@ -46,8 +46,8 @@ class Renderer:
             return {"text": texts, "_prompt": [None] * len(texts), "_reference": [None] * len(texts),
                     "_spans": [[] for _ in texts]}
         if self.format == "prompt-completion":
-            texts = [_join(p, c) for p, c in zip(batch["prompt"], batch["completion"], strict=True)]
-            # The completion with the space _join put before it: generation from the bare prompt must write it too.
+            texts = [join_prompt_completion(p, c) for p, c in zip(batch["prompt"], batch["completion"], strict=True)]
+            # The completion with the space the join put before it: generation from the bare prompt must write it too.
             spans = [[[len(p), len(t)]] for t, p in zip(texts, batch["prompt"], strict=True)]
             return {"text": texts, "_prompt": batch["prompt"], "_reference": batch["completion"], "_spans": spans}
         texts, prompts, refs, spans = [], [], [], []
@@ -93,7 +93,7 @@ class Renderer:
         return spans
 
 
-def _join(prompt: str, completion: str) -> str:
+def join_prompt_completion(prompt: str, completion: str) -> str:
     if not prompt or not completion or prompt[-1].isspace() or completion[0].isspace():
         return prompt + completion
     return prompt + " " + completion
