@@ -102,6 +102,16 @@ def now_rfc3339() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_rfc3339(value: str | None) -> _dt.datetime | None:
+    """A time as the API server writes it, or None when it is missing or unreadable."""
+    if not value:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 def _as_condition(c: Condition | Mapping[str, Any]) -> Condition:
     return c if isinstance(c, Condition) else Condition.model_validate(c)
 

@@ -26,6 +26,7 @@ from gptops.api.gptmodel import GPTModel
 from gptops.handlers import common, indexes
 from gptops.reconcile import plan_gptmodel
 from gptops.reconcile.observed import deployment_state, job_state
+from gptops.reconcile.plan import apply_merge_patch
 
 RESOURCE = (GROUP, VERSION, PLURAL_GPTMODEL)
 SEEN = common.Changes()
@@ -100,7 +101,7 @@ def one_pass(namespace: str, name: str) -> None:
     metrics.record_gptmodel_conditions(ns, model.name, {c["type"]: c["status"] == "True"
                                                         for c in plan.status.get("conditions") or ()})
     if "monitoring" in plan.status:  # what the pass wrote: the last run's series, and a run read for the first time
-        monitoring = _merged(model.status.monitoring.to_dict() if model.status.monitoring else {},
+        monitoring = apply_merge_patch(model.status.monitoring.to_dict() if model.status.monitoring else {},
                              plan.status.get("monitoring"))
         metrics.record_live(ns, model.name, monitoring)
         run = (monitoring or {}).get("lastRun") or {}
@@ -111,21 +112,6 @@ def one_pass(namespace: str, name: str) -> None:
     serving = plan.status.get("endpoint") is not None
     metrics.record_serving_revision(model.namespace, model.name, (revision or "source") if serving else None)
 
-
-
-def _merged(old: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any] | None:
-    """`old` with a JSON merge patch applied (what the status is after the pass wrote it)."""
-    if patch is None:
-        return None
-    out = dict(old)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 common.register(KIND_GPTMODEL, PLURAL_GPTMODEL, one_pass)

@@ -10,7 +10,6 @@ the pin nor the promotion order serves it again until something newer comes.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 from typing import Any
@@ -23,7 +22,17 @@ from gptops.api.artifacts import (
     revision_key_of,
     serving_status,
 )
-from gptops.api.conditions import DEGRADED, DRIFTED, FALSE, PROGRESSING, READY, TRUE, Reason, get_condition
+from gptops.api.conditions import (
+    DEGRADED,
+    DRIFTED,
+    FALSE,
+    PROGRESSING,
+    READY,
+    TRUE,
+    Reason,
+    get_condition,
+    parse_rfc3339,
+)
 from gptops.api.conditions import PASSED as FTJ_PASSED
 from gptops.api.constants import (
     ANNOTATION_ADAPTER,
@@ -33,12 +42,28 @@ from gptops.api.constants import (
     GROUP,
 )
 from gptops.api.gptmodel import GPTModel
-from gptops.builders import build_autoscaler, build_deployment, build_service, deployment_name
+from gptops.builders import (
+    build_autoscaler,
+    build_deployment,
+    build_service,
+    deployment_name,
+)
 from gptops.reconcile.conditions import Want, rebuild, transition_events
-from gptops.reconcile.observed import DeploymentState, ObservedGPTModel
 from gptops.reconcile.finetunejob import promotion_message
-from gptops.reconcile.monitoring import DRIFT_ROLLBACK_PREFIX, MonitoringDecision, plan_monitoring
-from gptops.reconcile.plan import Action, ApplyChild, CreateChild, DeleteChild, EmitEvent, Plan
+from gptops.reconcile.monitoring import (
+    DRIFT_ROLLBACK_PREFIX,
+    MonitoringDecision,
+    plan_monitoring,
+)
+from gptops.reconcile.observed import DeploymentState, ObservedGPTModel
+from gptops.reconcile.plan import (
+    Action,
+    ApplyChild,
+    CreateChild,
+    DeleteChild,
+    EmitEvent,
+    Plan,
+)
 from gptops.reconcile.promotion import candidates, choose, passed_revision
 
 #: When the Deployment's current revision started rolling out (RFC 3339).
@@ -273,7 +298,7 @@ def _rollout_complete(dep: DeploymentState) -> bool:
 
 def _rollout_failure(model: GPTModel, dep: DeploymentState, now: str) -> str | None:
     """Why this rollout has failed, or None while it may still succeed."""
-    started = _parse_time(dep.annotations.get(ANNOTATION_ROLLOUT_STARTED))
+    started = parse_rfc3339(dep.annotations.get(ANNOTATION_ROLLOUT_STARTED))
     if started is None:
         return None  # not a watched rollout: the revision was rolled out before, or this is a rollback
     progressing = dep.condition("Progressing")
@@ -281,7 +306,7 @@ def _rollout_failure(model: GPTModel, dep: DeploymentState, now: str) -> str | N
             and progressing.get("status") == FALSE and progressing.get("reason") == "ProgressDeadlineExceeded"):
         return f"ProgressDeadlineExceeded: {progressing.get('message', '')}".rstrip(": ")
     deadline = model.spec.serving.rollout_deadline_seconds
-    current = _parse_time(now)
+    current = parse_rfc3339(now)
     if current is not None and (current - started).total_seconds() > deadline:
         return f"not Available within rolloutDeadlineSeconds={deadline}"
     return None
@@ -369,11 +394,3 @@ def _display(served: ServedRevision | None) -> str | None:
     key = revision_key_of(served.adapter or served.model)
     return f"{served.revision} ({key})" if key else served.revision
 
-
-def _parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptops.api.artifacts import ServedRevision, revision_key_of
-from gptops.api.conditions import DRIFTED, FALSE, TRUE, UNKNOWN, Reason
+from gptops.api.conditions import DRIFTED, FALSE, TRUE, UNKNOWN, Reason, parse_rfc3339
 from gptops.api.constants import STAGE_MONITOR
 from gptops.api.gptmodel import GPTModel, Monitoring
 from gptops.api.stageresult import parse_stage_result
@@ -171,8 +171,8 @@ def _read_run(job: JobState, revision: str, at_promotion: dict[str, float], spec
 
 def _run_number(model: GPTModel, spec: Monitoring, now: str) -> int:
     """Which interval `now` is in, counted from when the served revision passed its gate (the source: from 1970)."""
-    start = _parse_time(model.status.serving_passed_at) or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    current = _parse_time(now)
+    start = parse_rfc3339(model.status.serving_passed_at) or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    current = parse_rfc3339(now)
     if current is None:
         return 0
     return max(0, math.floor((current - start).total_seconds() / spec.interval_seconds))
@@ -184,11 +184,3 @@ def _patch(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, 
         return None
     return merge_patch_from(old or {}, {k: v for k, v in new.items() if v is not None})
 
-
-def _parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None

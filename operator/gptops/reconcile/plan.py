@@ -74,6 +74,21 @@ class Plan:
         return tuple(a for a in self.actions if isinstance(a, EmitEvent))
 
 
+def apply_merge_patch(old: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`old` with a JSON merge patch applied, as the API server applies it (None: the patch removes it all)."""
+    if patch is None:
+        return None
+    out = dict(old)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = apply_merge_patch(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def merge_patch_from(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """A JSON merge patch that turns `old` into exactly `new`: keys that are gone become None, maps recurse,
     everything else (lists included) is replaced whole."""
