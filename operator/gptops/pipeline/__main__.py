@@ -110,26 +110,35 @@ def _short(v: Any) -> str:
 
 
 def _monitor(args: argparse.Namespace) -> StageResult:
-    """The monitor stage; a failure is a result with ok: false, as for the other stages."""
+    """The monitor stage: the GPTModel from --model-spec/--model-spec-json, evaluated live at --endpoint."""
     from gptops.pipeline import monitor
 
-    try:
-        docs = ([{"kind": "GPTModel", **d} if "kind" not in d else d for d in _read_documents(args.model_spec)]
-                if args.model_spec else [])
-        if args.model_spec_json:
-            docs.append(_parse_json(args.model_spec_json, "--model-spec-json", default_kind="GPTModel"))
-        model = next((d for d in docs if d.get("kind") == "GPTModel"), None)
-        if model is None:
-            raise PipelineError("no GPTModel given; expected --model-spec FILE or --model-spec-json JSON")
-        base_dir = args.base_dir or (args.model_spec.resolve().parent if args.model_spec else Path.cwd())
-        config = monitor.config_from_spec(model, args.endpoint, metrics_urls=args.metrics_url or [],
-                                          state_dir=args.state_dir, run_name=args.run_name, base_dir=base_dir)
-        return monitor.run(config, _log_progress).result()
-    except (PipelineError, ValueError) as e:
-        return StageResult(stage="monitor", ok=False, message=str(e))
-    except Exception as e:  # anything else still leaves a readable result for the operator
-        traceback.print_exc()
-        return StageResult(stage="monitor", ok=False, message=f"{type(e).__name__}: {e}")
+    docs = ([{"kind": "GPTModel", **d} if "kind" not in d else d for d in _read_documents(args.model_spec)]
+            if args.model_spec else [])
+    if args.model_spec_json:
+        docs.append(_parse_json(args.model_spec_json, "--model-spec-json", default_kind="GPTModel"))
+    model = next((d for d in docs if d.get("kind") == "GPTModel"), None)
+    if model is None:
+        raise PipelineError("no GPTModel given; expected --model-spec FILE or --model-spec-json JSON")
+    base_dir = args.base_dir or (args.model_spec.resolve().parent if args.model_spec else Path.cwd())
+    config = monitor.config_from_spec(model, args.endpoint, metrics_urls=args.metrics_url or [],
+                                      state_dir=args.state_dir, run_name=args.run_name, base_dir=base_dir)
+    return monitor.run(config, _log_progress).result()
+
+
+def _run(args: argparse.Namespace) -> StageResult:
+    """The stage's result; bad input raises PipelineError or ValueError."""
+    if args.stage == "monitor":
+        return _monitor(args)
+    ftj, model = load_specs(args)
+    base_dir = args.base_dir or (args.spec.resolve().parent if args.spec else Path.cwd())
+    configs = configs_from_spec(ftj, model, args.artifacts, base_dir, start_model=args.start_model,
+                                evaluation_dir=args.evaluation_dir)
+    if args.stage == "prepare":
+        return run_prepare(configs.prepare, _log_progress, retain=args.retain or ()).result()
+    if args.stage == "train":
+        return as_result(run_train(configs.train, _log_progress))
+    return run_evaluate(configs.evaluate, _log_progress).result()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,21 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     main_process = int(os.environ.get("LOCAL_RANK", 0)) == 0  # one result per Pod under torchrun
     failed = EXIT_STAGE_FAILED
     try:
-        if args.stage == "monitor":
-            result = _monitor(args)
-            if main_process and not emit(result):
-                return 2
-            return 0 if result.ok else 1
-        ftj, model = load_specs(args)
-        base_dir = args.base_dir or (args.spec.resolve().parent if args.spec else Path.cwd())
-        configs = configs_from_spec(ftj, model, args.artifacts, base_dir, start_model=args.start_model,
-                                    evaluation_dir=args.evaluation_dir)
-        if args.stage == "prepare":
-            result = run_prepare(configs.prepare, _log_progress, retain=args.retain or ()).result()
-        elif args.stage == "train":
-            result = as_result(run_train(configs.train, _log_progress))
-        else:
-            result = run_evaluate(configs.evaluate, _log_progress).result()
+        result = _run(args)
     except (PipelineError, ValueError) as e:
         result = StageResult(stage=args.stage, ok=False, message=str(e))
     except Exception as e:  # anything else still leaves a readable result for the operator
