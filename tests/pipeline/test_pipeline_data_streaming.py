@@ -119,3 +119,39 @@ def test_a_file_prepares_under_a_memory_cap_that_holding_it_whole_exceeds(tmp_pa
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines[0] == {"read": 120_000}
     assert lines[1] == {"wholeFile": "MemoryError"}  # the cap is real: the old way does not fit under it
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status; the releaser is Linux-only")
+def test_pages_of_a_memory_mapped_arrow_file_read_by_prepare_leave_its_resident_memory(tmp_path):
+    """A pass over a memory-mapped Arrow file counts the file in the process's RSS until its pages are dropped; under
+    ReleasedMappings they are, the data reads back the same, and a mapping outside the stage's root keeps its pages."""
+    import numpy as np
+    import pyarrow as pa
+    from gptops.pipeline.data.mapped import ReleasedMappings
+
+    def arrow_file(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.table({"x": np.arange(16 * 2**20 // 8, dtype=np.int64)})  # 16 MiB
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return path
+
+    inside, outside = arrow_file(tmp_path / "run" / "cache" / "a.arrow"), arrow_file(tmp_path / "elsewhere" / "b.arrow")
+    with pa.memory_map(str(inside)) as a, pa.memory_map(str(outside)) as b:
+        ta, tb = pa.ipc.open_stream(a).read_all(), pa.ipc.open_stream(b).read_all()
+        base = _rss_file_kib()
+        total = int(pa.compute.sum(ta["x"]).as_py()) + int(pa.compute.sum(tb["x"]).as_py())  # touches every page
+        touched = _rss_file_kib() - base
+        assert touched > 28 * 1024, f"reading two 16 MiB mapped files added only {touched} KiB of RssFile"
+        with ReleasedMappings(tmp_path / "run", interval=0.05) as released:
+            pass
+        assert released.released >= 1
+        remaining = _rss_file_kib() - base
+        assert remaining < touched - 12 * 1024, f"RssFile went from +{touched} to +{remaining} KiB"
+        assert remaining > 12 * 1024, "the mapping outside the root lost its pages too"
+        assert int(pa.compute.sum(ta["x"]).as_py()) + int(pa.compute.sum(tb["x"]).as_py()) == total

@@ -30,6 +30,7 @@ from gptops.api.stageresult import StageResult
 from gptops.pipeline import models
 from gptops.pipeline.config import MAX_DEFAULT_BLOCK_SIZE, PrepareConfig
 from gptops.pipeline.data.cleaning import Cleaner, fmt_counts, keys, select
+from gptops.pipeline.data.mapped import ReleasedMappings
 from gptops.pipeline.data.packing import Packer, SplitOutput, check_blocks, digest
 from gptops.pipeline.data.rendering import Renderer, load_tokenizer, write_eval_pairs
 from gptops.pipeline.data.sources import load_records
@@ -75,7 +76,8 @@ def run(config: PrepareConfig, progress: ProgressFn | None = None) -> PrepareRep
     root.mkdir(parents=True, exist_ok=True)
     work = root / "cache" / "prepare"
     try:
-        return _run(config, say, work, started)
+        with ReleasedMappings(root):  # memory-mapped Arrow pages read by a pass do not pile up in the stage's RSS
+            return _run(config, say, work, started)
     finally:  # the loaders' Arrow copies and the unsaved blocks: nothing of them outlives the stage
         for scratch in (work, root / "cache" / "datasets"):
             shutil.rmtree(scratch, ignore_errors=True)
