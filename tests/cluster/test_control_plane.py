@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-
 from gptops.devcluster.cluster import GPU_LABEL, write_kubeconfig
 from gptops.devcluster.pki import Pki, issue_client_cert
 from gptops.devcluster.stages import EXIT_CODE_ANNOTATION, RESULT_ANNOTATION
+from waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -39,16 +38,6 @@ def gpu_job(name: str, annotations: dict[str, str], gpus: int = 1) -> str:
             },
         },
     })
-
-
-def wait_for(check, what: str, timeout: float = 30):
-    """Poll check() until it returns something truthy, and return it; fail after the deadline."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
-    return result
 
 
 def job_pod(control_plane, namespace: str, job: str) -> dict:

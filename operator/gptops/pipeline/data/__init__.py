@@ -29,7 +29,7 @@ import numpy as np
 from gptops.api.stageresult import StageResult
 from gptops.pipeline import models
 from gptops.pipeline.config import MAX_DEFAULT_BLOCK_SIZE, PrepareConfig
-from gptops.pipeline.data.cleaning import Cleaner, fmt_counts, keys, select
+from gptops.pipeline.data.cleaning import Cleaner, fmt_counts, keep_rows, keys, select
 from gptops.pipeline.data.mapped import ReleasedMappings
 from gptops.pipeline.data.packing import Packer, SplitOutput, check_blocks, digest
 from gptops.pipeline.data.rendering import Renderer, load_tokenizer, write_eval_pairs
@@ -154,21 +154,20 @@ def _clean(records, config: PrepareConfig):
     if clean.changes_text:
         records = records.map(clean, batched=True, num_proc=_procs(config, len(records)), desc="clean")
     keep, dropped = select(records, config)
-    if keep.size < len(records):
-        records = records.select(keep)
-    return records, dropped
+    return keep_rows(records, keep, "drop"), dropped
 
 
 def _split(records, config: PrepareConfig) -> dict[str, Any]:
     """Train and validation by a seeded shuffle of the document order (an 8-byte array, not a list of ints: the same
-    order as shuffling `list(range(n))`)."""
+    order as shuffling `list(range(n))`); validation takes the first documents of that order."""
     order = array.array("q", range(len(records)))
     random.Random(config.seed).shuffle(order)
     n_val = min(max(1, round(len(order) * config.validation_split)), len(order) - 1)
-    rows = np.frombuffer(order, dtype=np.int64)
-    indices = {"train": np.sort(rows[n_val:]), "validation": np.sort(rows[:n_val])}
-    del rows, order
-    return {name: records.select(i) for name, i in indices.items()}
+    validation = np.zeros(len(records), dtype=bool)
+    validation[np.frombuffer(order, dtype=np.int64)[:n_val]] = True
+    del order
+    return {"train": keep_rows(records, ~validation, "split train"),
+            "validation": keep_rows(records, validation, "split validation")}
 
 
 def _manifest(config: PrepareConfig, origin: str, tokenizer, tokenizer_dir: Path, block_size: int, masked: bool,

@@ -108,7 +108,7 @@ _REASONS = {EMPTY: "empty", TOO_SHORT: "tooShort", TOO_LONG: "tooLong"}
 
 
 def select(records, config: PrepareConfig) -> tuple[np.ndarray, Counter]:
-    """Indices of the documents to keep, and how many were dropped for which reason. Reads a batch at a time and
+    """Which documents to keep (a bool per document), and how many were dropped for which reason. Reads a batch at a time and
     holds one code and one 8-byte digest (blake2b) per document; dedupe keeps each content's first document.
 
     Memory is about 17 bytes per document: the codes, the digests and one sorted copy of them, which finds the digests
@@ -139,7 +139,16 @@ def select(records, config: PrepareConfig) -> tuple[np.ndarray, Counter]:
         later = _later_duplicates(digests, keep)
         keep[later] = False
         dropped["duplicate"] = int(later.size)
-    return np.flatnonzero(keep), +dropped  # unary plus drops the zero counts
+    return keep, +dropped  # unary plus drops the zero counts
+
+
+def keep_rows(ds, keep: np.ndarray, desc: str):
+    """The rows of `ds` where `keep` is True, as an indices mapping that `datasets` writes to the dataset's cache a
+    batch at a time. (`Dataset.select` would turn the indices into a Python list first: ~40 bytes per row.)"""
+    if keep.all():
+        return ds
+    return ds.filter(lambda rows: keep[np.asarray(rows)], with_indices=True, batched=True, batch_size=BATCH,
+                     input_columns=[], desc=desc)
 
 
 DIGEST_CHUNK = 1 << 20
