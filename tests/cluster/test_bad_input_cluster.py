@@ -1,0 +1,139 @@
+"""Generated GPTModels and FineTuneJobs, valid and invalid, go to `gptops validate` and to the real API server
+(server-side dry-run create): the same decision and the same messages for every one; every admitted one parses and
+goes through the planners, and a sample of them through the running operator, without an exception."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from typer.testing import CliRunner
+
+from crd_documents import BASES, documents
+from gptops.api import FineTuneJob, GPTModel
+from gptops.api.constants import GROUP, KIND_FINETUNEJOB, KIND_GPTMODEL
+from gptops.cli import app
+from gptops.reconcile import ObservedFineTuneJob, ObservedGPTModel, plan_finetunejob, plan_gptmodel
+from gptops.validate import validate_object
+
+pytestmark = pytest.mark.cluster
+
+EXAMPLES = 1200
+PLURALS = {KIND_GPTMODEL: "gptmodels", KIND_FINETUNEJOB: "finetunejobs"}
+NOW = "2026-01-01T00:00:00Z"
+UNCHECKED = "some validation rules were not checked"
+
+
+def server_problems(api: Any, namespace: str, doc: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """(field, message) of every cause the API server gives for refusing `doc`, or None when it admits it."""
+    from kubernetes.client import ApiException
+
+    try:
+        api.create_namespaced_custom_object(GROUP, "v1alpha1", namespace, PLURALS[doc["kind"]], doc,
+                                            dry_run="All", field_validation="Strict")
+    except ApiException as err:
+        status = json.loads(err.body)
+        if status.get("reason") == "BadRequest" and "strict decoding error" in status.get("message", ""):
+            return [(f, f'unknown field "{f.rsplit(".", 1)[-1]}"')
+                    for f in re.findall(r'unknown field "([^"]+)"', status["message"])]
+        assert status.get("reason") == "Invalid", status
+        return [(_field(c.get("field", ""), c.get("message", "")), c.get("message", ""))
+                for c in status["details"]["causes"] if UNCHECKED not in c.get("message", "")]
+    return None
+
+
+def _field(field: str, message: str) -> str:
+    """The field of a cause; for a few schema errors the API server leaves it out ("<nil>") and names it in the
+    message instead."""
+    named = re.search(r'(?: in |")(spec\.[^\s"]+)', message)
+    return named.group(1) if field == "<nil>" and named else field
+
+
+def same_message(ours: tuple[str, str], theirs: tuple[str, str]) -> bool:
+    """The same field and the same message; a CEL rule's message may come after the value the API server shows, and
+    a value outside an enum may be written differently (Go's syntax) before the supported values."""
+    (our_path, our_message), (their_path, their_message) = ours, theirs
+    if our_path != their_path:
+        return False
+    if our_message.startswith("Unsupported value") and their_message.startswith("Unsupported value"):
+        return our_message.split("supported values: ")[-1] == their_message.split("supported values: ")[-1]
+    return their_message.endswith(our_message)
+
+
+def divergence(doc: dict[str, Any], api: Any, namespace: str) -> str | None:
+    """Why `gptops validate` and the API server disagree about `doc`, or None when they agree."""
+    ours = [((p.path if p.path != "<root>" else "<nil>"), p.message) for p in validate_object(doc)]
+    theirs = server_problems(api, namespace, doc)
+    if bool(ours) != (theirs is not None):
+        return f"validate: {ours or 'admitted'}; API server: {theirs if theirs is not None else 'admitted'}"
+    if theirs is None:
+        return None
+    unmatched = [t for t in theirs if not any(same_message(o, t) for o in ours)]
+    extra = [o for o in ours if not any(same_message(o, t) for t in theirs)]
+    if unmatched or extra:
+        return f"messages differ: only the API server: {unmatched}; only validate: {extra}"
+    return None
+
+
+def plan_admitted(doc: dict[str, Any]) -> None:
+    """The models parse what the API server admitted (with its defaults), and the planners' first pass runs."""
+    meta = {"namespace": "ml", "uid": "uid-1", "generation": 1}
+    if doc["kind"] == KIND_GPTMODEL:
+        model = GPTModel.from_dict({**doc, "metadata": {**doc["metadata"], **meta}})
+        plan_gptmodel(model, ObservedGPTModel(now=NOW, deployment=None, service=False, finetunejobs=(),
+                                              monitor_jobs=(), serving_pods=(), autoscaler=None))
+        return
+    ftj = FineTuneJob.from_dict({**doc, "metadata": {**doc["metadata"], **meta}})
+    for base in BASES[KIND_GPTMODEL]:
+        model = GPTModel.from_dict({**base, "metadata": {"name": ftj.spec.model.name, **meta}})
+        plan_finetunejob(ftj, ObservedFineTuneJob(now=NOW, jobs={}, services=frozenset(), model=model))
+
+
+def test_generated_documents_get_the_same_decision_and_messages(crds, namespace, tmp_path: Path):
+    api = _custom_objects(crds)
+    counts: Counter[str] = Counter()
+    admitted: list[dict[str, Any]] = []
+
+    @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(doc=documents())
+    def check(doc: dict[str, Any]) -> None:
+        why = divergence(doc, api, namespace)
+        assert why is None, f"{why}\n{yaml.safe_dump(doc)}"
+        counts["tried"] += 1
+        counts[doc["kind"]] += 1
+        if validate_object(doc):
+            counts["refused"] += 1
+            return
+        counts["admitted"] += 1
+        defaulted = api.create_namespaced_custom_object(GROUP, "v1alpha1", namespace, PLURALS[doc["kind"]], doc,
+                                                        dry_run="All")
+        plan_admitted(defaulted)
+        admitted.append(doc)
+
+    check()
+    print(f"\nbad input: {dict(counts)}")
+    assert counts["tried"] >= 1000 and counts[KIND_GPTMODEL] >= 300 and counts[KIND_FINETUNEJOB] >= 300
+    assert counts["refused"] >= 300 and counts["admitted"] >= 200
+
+    # The command itself, over files: the same decision per file as above.
+    files = []
+    for i, doc in enumerate(admitted[:50]):
+        path = tmp_path / f"doc-{i}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        files.append(str(path))
+    result = CliRunner().invoke(app, ["validate", "-o", "json", *files])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["checked"] == len(files)
+
+
+def _custom_objects(plane: Any) -> Any:
+    from kubernetes import client
+
+    return client.CustomObjectsApi(plane.api_client())
