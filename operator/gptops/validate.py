@@ -235,9 +235,11 @@ def check_schema(value: Any, schema: Schema, path: str) -> list[tuple[str, str]]
             errors.append((path, f"Too many: {len(value)}: must have at most {schema['maxItems']} items"))
         if schema.get("x-kubernetes-list-type") == "set":
             seen: list[Any] = []
-            for i, item in enumerate(value):
-                if item in seen:
-                    errors.append((_join(path, i), f"Duplicate value: {json.dumps(item)}"))
+            reported: list[Any] = []
+            for i, item in enumerate(value):  # the API server names the first repeat of each value
+                if item in seen and item not in reported:
+                    errors.append((_join(path, i), f"Duplicate value: {_show(item)}"))
+                    reported.append(item)
                 seen.append(item)
         if "items" in schema:
             for i, item in enumerate(value):
@@ -349,7 +351,7 @@ def check_cel(value: Any, schema: Schema, path: str, old: Any = None, *, root: b
             where = path + rule.get("fieldPath", "") if path else rule.get("fieldPath", "").lstrip(".") or "<root>"
             if any(re.search(rf"\b{re.escape(f)}\b", rule["rule"]) for f in _floats_as_ints(self_value, schema)):
                 # The API server keeps 2.0 a float: a rule that reads it where the schema says integer fails.
-                errors.append((where, f"Invalid value: {json.dumps(json_type(value))}: invalid data, expected int, "
+                errors.append((path or "<root>", f"Invalid value: {json.dumps(json_type(value))}: invalid data, expected int, "
                                       f"got float64 evaluating rule: {rule.get('message') or rule['rule']}"))
                 continue
             try:
