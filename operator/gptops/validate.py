@@ -289,7 +289,7 @@ def to_cel(value: Any, schema: Schema) -> Any:
     if t == "array":
         return celtypes.ListType([to_cel(v, schema.get("items", {})) for v in value])
     if t == "integer":
-        return celtypes.IntType(value)
+        return _float_as_int()(value) if isinstance(value, float) else celtypes.IntType(value)
     if t == "number":
         return celtypes.DoubleType(value)
     if t == "boolean":
@@ -301,25 +301,30 @@ def to_cel(value: Any, schema: Schema) -> Any:
     return celpy.json_to_cel(value)
 
 
+FLOAT_AS_INT = "expected int, got float64"
+
+
+@cache
+def _float_as_int() -> type:
+    """A CEL integer that was written as a float (2.0): any rule that reads it fails, as on the API server; has()
+    and rules that never reach it (`||` already true) still pass."""
+    from celpy import celtypes
+
+    def refuse(*_: Any) -> Any:
+        raise TypeError(FLOAT_AS_INT)
+
+    ops = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__add__", "__radd__", "__sub__", "__rsub__",
+           "__mul__", "__rmul__", "__mod__", "__rmod__", "__truediv__", "__rtruediv__", "__floordiv__",
+           "__rfloordiv__", "__neg__")
+    return type("FloatAsInt", (celtypes.IntType,), {**dict.fromkeys(ops, refuse), "__hash__": int.__hash__})
+
+
 @cache
 def _program(rule: str) -> Any:
     import celpy
 
     env = celpy.Environment()
     return env.program(env.compile(rule))
-
-
-def _floats_as_ints(value: Any, schema: Schema, prefix: str = "self") -> list[str]:
-    """CEL paths ("self.a.b") of integer fields under value that hold a whole number written as a float."""
-    if schema.get("type") == "integer" and isinstance(value, float):
-        return [prefix]
-    out: list[str] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            sub = schema.get("properties", {}).get(key)
-            if sub is not None:
-                out += _floats_as_ints(item, sub, f"{prefix}.{key}")
-    return out
 
 
 def _uses_old_self(rule: str) -> bool:
@@ -349,16 +354,15 @@ def check_cel(value: Any, schema: Schema, path: str, old: Any = None, *, root: b
                     continue
                 activation = {**activation, "oldSelf": to_cel(old, schema)}
             where = path + rule.get("fieldPath", "") if path else rule.get("fieldPath", "").lstrip(".") or "<root>"
-            if any(re.search(rf"\b{re.escape(f)}\b", rule["rule"]) for f in _floats_as_ints(self_value, schema)):
-                # The API server keeps 2.0 a float: a rule that reads it where the schema says integer fails.
-                errors.append((path or "<root>", f"Invalid value: {json.dumps(json_type(value))}: invalid data, expected int, "
-                                      f"got float64 evaluating rule: {rule.get('message') or rule['rule']}"))
-                continue
             try:
                 result = _program(rule["rule"]).evaluate(activation)
             except celpy.CELEvalError as e:
                 result = e
-            if isinstance(result, celpy.CELEvalError):
+            if isinstance(result, celpy.CELEvalError) and FLOAT_AS_INT in str(result):
+                # The API server keeps 2.0 a float: a rule that reads it where the schema says integer fails.
+                errors.append((path or "<root>", f"Invalid value: {json.dumps(json_type(value))}: invalid data, "
+                                                 f"{FLOAT_AS_INT} evaluating rule: {rule.get('message') or rule['rule']}"))
+            elif isinstance(result, celpy.CELEvalError):
                 errors.append((where, f"rule evaluation error: {rule['rule']}: {result}"))
             elif not result:
                 errors.append((where, rule.get("message") or f"failed rule: {rule['rule']}"))

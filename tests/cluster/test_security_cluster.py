@@ -88,35 +88,35 @@ def _lifecycle(k: Cluster) -> None:
     wide["spec"]["evaluation"]["promote"] = False
     k.kubectl("create", "configmap", "held-out", "--from-literal=data.jsonl={\"text\": \"held out\"}")
     k.apply(model, run, wide)
-    k.wait_condition("gptmodel", MODEL, "Ready", "True", timeout=90)
+    k.wait_condition("gptmodel", MODEL, "Ready", "True", timeout=180)
     for stage in ("prepare", "train"):
         k.complete_stage(RUN, stage)
     k.complete_stage(RUN, "evaluate", metrics=GOOD)
-    k.wait_condition("ftj", RUN, "Promoted", "True", timeout=90)
-    wait_for(lambda: "--enable-lora" in k.deployment_args(MODEL), "the promoted revision in the Deployment", 90)
+    k.wait_condition("ftj", RUN, "Promoted", "True", timeout=180)
+    wait_for(lambda: "--enable-lora" in k.deployment_args(MODEL), "the promoted revision in the Deployment", 180)
     wait_for(lambda: k.condition("gptmodel", MODEL, "Progressing").get("reason") == "RolloutComplete",
-             "the rollout of the promoted revision", 90)
+             "the rollout of the promoted revision", 180)
 
     k.complete_stage(WIDE, "prepare")
-    train = k.stage_job_name(WIDE, "train", timeout=90)
-    wait_for(lambda: len(k.items("pods", f"job-name={train}")) == 2, "two Pods of the multi-node training Job", 90)
+    train = k.stage_job_name(WIDE, "train", timeout=180)
+    wait_for(lambda: len(k.items("pods", f"job-name={train}")) == 2, "two Pods of the multi-node training Job", 180)
 
     k.kubectl("patch", "gptmodel", MODEL, "--type", "merge", "-p", json.dumps(
         {"spec": {"serving": {"autoscaling": {"minReplicas": 1, "maxReplicas": 2}}, "monitoring": MONITORING}}))
-    wait_for(lambda: k.get("hpa", MODEL), "the autoscaler", 90)
+    wait_for(lambda: k.get("hpa", MODEL), "the autoscaler", 180)
     job = wait_for(lambda: next(iter(k.items("jobs", f"gptops.io/stage=monitor,gptops.io/model={MODEL}")), None),
-                   "the monitor Job", 90)["metadata"]["name"]
-    pod = wait_for(lambda: next(iter(k.items("pods", f"job-name={job}")), None), f"a Pod of Job {job}", 90)
+                   "the monitor Job", 180)["metadata"]["name"]
+    pod = wait_for(lambda: next(iter(k.items("pods", f"job-name={job}")), None), f"a Pod of Job {job}", 180)
     result = {"apiVersion": "gptops.io/stage-result/v1", "stage": "monitor", "ok": True, "message": "live: fine",
               "metrics": {"perplexity": 42.0, "liveRequests": 10}}
     k.kubectl("annotate", "pod", pod["metadata"]["name"], f"{RESULT_ANNOTATION}={json.dumps(result)}")
     wait_for(lambda: ((k.get("gptmodel", MODEL) or {}).get("status") or {}).get("monitoring", {}).get("lastRun"),
-             "the monitor run in the GPTModel's status", 90)
+             "the monitor run in the GPTModel's status", 180)
     k.kubectl("patch", "gptmodel", MODEL, "--type", "json", "-p", json.dumps(
         [{"op": "remove", "path": "/spec/serving/autoscaling"}, {"op": "remove", "path": "/spec/monitoring"}]))
-    wait_for(lambda: k.get("hpa", MODEL) is None, "the autoscaler to be deleted", 90)
+    wait_for(lambda: k.get("hpa", MODEL) is None, "the autoscaler to be deleted", 180)
     wait_for(lambda: not k.items("jobs", f"gptops.io/stage=monitor,gptops.io/model={MODEL}"),
-             "the monitor Job to be deleted", 90)
+             "the monitor Job to be deleted", 180)
 
 
 def _used(user: str, plane: Any) -> set[tuple[str, str, str]]:
@@ -143,7 +143,11 @@ def test_a_lifecycle_as_the_charts_identity_is_restricted_leaks_no_secret_and_us
         chart_identity, monkeypatch, control_plane) -> None:
     k, kubeconfig, user, rbac = chart_identity
     with running_operator(k, kubeconfig, monkeypatch) as runner:
-        _lifecycle(k)
+        try:
+            _lifecycle(k)
+        except BaseException:
+            print(runner.output[-6000:])  # shown with the failure
+            raise
 
         # Pod Security "restricted": every Pod of every child was admitted.
         refused = [e["message"] for e in json.loads(k.kubectl("get", "events", "-o", "json").stdout)["items"]
