@@ -129,6 +129,8 @@ def _used(user: str, plane: Any) -> set[tuple[str, str, str]]:
         ref = event["objectRef"]
         resource = ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
         used.add((ref.get("apiGroup", ""), resource, event["verb"]))
+        if event["verb"] == "patch" and event.get("responseStatus", {}).get("code") == 201:
+            used.add((ref.get("apiGroup", ""), resource, "create"))  # server-side apply created it: needs create
     return used
 
 
