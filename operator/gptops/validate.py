@@ -175,8 +175,8 @@ def go_quote(text: str) -> str:
 def check_schema(value: Any, schema: Schema, path: str) -> list[tuple[str, str]]:
     """(path, message) for every schema violation under `path` (CEL rules excluded), in the API server's words."""
     errors: list[tuple[str, str]] = []
-    if isinstance(value, dict) and schema.get("type") not in ("object", None) and \
-            not schema.get("x-kubernetes-int-or-string") and value:
+    if isinstance(value, dict) and value and (schema.get("type") not in ("object", None) or
+                                              schema.get("x-kubernetes-int-or-string")):
         # The API server prunes the fields of an object where the schema has no object; strict decoding names them.
         return [(_join(path, key), f'unknown field "{key}"') for key in value]
     expected = _type_ok(value, schema)
