@@ -210,27 +210,27 @@ def check_schema(value: Any, schema: Schema, path: str) -> list[tuple[str, str]]
         if "minimum" in schema and (value < schema["minimum"] or
                                     (schema.get("exclusiveMinimum") and value == schema["minimum"])):
             op = "greater than" if schema.get("exclusiveMinimum") else "greater than or equal to"
-            errors.append((path, f"Invalid value: {_number(value)}: {path} in body should be {op} "
-                                 f"{_number(schema['minimum'])}"))
+            errors.append((path, (f"Invalid value: {_number(value)}: {path} in body should be {op} "
+                                 f"{_number(schema['minimum'])}")))
         if "maximum" in schema and (value > schema["maximum"] or
                                     (schema.get("exclusiveMaximum") and value == schema["maximum"])):
             op = "less than" if schema.get("exclusiveMaximum") else "less than or equal to"
-            errors.append((path, f"Invalid value: {_number(value)}: {path} in body should be {op} "
-                                 f"{_number(schema['maximum'])}"))
+            errors.append((path, (f"Invalid value: {_number(value)}: {path} in body should be {op} "
+                                 f"{_number(schema['maximum'])}")))
     if isinstance(value, str):  # the API server reports the first of these that fails, in this order
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             errors.append((path, f"Too long: may not be more than {schema['maxLength']} bytes"))
         elif "minLength" in schema and len(value) < schema["minLength"]:
-            errors.append((path, f"Invalid value: {go_quote(value)}: {path} in body "
-                                 f"should be at least {schema['minLength']} chars long"))
+            errors.append((path, (f"Invalid value: {go_quote(value)}: {path} in body "
+                                 f"should be at least {schema['minLength']} chars long")))
         # RE2, as the API server: Python's `$` would also match before a trailing newline.
         elif "pattern" in schema and not re2.search(schema["pattern"], value):
-            errors.append((path, f"Invalid value: {go_quote(value)}: {path} in body "
-                                 f"should match '{schema['pattern']}'"))
+            errors.append((path, (f"Invalid value: {go_quote(value)}: {path} in body "
+                                 f"should match '{schema['pattern']}'")))
     if isinstance(value, list):
         if "minItems" in schema and len(value) < schema["minItems"]:
-            errors.append((path, f"Invalid value: {len(value)}: {path} in body "
-                                 f"should have at least {schema['minItems']} items"))
+            errors.append((path, (f"Invalid value: {len(value)}: {path} in body "
+                                 f"should have at least {schema['minItems']} items")))
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             errors.append((path, f"Too many: {len(value)}: must have at most {schema['maxItems']} items"))
         if schema.get("x-kubernetes-list-type") == "set":
@@ -360,8 +360,8 @@ def check_cel(value: Any, schema: Schema, path: str, old: Any = None, *, root: b
                 result = e
             if isinstance(result, celpy.CELEvalError) and FLOAT_AS_INT in str(result):
                 # The API server keeps 2.0 a float: a rule that reads it where the schema says integer fails.
-                errors.append((path or "<root>", f"Invalid value: {json.dumps(json_type(value))}: invalid data, "
-                                                 f"{FLOAT_AS_INT} evaluating rule: {rule.get('message') or rule['rule']}"))
+                errors.append((path or "<root>", (f"Invalid value: {json.dumps(json_type(value))}: invalid data, "
+                                                 f"{FLOAT_AS_INT} evaluating rule: {rule.get('message') or rule['rule']}")))
             elif isinstance(result, celpy.CELEvalError):
                 errors.append((where, f"rule evaluation error: {rule['rule']}: {result}"))
             elif not result:
@@ -421,10 +421,10 @@ def check_name(name: str) -> list[tuple[str, str]]:
     if len(name) > 253:
         errors.append(("metadata.name", f"Invalid value: {go_quote(name)}: must be no more than 253 characters"))
     if not re2.fullmatch(SUBDOMAIN, name):
-        errors.append(("metadata.name", f"Invalid value: {go_quote(name)}: a lowercase RFC 1123 subdomain must consist "
+        errors.append(("metadata.name", (f"Invalid value: {go_quote(name)}: a lowercase RFC 1123 subdomain must consist "
                        "of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric "
                        "character (e.g. 'example.com', regex used for validation is "
-                       f"'{SUBDOMAIN}')"))
+                       f"'{SUBDOMAIN}')")))
     return errors
 
 

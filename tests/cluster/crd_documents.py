@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hypothesis import strategies as st
-
 from gptops.api.constants import KIND_FINETUNEJOB, KIND_GPTMODEL
 from gptops.validate import crd_schema
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
 Schema = dict[str, Any]

@@ -12,17 +12,21 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from typer.testing import CliRunner
-from waiting import wait_for
-
 from crd_documents import BASES, documents
 from gptops.api import FineTuneJob, GPTModel
 from gptops.api.constants import GROUP, KIND_FINETUNEJOB, KIND_GPTMODEL
 from gptops.cli import app
-from gptops.reconcile import ObservedFineTuneJob, ObservedGPTModel, plan_finetunejob, plan_gptmodel
+from gptops.reconcile import (
+    ObservedFineTuneJob,
+    ObservedGPTModel,
+    plan_finetunejob,
+    plan_gptmodel,
+)
 from gptops.validate import validate_object
+from hypothesis import HealthCheck, given, settings
 from operator_kit import running_operator
+from typer.testing import CliRunner
+from waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -160,9 +164,9 @@ def test_admitted_documents_are_reconciled_by_the_operator_without_an_exception(
     with running_operator(k, control_plane.kubeconfig, monkeypatch) as runner:
         k.apply(*sample)
         for doc in sample:
-            plural = PLURALS[doc["kind"]]
-            wait_for(lambda: ((k.get(plural, doc["metadata"]["name"]) or {}).get("status") or {}).get("conditions"),
-                     f"{doc['kind']}/{doc['metadata']['name']} to get conditions from a pass", 120)
+            plural, name = PLURALS[doc["kind"]], doc["metadata"]["name"]
+            wait_for(lambda p=plural, n=name: ((k.get(p, n) or {}).get("status") or {}).get("conditions"),
+                     f"{doc['kind']}/{name} to get conditions from a pass", 120)
     # The operator's log is complete once it has stopped.
     assert "failed with an exception" not in runner.output and "Traceback" not in runner.output, \
         runner.output[-4000:]

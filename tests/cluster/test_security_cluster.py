@@ -20,10 +20,17 @@ from typing import Any
 
 import pytest
 import yaml
-
 from gptops.devcluster.cluster import audit_log
 from gptops.devcluster.stages import RESULT_ANNOTATION
-from operator_kit import EXAMPLES, GOOD, MODEL, RUN, Cluster, artifacts_volume, example, running_operator
+from operator_kit import (
+    GOOD,
+    MODEL,
+    RUN,
+    Cluster,
+    artifacts_volume,
+    example,
+    running_operator,
+)
 from waiting import wait_for
 
 pytestmark = pytest.mark.cluster

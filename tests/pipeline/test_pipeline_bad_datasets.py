@@ -9,7 +9,6 @@ import json
 
 import pytest
 from conftest import TINY_MODEL, ftj_spec
-
 from gptops.pipeline import PipelineError, configs_from_spec, run_prepare
 
 GOOD = json.dumps({"text": "a line long enough to be kept by the cleaning step " * 4}) + "\n"

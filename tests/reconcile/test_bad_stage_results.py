@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from gptops.reconcile.finetunejob import MESSAGE_MAX
 from gptops.api.stageresult import MAX_BYTES, STAGE_RESULT_API_VERSION
+from gptops.reconcile.finetunejob import MESSAGE_MAX
 from reconcile_world import World, conditions, settle, stage_result
 
 HUGE = stage_result("train", message="x" * 20_000)
