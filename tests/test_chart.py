@@ -66,8 +66,8 @@ def test_rbac_grants_the_children_and_no_secrets(control_plane) -> None:
     granted = {(g, r): set(rule["verbs"]) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
     assert not any(r == "secrets" or "*" in v or r == "*" for (_, r), v in granted.items())
     # delete: old revisions' stage Jobs and finished monitor Jobs are removed by the operator.
-    assert granted[("batch", "jobs")] == {"get", "list", "watch", "create", "delete"}
-    assert granted[("", "pods")] == {"get", "list", "watch"}
+    assert granted[("batch", "jobs")] == {"list", "watch", "create", "delete"}
+    assert granted[("", "pods")] == {"list", "watch"}
     assert "patch" in granted[("gptops.io", "gptmodels/status")]
     assert "create" in granted[("", "events")]
     assert "update" not in granted[("gptops.io", "gptmodels")]  # the operator never writes spec
@@ -80,7 +80,7 @@ def test_watching_some_namespaces_grants_roles_there_only(control_plane) -> None
     assert roles == ["ml", "research"]
     [cluster_role] = [d for (k, _), d in docs.items() if k == "ClusterRole"]
     assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"], ["namespaces"]]
-    assert all(set(r["verbs"]) == {"get", "list", "watch"} for r in cluster_role["rules"])
+    assert all(set(r["verbs"]) == {"list", "watch"} for r in cluster_role["rules"])
     args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:5] == ["operator", "--namespace", "ml", "--namespace", "research"]
     assert one(docs, "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "metrics"

@@ -33,28 +33,31 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* The namespaced permissions of the operator: its children, read-only pods, events. */}}
 {{- define "gptops.namespacedRules" -}}
+{{- /* Exactly what a whole lifecycle uses (tests/cluster/test_security_cluster.py reads it from the API server's audit
+log and fails on any grant left unused). Children are observed from watch caches (list, watch); a server-side apply
+that creates needs create as well as patch. */ -}}
 - apiGroups: ["gptops.io"]
   resources: ["gptmodels", "finetunejobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["gptops.io"]
   resources: ["gptmodels/status", "finetunejobs/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "list", "watch", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create"]
-- apiGroups: ["", "events.k8s.io"]
+  verbs: ["list", "watch", "create"]
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end -}}

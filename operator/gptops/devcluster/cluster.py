@@ -36,6 +36,28 @@ NODE_CAPACITY = {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu"
 _STATE_ENTRIES = ("etcd", "pki", "logs", "state.json", "kubeconfig", "kwok.yaml")
 
 
+#: What the API server's audit log records: the requests of ServiceAccounts (an operator running as the chart's, for
+#: one), verb and resource only; nothing of the control plane's own components or the admin user.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}],
+}
+
+
+def audit_log(directory: Path) -> Path:
+    """The API server's audit log (JSON lines) in a dev cluster's state directory."""
+    return Path(directory) / "logs" / "audit.log"
+
+
+def audit_flags(directory: Path) -> list[str]:
+    """kube-apiserver flags for the audit log, writing its policy into the state directory."""
+    policy = Path(directory) / "logs" / "audit-policy.yaml"
+    policy.parent.mkdir(parents=True, exist_ok=True)
+    policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+    return [f"--audit-policy-file={policy}", f"--audit-log-path={audit_log(directory)}", "--audit-log-maxsize=100",
+            "--audit-log-maxbackup=1"]
+
+
 class DevClusterError(RuntimeError):
     """The dev cluster could not be built, started or stopped; the message says why."""
 
@@ -207,6 +229,7 @@ class _Launcher:
             "--authorization-mode=Node,RBAC", "--allow-privileged=true",
             # The default reconciler would publish 127.0.0.1 as the `kubernetes` Service's endpoint, which is invalid.
             "--endpoint-reconciler-type=none",
+            *audit_flags(self.dir),
         ], lambda: api.get("/readyz") == b"ok")
         wait_apiserver(90)
 

@@ -404,8 +404,10 @@ def normalize(row: Any, wanted: dict[str, str], shown: str, where: str) -> dict[
     out = {}
     for column, name in wanted.items():
         if name not in row or row[name] is None:
-            found = ", ".join(map(str, row)) or "none"
-            raise PipelineError(f"{shown}: {where}: no field {name!r} (dataset.fields.{column}); found fields: {found}")
+            # A column-wise reader gives null for a field that only other records have: list the fields with a value.
+            found = ", ".join(str(k) for k, v in row.items() if v is not None) or "none"
+            raise PipelineError(f"{shown}: {where}: no field {name!r} (dataset.fields.{column}), or it is null; "
+                                f"found fields: {found}")
         value = row[name]
         if column == "messages":
             value = _messages(value, shown, where, name)
