@@ -19,14 +19,16 @@ from gptops.devcluster import realnode
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode]
 
 # What the stage-like container finds out and reports as its result: who it runs as, whether the root file system
-# is writable, and whether the mounted volume is.
+# is writable, whether the mounted volume is, and whether the API server answers at the `kubernetes` Service (where
+# in-cluster clients such as the operator look for it).
 SCRIPT = """
 bb=/bin/busybox
 echo "started on $($bb hostname)"
 root=false; $bb touch /written 2>/dev/null && root=true
 vol=false; $bb touch /work/written && vol=true
-printf '{"uid": %s, "gid": %s, "rootWritable": %s, "volumeWritable": %s}' \
-  "$($bb id -u)" "$($bb id -g)" "$root" "$vol" > /dev/termination-log
+api=false; echo | $bb nc -w 5 "$KUBERNETES_SERVICE_HOST" "$KUBERNETES_SERVICE_PORT" && api=true
+printf '{"uid": %s, "gid": %s, "rootWritable": %s, "volumeWritable": %s, "apiServer": %s}' \
+  "$($bb id -u)" "$($bb id -g)" "$root" "$vol" "$api" > /dev/termination-log
 """
 
 
@@ -84,7 +86,7 @@ def test_a_job_runs_as_a_real_pod_on_the_real_node(control_plane, real_node, nam
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] == 0 and terminated["reason"] == "Completed"
     assert json.loads(terminated["message"]) == {
-        "uid": RUN_AS_USER, "gid": RUN_AS_USER, "rootWritable": False, "volumeWritable": True,
+        "uid": RUN_AS_USER, "gid": RUN_AS_USER, "rootWritable": False, "volumeWritable": True, "apiServer": True,
     }
     # The API server reaches the kubelet: its container log comes back through it.
     log = control_plane.kubectl("logs", "-n", namespace, pod["metadata"]["name"]).stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import ipaddress
 import json
 import os
 import shutil
@@ -157,6 +158,7 @@ def stop(directory: Path) -> list[str]:
             stopped.append(c.name)
     if any(c.name == "kubelet" for c in components):
         realnode.unmount_under(realnode.KUBELET_ROOT, realnode.RUN_DIR)
+        realnode.unroute_api_server()
     return stopped
 
 
@@ -267,11 +269,12 @@ class _Launcher:
         _wait(lambda: api.exists("/api/v1/namespaces/default/serviceaccounts/default"), 60,
               "the `default` ServiceAccount (the controller-manager's serviceaccount controller)", self.dir)
         if real_node:
-            self._start_real_node(cluster, api)
+            self._start_real_node(cluster, api, api_port)
         return cluster
 
-    def _start_real_node(self, cluster: DevCluster, api: _Api) -> None:
-        """containerd with the pause and busybox images imported, then a kubelet registered as a node."""
+    def _start_real_node(self, cluster: DevCluster, api: _Api, api_port: int) -> None:
+        """containerd with the pause and busybox images imported, then a kubelet registered as a node, and the
+        `kubernetes` Service's address routed to the API server for its Pods."""
         node_dir = self.dir / "realnode"
         node_dir.mkdir()
         realnode.unmount_under(realnode.KUBELET_ROOT, realnode.RUN_DIR)
@@ -306,6 +309,7 @@ class _Launcher:
                                                                 {"type": "Hostname", "address": realnode.NODE_NAME}]}})
         _wait(lambda: _node_ready(api, realnode.NODE_NAME), 120, f"the real node {realnode.NODE_NAME} to be Ready",
               self.dir)
+        realnode.route_api_server(api_port, str(ipaddress.ip_network(SERVICE_CIDR)[1]))
 
     def _spawn(self, name: str, args: list[str], ready: Callable[[], bool],
                program: str | None = None) -> Callable[[float], None]:

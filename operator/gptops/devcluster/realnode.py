@@ -30,6 +30,8 @@ TOLERATION = {"key": NODE_LABEL, "operator": "Equal", "value": "true", "effect":
 PAUSE_IMAGE = f"gptops.local/pause:{PAUSE_VERSION}"
 BUSYBOX_IMAGE = "gptops.local/busybox:1.35"
 POD_SUBNET = "10.245.0.0/24"  # the kwok nodes hand out 10.244.0.0/16
+BRIDGE = "gptops0"
+NAT_CHAIN = "GPTOPS-APISERVER"
 CONTAINERD_ROOT = Path("/var/lib/gptops-containerd")
 RUN_DIR = Path("/run/gptops")
 SOCKET = RUN_DIR / "containerd" / "containerd.sock"
@@ -39,7 +41,7 @@ BUSYBOX = Path("/bin/busybox")
 # Host programs, and the Debian package (tools/install-real-node.sh) that brings each.
 HOST_PROGRAMS = {
     "containerd": "containerd", "containerd-shim-runc-v2": "containerd", "ctr": "containerd", "runc": "runc",
-    "gcc": "gcc",
+    "gcc": "gcc", "iptables": "iptables", "ip": "iproute2",
 }
 HOST_FILES = {CNI_BIN_DIR / "bridge": "containernetworking-plugins", CNI_BIN_DIR / "host-local":
               "containernetworking-plugins", CNI_BIN_DIR / "loopback": "containernetworking-plugins",
@@ -194,7 +196,7 @@ def write_containerd_config(directory: Path) -> Path:
         "cniVersion": "1.0.0",
         "name": "gptops",
         "plugins": [{
-            "type": "bridge", "bridge": "gptops0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
+            "type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False, "hairpinMode": True,
             "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET}]], "routes": [{"dst": "0.0.0.0/0"}],
                      "dataDir": str(RUN_DIR / "cni-ipam")},
         }],
@@ -273,6 +275,34 @@ def write_kubelet_config(directory: Path, ca_cert: Path, port: int, healthz_port
     path = directory / "kubelet.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def route_api_server(api_port: int, service_ip: str) -> None:
+    """Let Pods on the real node reach the API server, which listens on 127.0.0.1 only, at the `kubernetes`
+    Service's address (what in-cluster clients use): packets from the Pods' bridge to service_ip:443 are DNATed to
+    127.0.0.1:api_port, which the kernel allows on that bridge with route_localnet. What kube-proxy would do, for
+    that one Service."""
+    if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True, check=False).returncode != 0:
+        _run("ip", "link", "add", BRIDGE, "type", "bridge")  # the CNI bridge plugin adopts it
+    _run("ip", "link", "set", BRIDGE, "up")
+    Path(f"/proc/sys/net/ipv4/conf/{BRIDGE}/route_localnet").write_text("1")
+    unroute_api_server()
+    _run("iptables", "-t", "nat", "-N", NAT_CHAIN)
+    _run("iptables", "-t", "nat", "-A", NAT_CHAIN, "-i", BRIDGE, "-d", service_ip, "-p", "tcp", "--dport", "443",
+         "-j", "DNAT", "--to-destination", f"127.0.0.1:{api_port}")
+    _run("iptables", "-t", "nat", "-I", "PREROUTING", "-j", NAT_CHAIN)
+
+
+def unroute_api_server() -> None:
+    """Remove route_api_server's NAT rules (none left is fine)."""
+    for args in (["-D", "PREROUTING", "-j", NAT_CHAIN], ["-F", NAT_CHAIN], ["-X", NAT_CHAIN]):
+        subprocess.run(["iptables", "-t", "nat", *args], capture_output=True, check=False, timeout=30)
+
+
+def _run(*argv: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+    if done.returncode != 0:
+        raise RealNodeUnavailable(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
 
 
 def remove_containers(socket: Path = SOCKET) -> None:
