@@ -28,6 +28,7 @@ NODE_LABEL = "gptops.io/real-node"
 NODE_TAINT = {"key": NODE_LABEL, "value": "true", "effect": "NoSchedule"}
 TOLERATION = {"key": NODE_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 PAUSE_IMAGE = f"gptops.local/pause:{PAUSE_VERSION}"
+DOCKER_ID_LABEL = "gptops.io/docker-id"  # on an image loaded from docker: the id it had there
 BUSYBOX_IMAGE = "gptops.local/busybox:1.35"
 POD_SUBNET = "10.245.0.0/24"  # the kwok nodes hand out 10.244.0.0/16
 BRIDGE = "gptops0"
@@ -81,6 +82,25 @@ class RealNode:
             save.stdout.close()
             if save.wait(timeout=60) != 0:
                 raise RealNodeUnavailable(f"docker save {' '.join(images)} exited {save.returncode}")
+
+    def ensure_images(self, *images: str) -> list[str]:
+        """Load from docker each image that containerd lacks or holds in another build (docker's image id, kept as
+        a label on containerd's image, tells); returns the ones loaded."""
+        stale = []
+        for image in images:
+            inspect = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image],
+                                     capture_output=True, text=True, check=False, timeout=60)
+            if inspect.returncode != 0:
+                raise RealNodeUnavailable(f"docker has no image {image} (build it with `make images`)")
+            docker_id = inspect.stdout.strip()
+            listed = self.ctr("images", "list", f"name=={image}").stdout.decode()
+            if f"{DOCKER_ID_LABEL}={docker_id}" not in listed:
+                stale.append((image, docker_id))
+        if stale:
+            self.load_from_docker(*(image for image, _ in stale))
+            for image, docker_id in stale:
+                self.ctr("images", "label", image, f"{DOCKER_ID_LABEL}={docker_id}")
+        return [image for image, _ in stale]
 
     def images(self) -> list[str]:
         """The image references containerd holds for Kubernetes."""
