@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: all venv controlplane realnode vllm test test-fast test-gpu demo lint clean
+.PHONY: all venv controlplane realnode vllm images test-images test test-fast test-gpu demo lint clean
 
 all: test
 
@@ -36,16 +36,27 @@ vllm:
 	@if [ "$${GPTOPS_SKIP_VLLM:-0}" = 1 ]; then echo "GPTOPS_SKIP_VLLM=1: not installing vLLM"; \
 	else tools/vllm-venv.sh >/dev/null; fi
 
-test: venv controlplane realnode vllm
+# The base image (debootstrap, cached in ~/.cache/gptops/images), gptops/operator and gptops/trainer, in docker
+# (installed with apt-get and started when missing). A second run rebuilds nothing that did not change.
+images:
+	@if [ "$${GPTOPS_SKIP_IMAGES:-0}" = 1 ]; then echo "GPTOPS_SKIP_IMAGES=1: not building the images"; \
+	else tools/build-images.sh >/dev/null; fi
+
+# As images, for make test: where docker cannot be installed (exit 2), the image tests are skipped with the reason.
+test-images:
+	@if [ "$${GPTOPS_SKIP_IMAGES:-0}" = 1 ]; then echo "GPTOPS_SKIP_IMAGES=1: not building the images"; \
+	else tools/build-images.sh >/dev/null || [ $$? = 2 ]; fi
+
+test: venv controlplane realnode vllm test-images
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Pure and pipeline tests only, no control plane.
 test-fast: venv
-	GPTOPS_SKIP_CLUSTER=1 $(PY) -m pytest -m "not cluster and not slow" $(PYTEST_ARGS)
+	GPTOPS_SKIP_CLUSTER=1 GPTOPS_SKIP_IMAGES=1 $(PY) -m pytest -m "not cluster and not slow" $(PYTEST_ARGS)
 
 # The tests marked gpu (CUDA paths of the train stage); without CUDA they are skipped with the reason.
 test-gpu: venv
-	GPTOPS_SKIP_CLUSTER=1 $(PY) -m pytest -m gpu $(PYTEST_ARGS)
+	GPTOPS_SKIP_CLUSTER=1 GPTOPS_SKIP_IMAGES=1 $(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
 demo: venv
 	$(VENV)/bin/gptops run examples/quickstart/quickstart.yaml --ask 'What is the "with" statement?'
