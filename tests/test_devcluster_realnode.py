@@ -81,3 +81,12 @@ def test_the_host_check_names_what_is_missing(monkeypatch):
     monkeypatch.setattr(realnode.shutil, "which", lambda program: None if program == "containerd" else "/usr/bin/x")
     with pytest.raises(realnode.RealNodeUnavailable, match="containerd: run tools/install-real-node.sh"):
         realnode.check_host()
+
+
+def test_a_real_node_in_use_by_another_cluster_is_refused(monkeypatch):
+    monkeypatch.setattr(realnode.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(realnode.shutil, "which", lambda program: f"/usr/bin/{program}")
+    monkeypatch.setattr(realnode, "HOST_FILES", {})
+    monkeypatch.setattr(realnode, "containerd_ready", lambda: lambda: True)
+    with pytest.raises(realnode.RealNodeUnavailable, match="in use: its containerd already answers"):
+        realnode.check_host()

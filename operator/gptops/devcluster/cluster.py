@@ -124,9 +124,6 @@ def start(directory: Path, nodes: int = 2, die_with_parent: bool = False, real_n
         raise DevClusterError(f"a dev cluster already runs from {directory}; stop it with `gptops dev-cluster down`")
     if real_node:
         realnode.check_host()
-        if realnode.containerd_ready()():
-            raise DevClusterError(f"a real node's containerd already answers on {realnode.SOCKET}: another dev "
-                                  "cluster has the real node; stop that one with `gptops dev-cluster down`")
     bin_dir = find_binaries(kubelet=real_node)
     directory.mkdir(parents=True, exist_ok=True)
     for entry in _STATE_ENTRIES:

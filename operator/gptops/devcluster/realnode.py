@@ -108,7 +108,7 @@ class RealNode:
 
 
 def check_host() -> None:
-    """Raise RealNodeUnavailable naming what this host lacks for a real node."""
+    """Raise RealNodeUnavailable naming what this host lacks for a real node, or that another cluster has it."""
     if os.geteuid() != 0:
         raise RealNodeUnavailable("the real node needs root (the kubelet and containerd mount, make cgroups and "
                                   "network namespaces)")
@@ -118,6 +118,9 @@ def check_host() -> None:
         raise RealNodeUnavailable(f"missing Debian packages {', '.join(missing)}: run tools/install-real-node.sh")
     if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
         raise RealNodeUnavailable("no cgroup hierarchy with a memory controller under /sys/fs/cgroup")
+    if containerd_ready()():
+        raise RealNodeUnavailable(f"the real node is in use: its containerd already answers on {SOCKET} (another "
+                                  "dev cluster has it; `gptops dev-cluster down` stops that one)")
 
 
 def cache_dir() -> Path:
