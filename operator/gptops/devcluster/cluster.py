@@ -226,7 +226,7 @@ class _Launcher:
             "--authorization-mode=Node,RBAC", "--allow-privileged=true",
             # The default reconciler would publish 127.0.0.1 as the `kubernetes` Service's endpoint, which is invalid.
             "--endpoint-reconciler-type=none",
-            # To a real node's kubelet (logs, exec, port-forward) as the admin, at the address it registers.
+            # To a real node's kubelet (logs, exec, port-forward) as the admin, at the address written on its Node.
             f"--kubelet-client-certificate={pki.admin_cert}", f"--kubelet-client-key={pki.admin_key}",
             "--kubelet-preferred-address-types=InternalIP,Hostname",
         ], lambda: api.get("/readyz") == b"ok")
@@ -334,7 +334,7 @@ def build_fake_node(name: str) -> dict:
                 "type": "kwok",
                 GPU_LABEL: "true",
             },
-            "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0", FAKE_NODE_ANNOTATION[0]: FAKE_NODE_ANNOTATION[1]},
         },
         "status": {"capacity": NODE_CAPACITY, "allocatable": NODE_CAPACITY},
     }
