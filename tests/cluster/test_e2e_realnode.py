@@ -94,6 +94,9 @@ def serving_pods(k: Cluster, model: str) -> list[dict[str, Any]]:
     return [p for p in pods if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
 
 
+# The first run loads the trainer image (6.4 GB) into containerd: `docker save` alone can take half an hour on 2 busy
+# cores; later runs find it there.
+@pytest.mark.timeout(3 * 3600)
 def test_the_quickstart_from_helm_install_to_an_answer_from_each_promoted_revision(
         control_plane, real_node, images, namespace, tmp_path):
     began = time.monotonic()

@@ -68,7 +68,7 @@ class RealNode:
 
     def import_image(self, archive: Path) -> None:
         """Import a docker/OCI image archive into containerd (where the kubelet finds it)."""
-        self.ctr("images", "import", "--no-unpack=false", str(archive))
+        self.ctr("images", "import", str(archive))
 
     def load_from_docker(self, *images: str) -> None:
         """`docker save IMAGE... | ctr images import -`: images built by docker become runnable on the node."""
@@ -77,7 +77,7 @@ class RealNode:
         save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE)
         try:
             subprocess.run(["ctr", "--address", str(self.socket), "--namespace", "k8s.io", "images", "import", "-"],
-                           stdin=save.stdout, capture_output=True, check=True, timeout=1800)
+                           stdin=save.stdout, capture_output=True, check=True, timeout=3600)
         finally:
             save.stdout.close()
             if save.wait(timeout=60) != 0:
@@ -86,6 +86,8 @@ class RealNode:
     def ensure_images(self, *images: str) -> list[str]:
         """Load from docker each image that containerd lacks or holds in another build (docker's image id, kept as
         a label on containerd's image, tells); returns the ones loaded."""
+        if shutil.which("docker") is None:
+            raise RealNodeUnavailable("docker is not installed, so no image can be loaded from it")
         stale = []
         for image in images:
             inspect = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image],
