@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: all venv controlplane vllm test test-fast test-gpu demo lint clean
+.PHONY: all venv controlplane realnode vllm images test-images test test-fast test-gpu demo lint clean
 
 all: test
 
@@ -19,27 +19,44 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet -c constraints.txt -e '.[operator,train,serve,devcluster,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Builds kube-apiserver, controller-manager, scheduler, etcd, kwok and helm, then prometheus and promtool, into
-# ~/.cache/gptops (once).
+# Builds kube-apiserver, controller-manager, scheduler, etcd, kwok, helm and the kubelet, then prometheus and
+# promtool, into ~/.cache/gptops (once).
 controlplane:
 	@if [ "$${GPTOPS_SKIP_CLUSTER:-0}" = 1 ]; then echo "GPTOPS_SKIP_CLUSTER=1: not building the control plane"; \
-	else tools/build-controlplane.sh >/dev/null && tools/build-prometheus.sh >/dev/null; fi
+	else tools/build-controlplane.sh --kubelet >/dev/null && tools/build-prometheus.sh >/dev/null; fi
+
+# The Debian packages of the real node (containerd, runc, CNI plugins, busybox, gcc), once. Where they cannot be
+# installed (not root, no apt), the tests marked realnode are skipped and say why.
+realnode:
+	@if [ "$${GPTOPS_SKIP_CLUSTER:-0}" = 1 ]; then echo "GPTOPS_SKIP_CLUSTER=1: no real node"; \
+	else tools/install-real-node.sh || echo "no real node on this machine: the realnode tests will be skipped"; fi
 
 # The vLLM release the default serving image pins, in ~/.cache/gptops (once): tests run its own argument checks.
 vllm:
 	@if [ "$${GPTOPS_SKIP_VLLM:-0}" = 1 ]; then echo "GPTOPS_SKIP_VLLM=1: not installing vLLM"; \
 	else tools/vllm-venv.sh >/dev/null; fi
 
-test: venv controlplane vllm
+# The base image (debootstrap, cached in ~/.cache/gptops/images), gptops/operator and gptops/trainer, in docker
+# (installed with apt-get and started when missing). A second run rebuilds nothing that did not change.
+images:
+	@if [ "$${GPTOPS_SKIP_IMAGES:-0}" = 1 ]; then echo "GPTOPS_SKIP_IMAGES=1: not building the images"; \
+	else tools/build-images.sh >/dev/null; fi
+
+# As images, for make test: where docker cannot be installed (exit 2), the image tests are skipped with the reason.
+test-images:
+	@if [ "$${GPTOPS_SKIP_IMAGES:-0}" = 1 ]; then echo "GPTOPS_SKIP_IMAGES=1: not building the images"; \
+	else tools/build-images.sh >/dev/null || [ $$? = 2 ]; fi
+
+test: venv controlplane realnode vllm test-images
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Pure and pipeline tests only, no control plane.
 test-fast: venv
-	GPTOPS_SKIP_CLUSTER=1 $(PY) -m pytest -m "not cluster and not slow" $(PYTEST_ARGS)
+	GPTOPS_SKIP_CLUSTER=1 GPTOPS_SKIP_IMAGES=1 $(PY) -m pytest -m "not cluster and not slow" $(PYTEST_ARGS)
 
 # The tests marked gpu (CUDA paths of the train stage); without CUDA they are skipped with the reason.
 test-gpu: venv
-	GPTOPS_SKIP_CLUSTER=1 $(PY) -m pytest -m gpu $(PYTEST_ARGS)
+	GPTOPS_SKIP_CLUSTER=1 GPTOPS_SKIP_IMAGES=1 $(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
 demo: venv
 	$(VENV)/bin/gptops run examples/quickstart/quickstart.yaml --ask 'What is the "with" statement?'

@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,10 @@ class ControlPlane:
     kubeconfig: Path
     bin_dir: Path
     kubectl_path: str
+    # The real node (containerd + kubelet) when a selected test is marked `realnode` and this host can run it;
+    # otherwise why not.
+    real_node: Any = None
+    real_node_missing: str = "no selected test is marked realnode"
     env: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -86,21 +91,43 @@ class ControlPlane:
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory):
-    """A local control plane for the whole session, started and stopped with the `gptops dev-cluster` code."""
+def control_plane(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """A local control plane for the whole session, started and stopped with the `gptops dev-cluster` code; with a
+    real node when a selected test is marked `realnode` and this host can run one."""
     if os.environ.get(SKIP_ENV) == "1":
         pytest.skip(f"{SKIP_ENV}=1: cluster tests skipped")
     from gptops.devcluster.cluster import DevClusterError, start, stop
+    from gptops.devcluster.realnode import RealNode, RealNodeUnavailable, check_host
 
+    real_node, missing = False, "no selected test is marked realnode"
+    if any(item.get_closest_marker("realnode") for item in request.session.items):
+        try:
+            check_host()
+            real_node = True
+        except RealNodeUnavailable as err:
+            missing = str(err)
     directory = tmp_path_factory.mktemp("dev-cluster")
     try:
-        cluster = start(directory, die_with_parent=True)
+        cluster = start(directory, die_with_parent=True, real_node=real_node)
     except DevClusterError as err:
         pytest.fail(f"the local control plane did not start: {err}", pytrace=False)
+    plane = ControlPlane(cluster.dir, cluster.kubeconfig, cluster.bin_dir, find_kubectl())
+    if real_node:
+        plane.real_node = RealNode(cluster.dir / "realnode")
+    plane.real_node_missing = missing
     try:
-        yield ControlPlane(cluster.dir, cluster.kubeconfig, cluster.bin_dir, find_kubectl())
+        yield plane
     finally:
         stop(directory)
+
+
+@pytest.fixture
+def real_node(control_plane: ControlPlane):
+    """The session's real node (`gptops.devcluster.realnode.RealNode`); skipped, with the reason, where this host
+    cannot run one (not root, Debian packages missing: tools/install-real-node.sh)."""
+    if control_plane.real_node is None:
+        pytest.skip(f"no real node: {control_plane.real_node_missing}")
+    return control_plane.real_node
 
 
 @pytest.fixture(scope="session")

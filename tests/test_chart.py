@@ -46,7 +46,7 @@ def test_the_operator_deployment_is_one_restricted_replica_with_a_liveness_probe
     pod = dep["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert container["image"] == "ghcr.io/gptops/operator:0.1.0"
-    assert container["args"][:2] == ["operator", "--all-namespaces"]
+    assert container["command"] == ["gptops"] and container["args"][:2] == ["operator", "--all-namespaces"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

@@ -20,7 +20,8 @@ def ftj(**spec):
 
 def test_gptmodel_defaults():
     m = gm()
-    assert m.spec.serving.image == "vllm/vllm-openai:v0.33.0"
+    assert m.spec.serving.engine == "vllm"
+    assert m.spec.serving.server_image == "vllm/vllm-openai:v0.33.0"
     assert m.spec.serving.vllm.gpu_memory_utilization == 0.9
     assert m.spec.serving.rollout_deadline_seconds == 600
     assert m.spec.source.huggingface.revision == "main"

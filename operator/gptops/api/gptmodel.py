@@ -106,7 +106,7 @@ class Artifacts(SpecModel):
 
 
 class ServingResources(SpecModel):
-    """Resources of each vLLM replica."""
+    """Resources of each server replica (GPUs for vLLM only)."""
 
     gpus: int = Field(default=1, ge=0, le=64)
     cpu: Quantity | None = None
@@ -139,10 +139,10 @@ class Autoscaling(SpecModel):
 
 
 class Serving(SpecModel):
-    """How the model is served."""
+    """How the model is served: vLLM on GPUs, or `transformers serve` from the trainer image on CPU."""
 
-    engine: Literal["vllm"] = "vllm"
-    image: str = Field(default=DEFAULT_VLLM_IMAGE, min_length=1, max_length=512)
+    engine: Literal["vllm", "transformers"] = "vllm"
+    image: str | None = Field(default=None, min_length=1, max_length=512)
     replicas: int = Field(default=1, ge=0, le=100)
     revision: Name | None = None
     autoscaling: Autoscaling | None = None
@@ -158,6 +158,25 @@ class Serving(SpecModel):
         if self.resources.gpus and self.vllm.tensor_parallel_size > self.resources.gpus:
             raise ValueError("vllm.tensorParallelSize must not exceed resources.gpus")
         return self
+
+    @model_validator(mode="after")
+    def _engine_supports(self) -> Serving:
+        if self.engine == "transformers":
+            if self.autoscaling is not None:
+                raise ValueError("serving.autoscaling needs engine vllm (it scales on vLLM's waiting requests); "
+                                 "remove it or set engine: vllm")
+            if self.api_key_secret_ref is not None:
+                raise ValueError("serving.apiKeySecretRef needs engine vllm (transformers serve checks no API key); "
+                                 "remove it or set engine: vllm")
+        return self
+
+    @property
+    def server_image(self) -> str:
+        """The image the server runs: spec.serving.image, else the pinned vLLM image for vllm and the trainer image
+        (which has `transformers serve`) for transformers."""
+        if self.image:
+            return self.image
+        return DEFAULT_TRAINER_IMAGE if self.engine == "transformers" else DEFAULT_VLLM_IMAGE
 
 
 class InputDrift(SpecModel):

@@ -1,5 +1,6 @@
-"""The vLLM Deployment that serves one revision of a GPTModel (full weights, or base model + LoRA adapter).
-Pure: returns a dict; imports gptops.api only."""
+"""The Deployment that serves one revision of a GPTModel (full weights, or base model + LoRA adapter): vLLM on GPUs,
+or `transformers serve` from the trainer image on CPU (spec.serving.engine). Pure: returns a dict; imports gptops.api
+only."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
+from pathlib import PurePosixPath
 from typing import Any
 
 from gptops.api.artifacts import ServedRevision
@@ -42,6 +44,9 @@ COMPONENT = "server"
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 DEFAULT_LORA_RANK = 64
 PROBE_PERIOD = 10
+#: Where a transformers Pod finds its model under the GPTModel's name: transformers serve takes the model id clients
+#: send to be the path it loads, so an init container links `<SERVED_DIR>/<name>` to the revision's directory.
+SERVED_DIR = "/served"
 
 
 def deployment_name(model: GPTModel | Mapping[str, Any]) -> str:
@@ -92,9 +97,23 @@ def vllm_args(model: GPTModel, served: ServedRevision) -> list[str]:
     return args + list(v.extra_args)
 
 
+def transformers_model_id(model: GPTModel, served: ServedRevision) -> str:
+    """The model id `transformers serve` loads and clients send: the GPTModel's name for files on a volume (linked
+    under SERVED_DIR), the repository id for a Hugging Face source. A LoRA revision is its adapter directory, which
+    names its base (transformers loads both through peft)."""
+    if PurePosixPath(served.adapter or served.model).is_absolute():
+        return model.name
+    return served.model
+
+
+def transformers_args(model: GPTModel, served: ServedRevision) -> list[str]:
+    """`transformers serve`'s arguments: the one model it serves (preloaded), on all addresses, on CPU."""
+    return [transformers_model_id(model, served), "--host", "0.0.0.0", "--port", str(VLLM_PORT), "--device", "cpu"]
+
+
 def build_deployment(model: GPTModel | Mapping[str, Any], served: ServedRevision) -> dict[str, Any]:
     """The apps/v1 Deployment serving `served` for `model`: rolling update with a progress deadline,
-    probes on /health, restricted Pods, the artifacts PVC read-only, GPUs from spec.serving.resources."""
+    probes on /health, restricted Pods, the artifacts PVC read-only, GPUs from spec.serving.resources (vLLM only)."""
     model = as_model(GPTModel, model)
     serving = model.spec.serving
     revision = served.revision or "source"
@@ -118,7 +137,12 @@ def build_deployment(model: GPTModel | Mapping[str, Any], served: ServedRevision
         volumes.append(vol)
         mounts.append(mount)
 
-    env = [*cache_env, {"name": "VLLM_CACHE_ROOT", "value": f"{cache_env[0]['value']}/vllm"}]
+    transformers = serving.engine == "transformers"
+    env = list(cache_env)
+    if transformers:
+        env.append({"name": "TOKENIZERS_PARALLELISM", "value": "false"})
+    else:
+        env.append({"name": "VLLM_CACHE_ROOT", "value": f"{cache_env[0]['value']}/vllm"})
     hf = model.spec.source.huggingface
     if hf is not None and hf.token_secret_ref is not None and served.model == hf.repo:
         env.append(secret_env("HF_TOKEN", hf.token_secret_ref.name, hf.token_secret_ref.key))
@@ -130,9 +154,9 @@ def build_deployment(model: GPTModel | Mapping[str, Any], served: ServedRevision
 
     # Loading weights can take most of the rollout deadline; the startup probe allows exactly that long.
     startup_failures = max(3, math.ceil(serving.rollout_deadline_seconds / PROBE_PERIOD))
-    container = {
+    container: dict[str, Any] = {
         "name": "vllm",
-        "image": serving.image,
+        "image": serving.server_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["vllm", "serve"],  # the image's own CLI (python -m vllm.entrypoints.openai.api_server is deprecated)
         "args": vllm_args(model, served),
@@ -146,6 +170,26 @@ def build_deployment(model: GPTModel | Mapping[str, Any], served: ServedRevision
         "livenessProbe": {**health(), "periodSeconds": 15, "failureThreshold": 4, "timeoutSeconds": 5},
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    init_containers: list[dict[str, Any]] = []
+    if transformers:
+        model_id = transformers_model_id(model, served)
+        container.update(name="transformers", command=["transformers", "serve"], args=transformers_args(model, served),
+                         resources=resources(0, serving.resources.cpu, serving.resources.memory))
+        if PurePosixPath(served.model).is_absolute():
+            # Every file is on a volume (a LoRA adapter's base too): nothing is fetched from a hub.
+            env += [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "TRANSFORMERS_OFFLINE", "value": "1"}]
+        if model_id == model.name:
+            volumes.append({"name": "served", "emptyDir": {}})
+            mounts.append({"name": "served", "mountPath": SERVED_DIR, "readOnly": True})
+            container["workingDir"] = SERVED_DIR
+            init_containers.append({
+                "name": "link-model",
+                "image": container["image"],
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["ln", "-s", served.adapter or served.model, f"{SERVED_DIR}/{model_id}"],
+                "volumeMounts": [{"name": "served", "mountPath": SERVED_DIR}],
+                "securityContext": container_security_context(),
+            })
     pod_spec: dict[str, Any] = {
         # A Service named "vllm" would otherwise inject VLLM_PORT=tcp://..., which vLLM reads as its own setting.
         "enableServiceLinks": False,
@@ -154,6 +198,8 @@ def build_deployment(model: GPTModel | Mapping[str, Any], served: ServedRevision
         "containers": [container],
         "volumes": volumes,
     }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
     if serving.node_selector:
         pod_spec["nodeSelector"] = dict(serving.node_selector)
     if serving.tolerations:

@@ -39,15 +39,23 @@ def _resolve(directory: Path | None) -> Path:
 
 
 @app.command()
-def up(directory: DirOption = None, nodes: Annotated[int, typer.Option(help="Fake GPU nodes to create.")] = 2) -> None:
+def up(
+    directory: DirOption = None,
+    nodes: Annotated[int, typer.Option(help="Fake GPU nodes to create.")] = 2,
+    real_node: Annotated[bool, typer.Option(
+        "--real-node", help="Also a real node (containerd + kubelet, needs root; tainted gptops.io/real-node)."
+    )] = False,
+) -> None:
     """Build the programs if needed, start a fresh cluster and print the `export KUBECONFIG=...` line."""
     import time
 
     devcluster = _cluster()
+    from gptops.devcluster.realnode import RealNodeUnavailable
+
     began = time.monotonic()
     try:
-        cluster = devcluster.start(_resolve(directory), nodes=nodes)
-    except devcluster.DevClusterError as err:
+        cluster = devcluster.start(_resolve(directory), nodes=nodes, real_node=real_node)
+    except (devcluster.DevClusterError, RealNodeUnavailable) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
     took = time.monotonic() - began

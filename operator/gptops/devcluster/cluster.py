@@ -1,11 +1,13 @@
 """Starts and stops the local control plane: etcd, kube-apiserver, controller-manager, scheduler and kwok with
-fake GPU nodes, as plain processes on 127.0.0.1; PKI, logs, pids and the kubeconfig live in one state directory.
+fake GPU nodes, as plain processes on 127.0.0.1, and on request a real node (containerd and a kubelet, realnode.py);
+PKI, logs, pids and the kubeconfig live in one state directory.
 """
 
 from __future__ import annotations
 
 import base64
 import collections
+import ipaddress
 import json
 import os
 import shutil
@@ -21,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from gptops.devcluster import processes
-from gptops.devcluster.pki import Pki, write_pki
+from gptops.devcluster import processes, realnode
+from gptops.devcluster.pki import Pki, issue_client_cert, write_pki
 from gptops.devcluster.stages import NODE_LEASE_SECONDS, build_stages
 
 BIN_ENV = "GPTOPS_CONTROLPLANE_BIN"
@@ -33,7 +35,9 @@ POD_CIDR = "10.244.0.0/16"
 GPU_LABEL = "nvidia.com/gpu.present"
 NODE_CAPACITY = {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "8"}
 # What start() removes from a state directory before a fresh start; nothing else there is touched.
-_STATE_ENTRIES = ("etcd", "pki", "logs", "state.json", "kubeconfig", "kwok.yaml")
+_STATE_ENTRIES = ("etcd", "pki", "logs", "state.json", "kubeconfig", "kwok.yaml", "realnode")
+# kwok's annotation on the fake nodes; with a real node kwok manages only these, and leaves the real one to its kubelet.
+FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 
 
 #: What the API server's audit log records: the requests of ServiceAccounts (an operator running as the chart's, for
@@ -100,23 +104,26 @@ def default_dir() -> Path:
     return Path(os.environ.get("GPTOPS_CACHE") or xdg_cache / "gptops") / "dev-cluster"
 
 
-def find_binaries() -> Path:
-    """The directory holding the control-plane programs: $GPTOPS_CONTROLPLANE_BIN, else built by tools/."""
+def find_binaries(kubelet: bool = False) -> Path:
+    """The directory holding the control-plane programs (and the kubelet): $GPTOPS_CONTROLPLANE_BIN, else built by
+    tools/."""
+    programs = (*PROGRAMS, "kubelet") if kubelet else PROGRAMS
     if os.environ.get(BIN_ENV):
         bin_dir = Path(os.environ[BIN_ENV])
     elif BUILD_SCRIPT.exists():
-        bin_dir = _build()
+        bin_dir = _build(kubelet)
     else:
-        raise DevClusterError(f"set {BIN_ENV} to a directory with {', '.join(PROGRAMS)}; there is no {BUILD_SCRIPT}")
-    missing = [p for p in PROGRAMS if not os.access(bin_dir / p, os.X_OK)]
+        raise DevClusterError(f"set {BIN_ENV} to a directory with {', '.join(programs)}; there is no {BUILD_SCRIPT}")
+    missing = [p for p in programs if not os.access(bin_dir / p, os.X_OK)]
     if missing:
         raise DevClusterError(f"{bin_dir} lacks {', '.join(missing)}")
     return bin_dir
 
 
-def _build() -> Path:
+def _build(kubelet: bool) -> Path:
     """Run tools/build-controlplane.sh (a no-op when built), echoing its progress, and return the bin dir it prints."""
-    proc = subprocess.Popen(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = ["bash", str(BUILD_SCRIPT), *(["--kubelet"] if kubelet else [])]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = collections.deque(maxlen=20)
     for line in proc.stderr:
         sys.stderr.write(line)
@@ -129,12 +136,17 @@ def _build() -> Path:
     return Path(out[-1])
 
 
-def start(directory: Path, nodes: int = 2, die_with_parent: bool = False) -> DevCluster:
-    """Start a fresh cluster with state in `directory`; on failure stop what was started and raise DevClusterError."""
+def start(directory: Path, nodes: int = 2, die_with_parent: bool = False, real_node: bool = False) -> DevCluster:
+    """Start a fresh cluster with state in `directory`; on failure stop what was started and raise DevClusterError.
+
+    With `real_node`, also a real node (realnode.NODE_NAME); realnode.RealNodeUnavailable says why this host cannot.
+    """
     directory = Path(directory).resolve()
     if any(c.alive for c in status(directory)):
         raise DevClusterError(f"a dev cluster already runs from {directory}; stop it with `gptops dev-cluster down`")
-    bin_dir = find_binaries()
+    if real_node:
+        realnode.check_host()
+    bin_dir = find_binaries(kubelet=real_node)
     directory.mkdir(parents=True, exist_ok=True)
     for entry in _STATE_ENTRIES:
         path = directory / entry
@@ -144,7 +156,7 @@ def start(directory: Path, nodes: int = 2, die_with_parent: bool = False) -> Dev
             path.unlink(missing_ok=True)
     launcher = _Launcher(directory, bin_dir, die_with_parent)
     try:
-        return launcher.run(nodes)
+        return launcher.run(nodes, real_node)
     except BaseException as err:
         stop(directory)
         if isinstance(err, (processes.StartError, OSError)):
@@ -155,10 +167,17 @@ def start(directory: Path, nodes: int = 2, die_with_parent: bool = False) -> Dev
 def stop(directory: Path) -> list[str]:
     """Stop the recorded processes in reverse start order (SIGTERM, then SIGKILL); returns the names stopped."""
     stopped = []
-    for c in reversed(status(directory)):
+    components = status(directory)
+    for c in reversed(components):
         if c.alive:
+            if c.name == "containerd":
+                # The kubelet is gone by now; the Pods' containers would outlive containerd (their shims do).
+                realnode.remove_containers()
             processes.stop(c.pid, c.program)
             stopped.append(c.name)
+    if any(c.name == "kubelet" for c in components):
+        realnode.unmount_under(realnode.KUBELET_ROOT, realnode.RUN_DIR)
+        realnode.unroute_api_server()
     return stopped
 
 
@@ -201,7 +220,7 @@ class _Launcher:
         self.die_with_parent = die_with_parent
         self.components: list[dict] = []
 
-    def run(self, nodes: int) -> DevCluster:
+    def run(self, nodes: int, real_node: bool) -> DevCluster:
         pki = write_pki(self.dir / "pki")
         etcd_port, peer_port = processes.free_port(), processes.free_port()
         etcd = f"http://127.0.0.1:{etcd_port}"
@@ -230,6 +249,9 @@ class _Launcher:
             # The default reconciler would publish 127.0.0.1 as the `kubernetes` Service's endpoint, which is invalid.
             "--endpoint-reconciler-type=none",
             *audit_flags(self.dir),
+            # To a real node's kubelet (logs, exec, port-forward) as the admin, at the address written on its Node.
+            f"--kubelet-client-certificate={pki.admin_cert}", f"--kubelet-client-key={pki.admin_key}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
         ], lambda: api.get("/readyz") == b"ok")
         wait_apiserver(90)
 
@@ -251,7 +273,9 @@ class _Launcher:
             self._spawn("kube-scheduler", [*kube_auth, f"--secure-port={scheduler_port}"],
                         lambda: _https_healthz(scheduler_port)),
             self._spawn("kwok", [
-                f"--kubeconfig={kubeconfig}", f"--config={kwok_config}", "--manage-all-nodes=true",
+                f"--kubeconfig={kubeconfig}", f"--config={kwok_config}",
+                "--manage-nodes-with-annotation-selector={}={}".format(*FAKE_NODE_ANNOTATION) if real_node
+                else "--manage-all-nodes=true",
                 f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}", f"--cidr={POD_CIDR}",
                 f"--server-address=127.0.0.1:{kwok_port}",
             ], lambda: _http_get(f"http://127.0.0.1:{kwok_port}/healthz") == b"ok"),
@@ -264,11 +288,54 @@ class _Launcher:
         _wait(lambda: _nodes_ready(api, nodes), 60, "the fake nodes to be Ready and untainted", self.dir)
         _wait(lambda: api.exists("/api/v1/namespaces/default/serviceaccounts/default"), 60,
               "the `default` ServiceAccount (the controller-manager's serviceaccount controller)", self.dir)
+        if real_node:
+            self._start_real_node(cluster, api, api_port)
         return cluster
 
-    def _spawn(self, name: str, args: list[str], ready: Callable[[], bool]) -> Callable[[float], None]:
-        """Start one program and record it; returns `wait(timeout)`, which polls `ready` until it holds."""
-        program = str(self.bin / name)
+    def _start_real_node(self, cluster: DevCluster, api: _Api, api_port: int) -> None:
+        """containerd with the pause and busybox images imported, then a kubelet registered as a node, and the
+        `kubernetes` Service's address routed to the API server for its Pods."""
+        node_dir = self.dir / "realnode"
+        node_dir.mkdir()
+        realnode.unmount_under(realnode.KUBELET_ROOT, realnode.RUN_DIR)
+        for path in (realnode.RUN_DIR / "containerd", realnode.RUN_DIR / "cni-ipam"):
+            shutil.rmtree(path, ignore_errors=True)
+        images = [realnode.build_pause_image(realnode.cache_dir()), realnode.build_busybox_image(realnode.cache_dir())]
+        containerd = shutil.which("containerd")
+        self._spawn("containerd", ["--config", str(realnode.write_containerd_config(node_dir))],
+                    realnode.containerd_ready(), program=containerd)(60)
+        # Containers recorded by an earlier run that ended without `down`: the kubelet would adopt them otherwise.
+        realnode.remove_containers()
+        node = realnode.RealNode(node_dir)
+        for archive in images:
+            node.import_image(archive)
+
+        pki = cluster.pki
+        cert, key = issue_client_cert(pki, f"system:node:{realnode.NODE_NAME}", ("system:nodes",))
+        kubeconfig = write_kubeconfig(node_dir / "kubelet.kubeconfig", cluster.server, pki.ca_cert, cert, key,
+                                      f"system:node:{realnode.NODE_NAME}")
+        port, healthz_port = processes.free_port(), processes.free_port()
+        config = realnode.write_kubelet_config(node_dir, pki.ca_cert, port, healthz_port)
+        self._spawn("kubelet", [
+            f"--config={config}", f"--kubeconfig={kubeconfig}", f"--hostname-override={realnode.NODE_NAME}",
+            "--node-ip=127.0.0.1", f"--root-dir={realnode.KUBELET_ROOT}", f"--cert-dir={node_dir / 'pki'}",
+            f"--node-labels={realnode.NODE_LABEL}=true",
+        ], lambda: _http_get(f"http://127.0.0.1:{healthz_port}/healthz") == b"ok")(120)
+        node_path = f"/api/v1/nodes/{realnode.NODE_NAME}"
+        _wait(lambda: api.exists(node_path), 120, f"the kubelet to register {realnode.NODE_NAME}", self.dir)
+        # The kubelet refuses a loopback node IP and so publishes no address; the API server reaches it (logs, exec,
+        # port-forward) at the address written here, which the kubelet then leaves alone.
+        api.patch_status(node_path, {"status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                                                                {"type": "Hostname", "address": realnode.NODE_NAME}]}})
+        _wait(lambda: _node_ready(api, realnode.NODE_NAME), 120, f"the real node {realnode.NODE_NAME} to be Ready",
+              self.dir)
+        realnode.route_api_server(api_port, str(ipaddress.ip_network(SERVICE_CIDR)[1]))
+
+    def _spawn(self, name: str, args: list[str], ready: Callable[[], bool],
+               program: str | None = None) -> Callable[[float], None]:
+        """Start one program (from the bin dir unless given) and record it; returns `wait(timeout)`, which polls
+        `ready` until it holds."""
+        program = program or str(self.bin / name)
         log = self.dir / "logs" / f"{name}.log"
         pid = processes.spawn([program, *args], log, self.die_with_parent)
         self.components.append({"name": name, "pid": pid, "program": program, "log": str(log)})
@@ -290,10 +357,15 @@ def build_fake_node(name: str) -> dict:
                 "type": "kwok",
                 GPU_LABEL: "true",
             },
-            "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0", FAKE_NODE_ANNOTATION[0]: FAKE_NODE_ANNOTATION[1]},
         },
         "status": {"capacity": NODE_CAPACITY, "allocatable": NODE_CAPACITY},
     }
+
+
+def _node_ready(api: _Api, name: str) -> bool:
+    node = json.loads(api.get(f"/api/v1/nodes/{name}"))
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
 
 
 def _nodes_ready(api: _Api, count: int) -> bool:
@@ -333,10 +405,11 @@ class _Api:
             self._context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
         return self._context
 
-    def _request(self, method: str, path: str, body: dict | None = None) -> bytes:
+    def _request(self, method: str, path: str, body: dict | None = None,
+                 content_type: str = "application/json") -> bytes:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.server + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": content_type})
         with urllib.request.urlopen(req, context=self._ssl(), timeout=5) as resp:
             return resp.read()
 
@@ -345,6 +418,9 @@ class _Api:
 
     def post(self, path: str, body: dict) -> bytes:
         return self._request("POST", path, body)
+
+    def patch_status(self, path: str, patch: dict) -> bytes:
+        return self._request("PATCH", f"{path}/status", patch, "application/merge-patch+json")
 
     def exists(self, path: str) -> bool:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Sequence
 
 import kopf
@@ -26,6 +27,8 @@ def run_operator(namespaces: Sequence[str], *, all_namespaces: bool, metrics_por
     metrics.serve(metrics_port)
     kopf.run(
         standalone=True,
+        # kopf would name itself after the login name, which a numeric image user (65532, no /etc/passwd entry) lacks.
+        identity=f"gptops@{socket.gethostname()}",
         clusterwide=all_namespaces,
         namespaces=list(namespaces),
         liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz",

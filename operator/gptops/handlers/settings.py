@@ -5,8 +5,10 @@ No timers or daemons: kopf would put a finalizer on every object, and a stopped 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -36,7 +38,21 @@ _resync: common.Resync | None = None
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a Pod its ServiceAccount, else $KUBECONFIG read now (the client library reads it once, at import)."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    info = kopf.login_with_service_account(**kwargs)
+    if info is not None:
+        return in_cluster_server(info, os.environ)
+    return kopf.login_with_kubeconfig(**kwargs)
+
+
+def in_cluster_server(info: kopf.ConnectionInfo, environ: Mapping[str, str]) -> kopf.ConnectionInfo:
+    """The API server at the `kubernetes` Service's address from the environment the kubelet gives every Pod, as
+    client-go's in-cluster config and cluster.py's client find it; kopf's own default, kubernetes.default.svc, needs
+    cluster DNS."""
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT") or "443"
+    if not host:
+        return info
+    host = f"[{host}]" if ":" in host else host
+    return dataclasses.replace(info, server=f"https://{host}:{port}")
 
 
 @kopf.on.startup()

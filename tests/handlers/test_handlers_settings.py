@@ -1,0 +1,26 @@
+"""The operator's login in a Pod: the API server at the `kubernetes` Service's address from the Pod's environment,
+so a cluster without DNS (or with DNS not yet up) still works."""
+
+from __future__ import annotations
+
+import kopf
+from gptops.handlers.settings import in_cluster_server
+
+INFO = kopf.ConnectionInfo(server="https://kubernetes.default.svc", token="t", ca_path="/ca.crt",
+                           default_namespace="ml")
+
+
+def test_the_pod_environment_names_the_api_server():
+    info = in_cluster_server(INFO, {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"})
+    assert info.server == "https://10.0.0.1:443"
+    # Everything else of the ServiceAccount login is kept.
+    assert (info.token, info.ca_path, info.default_namespace) == ("t", "/ca.crt", "ml")
+
+
+def test_an_ipv6_service_address_is_bracketed():
+    info = in_cluster_server(INFO, {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"})
+    assert info.server == "https://[fd00::1]:6443"
+
+
+def test_without_the_environment_kopfs_default_stays():
+    assert in_cluster_server(INFO, {}).server == "https://kubernetes.default.svc"
