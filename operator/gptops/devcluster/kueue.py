@@ -13,7 +13,6 @@ import base64
 import collections
 import datetime
 import ipaddress
-import os
 import subprocess
 import sys
 import time
@@ -31,7 +30,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gptops.devcluster import processes
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[3] / "tools" / "build-kueue.sh"
-DIR_ENV = "GPTOPS_KUEUE_DIR"
 NAMESPACE = "kueue-system"
 SERVICE = "kueue-webhook-service"
 SECRET = "kueue-webhook-server-cert"
@@ -66,20 +64,18 @@ class Kueue:
 
 
 def find_kueue() -> Path:
-    """The directory with `kueue`, `crds/` and `webhook/`: $GPTOPS_KUEUE_DIR, else built by tools/build-kueue.sh."""
-    if os.environ.get(DIR_ENV):
-        found = Path(os.environ[DIR_ENV])
-    else:
-        proc = subprocess.Popen(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        last: collections.deque[str] = collections.deque(maxlen=20)
-        assert proc.stderr is not None and proc.stdout is not None
-        for line in proc.stderr:
-            sys.stderr.write(line)
-            last.append(line)
-        out = proc.stdout.read().strip().splitlines()
-        if proc.wait() != 0 or not out:
-            raise KueueError(f"{BUILD_SCRIPT} failed (exit {proc.returncode}):\n" + "".join(last))
-        found = Path(out[-1])
+    """The directory with `kueue`, `crds/` and `webhook/`, from tools/build-kueue.sh (a no-op once built; it honours
+    GPTOPS_KUEUE_DIR). Raises KueueError with the end of the build's output when it fails."""
+    proc = subprocess.Popen(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last: collections.deque[str] = collections.deque(maxlen=20)
+    assert proc.stderr is not None and proc.stdout is not None
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        last.append(line)
+    out = proc.stdout.read().strip().splitlines()
+    if proc.wait() != 0 or not out:
+        raise KueueError(f"{BUILD_SCRIPT} failed (exit {proc.returncode}):\n" + "".join(last))
+    found = Path(out[-1])
     missing = [p for p in ("kueue", "crds", "webhook/manifests.yaml") if not (found / p).exists()]
     if missing:
         raise KueueError(f"{found} lacks {', '.join(missing)}")
