@@ -25,7 +25,7 @@ mkdir -p "$out"
 cd "$here/kueue"
 if [ ! -x "$out/kueue" ]; then
   start=$(date +%s)
-  echo "building kueue $KUEUE_VERSION into $out (cold: about 25 minutes on 2 busy cores)" >&2
+  echo "building kueue $KUEUE_VERSION into $out (cold: about 80 minutes on 2 cores shared with other builds, seconds once cached)" >&2
   go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" \
     -o "$out/kueue.tmp" sigs.k8s.io/kueue/cmd/kueue
   mv "$out/kueue.tmp" "$out/kueue"
