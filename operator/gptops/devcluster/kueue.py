@@ -13,6 +13,7 @@ import base64
 import collections
 import datetime
 import ipaddress
+import json
 import subprocess
 import sys
 import time
@@ -187,6 +188,11 @@ def _kubectl(kubectl: str, kubeconfig: Path, *args: str, input: str | None = Non
     return done.stdout
 
 
+def _established(crd: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Established" and c.get("status") == "True"
+               for c in (crd.get("status") or {}).get("conditions") or ())
+
+
 def start(kueue_dir: Path, state_dir: Path, kubeconfig: Path, kubectl: str, *, die_with_parent: bool = False,
           timeout: float = 180) -> Kueue:
     """Install Kueue's manifests into the cluster of `kubeconfig` and start its controller manager; ready when its
@@ -200,8 +206,8 @@ def start(kueue_dir: Path, state_dir: Path, kubeconfig: Path, kubectl: str, *, d
              "-f", "-", input=yaml.safe_dump_all(docs))
     crds = [f"crd/{d['metadata']['name']}" for d in docs if d["kind"] == "CustomResourceDefinition"]
     deadline = time.monotonic() + 60
-    query = "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Established')].status}{\"\\n\"}{end}"
-    while _kubectl(kubectl, kubeconfig, "get", *crds, "-o", query).split() != ["True"] * len(crds):
+    while not all(_established(crd) for crd in
+                  json.loads(_kubectl(kubectl, kubeconfig, "get", *crds, "-o", "json"))["items"]):
         if time.monotonic() > deadline:
             raise KueueError(f"Kueue's CRDs were not Established within 60s: {', '.join(crds)}")
         time.sleep(0.5)
