@@ -136,7 +136,8 @@ def test_runs_wait_in_the_queue_and_start_in_order_as_quota_frees(k: Cluster, op
         k.complete_stage(name, "prepare")
         created = wait_for(lambda name=name: train_job(k, name), f"the train Job of {name}")
         assert created["spec"]["suspend"] is True  # created suspended, whatever happens next
-        wait_for(lambda created=created: next_second(created["metadata"]["creationTimestamp"]), "the next second", 5, 0.05)
+        wait_for(lambda created=created: next_second(created["metadata"]["creationTimestamp"]), "the next second",
+                 5, 0.05)
 
     # 6 of 8 GPUs go to the first; the others wait, and say so.
     wait_for(lambda: admitted(k, "run-a"), "Kueue to admit the train Job of run-a")
