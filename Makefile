@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: all venv controlplane realnode vllm images test-images test test-fast test-gpu demo lint clean
+.PHONY: all venv controlplane kueue realnode vllm images test-images test test-fast test-gpu demo lint clean
 
 all: test
 
@@ -47,7 +47,13 @@ test-images:
 	@if [ "$${GPTOPS_SKIP_IMAGES:-0}" = 1 ]; then echo "GPTOPS_SKIP_IMAGES=1: not building the images"; \
 	else tools/build-images.sh >/dev/null || [ $$? = 2 ]; fi
 
-test: venv controlplane realnode vllm test-images
+# Kueue's controller manager and manifests, in ~/.cache/gptops/kueue (once), for the queueing test. A failed build does
+# not stop the other tests: that test is skipped with the build's output as the reason.
+kueue:
+	@if [ "$${GPTOPS_SKIP_KUEUE:-0}" = 1 ] || [ "$${GPTOPS_SKIP_CLUSTER:-0}" = 1 ]; then echo "not building Kueue (GPTOPS_SKIP_KUEUE or GPTOPS_SKIP_CLUSTER)"; \
+	else tools/build-kueue.sh >/dev/null || echo "tools/build-kueue.sh failed: the Kueue test will be skipped with the reason"; fi
+
+test: venv controlplane kueue realnode vllm test-images
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Pure and pipeline tests only, no control plane.

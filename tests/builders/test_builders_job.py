@@ -241,3 +241,32 @@ def test_a_stage_that_reported_failure_is_not_retried_but_a_lost_pod_is(stage, f
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
     assert rules[1] == {"action": "FailJob",
                         "onExitCodes": {"containerName": stage, "operator": "In", "values": [1]}}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_queue_creates_the_job_suspended_in_kueue(stage, finetunejob, gptmodel):
+    gptmodel["spec"]["scheduling"] = {"queueName": "shared-gpus"}
+    job = build_stage_job(finetunejob, gptmodel, stage)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "shared-gpus"
+    # Kueue reads the queue from the Job; its Pods keep the fixed label set.
+    assert set(job["spec"]["template"]["metadata"]["labels"]) == FIXED_LABEL_KEYS
+    finetunejob["spec"]["scheduling"] = {"queueName": "team-a"}  # the FineTuneJob's own queue wins
+    assert build_stage_job(finetunejob, gptmodel, stage)["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+
+
+def test_a_queued_multinode_job_is_one_workload(finetunejob, gptmodel):
+    """Kueue admits a Job's Pods together: the whole Indexed Job is suspended and queued, so no rank starts alone."""
+    finetunejob["spec"]["training"]["resources"] = {"gpus": 8, "nodes": 3}
+    finetunejob["spec"]["scheduling"] = {"queueName": "gpus"}
+    service, job = build_stage_children(finetunejob, gptmodel, "train")
+    assert job["spec"]["suspend"] is True and job["spec"]["parallelism"] == job["spec"]["completions"] == 3
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
+    assert "kueue.x-k8s.io/queue-name" not in service["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("bad", ["", "Team_A", "-a", "a" * 64])
+def test_a_bad_queue_name_is_refused_naming_the_field(bad, finetunejob):
+    finetunejob["spec"]["scheduling"] = {"queueName": bad}
+    with pytest.raises(ValueError, match="scheduling.queueName"):
+        FineTuneJob.from_dict(finetunejob)

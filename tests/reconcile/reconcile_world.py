@@ -166,7 +166,8 @@ class World:
                 name=name, stage=labels["gptops.io/stage"], revision_key=labels["gptops.io/revision-key"],
                 spec_key=labels.get("gptops.io/spec-key", ""),
                 start_model=(meta.get("annotations") or {}).get("gptops.io/start-model", ""),
-                created=f"{self.now}#{self._created:04d}", active=1))
+                created=f"{self.now}#{self._created:04d}", suspended=bool(manifest["spec"].get("suspend")),
+                queue=labels.get("kueue.x-k8s.io/queue-name", ""), active=0 if manifest["spec"].get("suspend") else 1))
         elif kind == "Service":
             self.services.add(name)
         elif kind == "HorizontalPodAutoscaler":
@@ -192,6 +193,10 @@ class World:
             )
 
     # --- what the Job and Deployment controllers (and kwok) do ---
+    def admit(self, name: str) -> None:
+        """What Kueue does when quota admits a queued Job: it unsuspends it, and the Job controller starts its Pods."""
+        self.jobs[name] = replace(self.jobs[name], suspended=False, active=1)
+
     def finish_job(self, name: str, message: str, *, ok: bool = True, job_reason: str = "BackoffLimitExceeded") -> None:
         job = self.jobs[name]
         pod = PodState(name=f"{name}-abcde", phase="Succeeded" if ok else "Failed", created=self.now,

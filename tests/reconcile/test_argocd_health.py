@@ -26,7 +26,11 @@ def ftj_in(world: World, state: str) -> dict[str, Any]:
     """Drive the FineTuneJob into `state` with the real planner."""
     if state == "new":
         return world.ftj
+    if state == "queued":
+        world.ftj["spec"]["scheduling"] = {"queueName": "gpus"}
     settle(world, "ftj")
+    if state == "queued":
+        return world.ftj
     if state == "preparing":
         return world.ftj
     if state == "unschedulable":
@@ -55,6 +59,7 @@ def ftj_in(world: World, state: str) -> dict[str, Any]:
 @pytest.mark.parametrize(("state", "status", "says"), [
     ("new", "Progressing", "Waiting for the operator"),
     ("preparing", "Progressing", "Prepared: Job tiny-ft-prepare-"),
+    ("queued", "Progressing", "is queued in Kueue LocalQueue gpus: it starts when Kueue admits it"),
     ("unschedulable", "Progressing", "cannot be scheduled: 0/2 nodes are available"),
     ("failed", "Degraded", "no column 'text'"),
     ("rejected", "Degraded", "Rejected by its gate: maxPerplexity: perplexity 80.00, needs <= 50.00"),

@@ -489,3 +489,49 @@ def test_a_revision_rolled_back_from_stays_superseded(world: World) -> None:
         assert "now serves its source" in promoted["message"]
     promote(world)
     assert conditions(world.ftj["status"])["Promoted"]["status"] == "True"
+
+
+@pytest.mark.parametrize(("where", "queue"), [("ftj", "team-a"), ("model", "shared"), ("both", "team-a")])
+def test_a_queued_stage_waits_in_kueue_and_says_queued(world: World, where: str, queue: str) -> None:
+    if where in ("model", "both"):
+        world.model["spec"]["scheduling"] = {"queueName": "shared"}
+    if where in ("ftj", "both"):
+        world.ftj["spec"]["scheduling"] = {"queueName": "team-a"}
+    plan = world.plan_ftj()
+    job = plan.actions[0].manifest
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == queue
+    world.apply_ftj(plan)
+    plan = world.plan_ftj()
+    assert plan.actions == ()  # nothing unsuspends it but Kueue
+    prepared = conditions(plan.status)["Prepared"]
+    assert (prepared["status"], prepared["reason"]) == ("False", "Queued")
+    assert f"queued in Kueue LocalQueue {queue}" in prepared["message"]
+    assert plan.status["phase"] == "Queued"
+    world.apply_ftj(plan)
+    world.admit(PREPARE)
+    plan = world.plan_ftj()
+    assert conditions(plan.status)["Prepared"]["reason"] == "JobRunning"
+    assert plan.status["phase"] == "Preparing"
+
+
+def test_each_stage_job_is_queued_and_admission_moves_the_phase(world: World) -> None:
+    world.ftj["spec"]["scheduling"] = {"queueName": "gpus"}
+    settle(world, "ftj")
+    world.admit(PREPARE)
+    world.finish_job(PREPARE, stage_result("prepare", digest="sha256:abc"))
+    settle(world, "ftj")
+    assert world.jobs[TRAIN].suspended and world.jobs[TRAIN].queue == "gpus"
+    status = world.ftj["status"]
+    assert conditions(status)["Trained"]["reason"] == "Queued"
+    assert conditions(status)["Prepared"]["status"] == "True"
+    assert status["phase"] == "Queued"
+    world.admit(TRAIN)
+    settle(world, "ftj")
+    assert world.ftj["status"]["phase"] == "Training"
+
+
+def test_without_a_queue_jobs_start_unsuspended(world: World) -> None:
+    job = world.plan_ftj().actions[0].manifest
+    assert "suspend" not in job["spec"]
+    assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]

@@ -21,6 +21,8 @@ MAP_MAX = 64
 Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
 ShortString = Annotated[str, Field(max_length=STRING_MAX)]
 Path = Annotated[str, Field(min_length=1, max_length=PATH_MAX)]
+#: A Kueue LocalQueue's name as its kueue.x-k8s.io/queue-name label value carries it: a DNS label.
+QueueName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
 QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
                     r"|(\.[0-9]+))))?$")
 #: A Kubernetes quantity ("4", "500m", "16Gi"), written as a string or an integer.
@@ -45,6 +47,12 @@ class StatusModel(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Scheduling(SpecModel):
+    """Where stage Jobs wait for quota: a Kueue LocalQueue in the same namespace (None: no queue)."""
+
+    queue_name: QueueName | None = None
 
 
 class SecretRef(SpecModel):

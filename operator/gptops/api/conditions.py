@@ -40,6 +40,7 @@ class Reason:
     JOB_CREATED = "JobCreated"
     JOB_DELETED = "JobDeleted"
     JOB_RUNNING = "JobRunning"
+    QUEUED = "Queued"
     ATTEMPT_FAILED = "AttemptFailed"
     JOB_SUCCEEDED = "JobSucceeded"
     JOB_FAILED = "JobFailed"

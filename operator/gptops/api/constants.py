@@ -38,6 +38,8 @@ LABEL_REVISION = f"{GROUP}/revision"
 #: On stage Jobs: the revision (api/revisions.py) they write, and the hash of the spec fields that decided it.
 LABEL_REVISION_KEY = f"{GROUP}/revision-key"
 LABEL_SPEC_KEY = f"{GROUP}/spec-key"
+#: Kueue's label on a Job: the LocalQueue it waits in (spec.scheduling.queueName). Kueue admits the Job by unsuspending it.
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = "gptops"
 APP_NAME = "gptops"
 

@@ -12,6 +12,7 @@ from gptops.api.common import (
     Name,
     ObjectModel,
     Quantity,
+    Scheduling,
     ShortString,
     SpecModel,
     StatusModel,
@@ -205,6 +206,8 @@ class FineTuneJobSpec(SpecModel):
     dataset: Dataset
     training: Training = Field(default_factory=Training)
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    scheduling: Scheduling | None = None
+    """The Kueue LocalQueue of the stage Jobs; unset: the GPTModel's spec.scheduling."""
 
 
 # --- status --------------------------------------------------------------------------------------------------
@@ -252,8 +255,8 @@ class Lineage(StatusModel):
     served_by: str | None = None
 
 
-Phase = Literal["Pending", "Preparing", "Training", "Evaluating", "AwaitingApproval", "Passed", "Rejected", "Promoted",
-                "Failed"]
+Phase = Literal["Pending", "Queued", "Preparing", "Training", "Evaluating", "AwaitingApproval", "Passed", "Rejected",
+                "Promoted", "Failed"]
 
 ApprovalDecision = Literal["Pending", "Approved", "Rejected"]
 

@@ -14,6 +14,7 @@ from gptops.api.common import (
     ObjectModel,
     Path,
     Quantity,
+    Scheduling,
     ShortString,
     SpecModel,
     StatusModel,
@@ -224,6 +225,8 @@ class GPTModelSpec(SpecModel):
 
     source: ModelSource
     artifacts: Artifacts = Field(default_factory=Artifacts)
+    scheduling: Scheduling | None = None
+    """The default Kueue LocalQueue of this model's FineTuneJobs' stage Jobs."""
     serving: Serving = Field(default_factory=Serving)
     monitoring: Monitoring | None = None
 

@@ -13,6 +13,7 @@ from gptops.api.constants import (
     API_VERSION,
     ARTIFACTS_MOUNT,
     EXIT_STAGE_FAILED,
+    LABEL_KUEUE_QUEUE,
     LABEL_FINETUNEJOB,
     LABEL_REVISION_KEY,
     LABEL_STAGE,
@@ -72,6 +73,14 @@ def stage_gpus(ftj: FineTuneJob, stage: str) -> int:
     if stage == STAGE_PREPARE:
         return 0
     return min(gpus, 1) if stage == STAGE_EVALUATE else gpus
+
+
+def stage_queue(ftj: FineTuneJob, model: GPTModel | None) -> str | None:
+    """The Kueue LocalQueue of a FineTuneJob's stage Jobs: its own spec.scheduling, else its GPTModel's, else none."""
+    for spec in (ftj.spec, model.spec if model is not None else None):
+        if spec is not None and spec.scheduling is not None and spec.scheduling.queue_name:
+            return spec.scheduling.queue_name
+    return None
 
 
 def stage_job_name(ftj: FineTuneJob | Mapping[str, Any], stage: str, revision: Revision) -> str:
@@ -245,12 +254,15 @@ def build_stage_job(
         # fails the Job (maxFailedIndexes 0).
         del job_spec["backoffLimit"]
         job_spec.update(backoffLimitPerIndex=training.backoff_limit, maxFailedIndexes=0)
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": metadata(name, ftj, labels, {ANNOTATION_START_MODEL: rev.start_model or ""}),
-        "spec": job_spec,
-    }
+    meta = metadata(name, ftj, labels, {ANNOTATION_START_MODEL: rev.start_model or ""})
+    queue = stage_queue(ftj, model)
+    if queue is not None:
+        # Created suspended in Kueue's queue: Kueue admits it (all its Pods at once: a multi-node Job is admitted
+        # whole or not at all) by unsuspending it, and may add node selectors of the flavor it chose. The operator
+        # never unsuspends a Job, and never updates one it created.
+        meta["labels"][LABEL_KUEUE_QUEUE] = queue
+        job_spec["suspend"] = True
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 
 def build_rendezvous_service(ftj: FineTuneJob | Mapping[str, Any], revision: Revision) -> dict[str, Any]:

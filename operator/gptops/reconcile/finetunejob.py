@@ -302,6 +302,12 @@ def _stage_outcome(stage: str, name: str, job: JobState | None, recorded: StageS
         message = result.message if result is not None and result.message else f"Job {name} succeeded"
         return _Stage(Want(cond_type, TRUE, Reason.JOB_SUCCEEDED, _cut(message)), done=True, result=result,
                       status=timing)
+    if job.suspended:
+        # Kueue admits it by unsuspending it (quota free, all of a multi-node Job's Pods at once); the operator
+        # never does. A Job Kueue suspends again (preempted) waits here too, its Pods gone.
+        message = (f"Job {name} is queued in Kueue LocalQueue {job.queue}: it starts when Kueue admits it"
+                   if job.queue else f"Job {name} is suspended: it starts when it is resumed")
+        return _Stage(Want(cond_type, FALSE, Reason.QUEUED, message), status=timing)
     problem = next((found for pod in job.pods if (found := pod.problem()) is not None), None)
     if problem is not None:
         return _Stage(Want(cond_type, FALSE, problem[0], _cut(f"Job {name}: {problem[1]}")), status=timing, warn=True)
@@ -434,6 +440,8 @@ def derive_phase(conditions: list[Condition], *, started: bool) -> str:
         return "Passed"
     if passed == FALSE:
         return "Rejected"
+    if any(status.get(c, ("", ""))[1] == Reason.QUEUED for c in STAGE_CONDITION.values()):
+        return "Queued"
     if status.get(TRAINED, ("",))[0] == TRUE:
         return "Evaluating"
     if status.get(PREPARED, ("",))[0] == TRUE:

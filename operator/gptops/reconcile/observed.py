@@ -7,7 +7,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gptops.api.constants import ANNOTATION_START_MODEL, LABEL_REVISION_KEY, LABEL_SPEC_KEY, LABEL_STAGE
+from gptops.api.constants import (
+    ANNOTATION_START_MODEL,
+    LABEL_KUEUE_QUEUE,
+    LABEL_REVISION_KEY,
+    LABEL_SPEC_KEY,
+    LABEL_STAGE,
+)
 from gptops.api.finetunejob import FineTuneJob
 from gptops.api.gptmodel import GPTModel
 
@@ -60,6 +66,10 @@ class JobState:
     active: int = 0
     succeeded: int = 0
     failed: int = 0
+    suspended: bool = False
+    """spec.suspend: the Job waits (for Kueue to admit it, when it has a queue) and runs no Pod."""
+    queue: str = ""
+    """The Kueue LocalQueue it waits in (its kueue.x-k8s.io/queue-name label), "" without one."""
     pods: tuple[PodState, ...] = ()
 
     def _condition(self, type_: str) -> Mapping[str, Any] | None:
@@ -185,6 +195,8 @@ def job_state(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) ->
         active=int(status.get("active") or 0),
         succeeded=int(status.get("succeeded") or 0),
         failed=int(status.get("failed") or 0),
+        suspended=bool((job.get("spec") or {}).get("suspend")),
+        queue=labels.get(LABEL_KUEUE_QUEUE, ""),
         pods=tuple(pod_state(p) for p in mine),
     )
 
