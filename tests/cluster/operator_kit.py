@@ -161,14 +161,6 @@ class Operator:
                 self.proc.wait(timeout=30)
         return self.proc.returncode
 
-    def answers(self) -> bool:
-        """Whether its metrics endpoint answers (the process has loaded kopf and the handlers and started)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5):
-                return True
-        except OSError:
-            return False
-
     def reconciles(self, kind: str) -> float:
         """gptops_reconcile_total{kind, result="ok"} as this process counts it (0 before it answers)."""
         try:
