@@ -95,8 +95,8 @@ def settled(k: Cluster, runs: dict[str, str]) -> bool:
         if promoted.get("status") != "True" and promoted.get("reason") != "Superseded":
             return False
     models = {m["metadata"]["name"]: m for m in json.loads(k.kubectl("get", "gptmodel", "-o", "json").stdout)["items"]}
-    return all((models.get(model) or {}).get("status", {}).get("servingRevision") == expected_revision(ftjs, runs, model)
-               for model in set(runs.values()))
+    return all((models.get(model) or {}).get("status", {}).get("servingRevision")
+               == expected_revision(ftjs, runs, model) for model in set(runs.values()))
 
 
 def passed_at(ftj: dict[str, Any]) -> tuple[str, str]:
@@ -117,9 +117,11 @@ def our_events(k: Cluster) -> list[tuple[str, str, str]]:
             and e["involvedObject"]["kind"] in ("FineTuneJob", "GPTModel") for _ in range(e.get("count") or 1)]
 
 
-def assert_complete_and_unique(k: Cluster, runs: dict[str, str]) -> dict[str, Any]:
+def assert_complete_and_unique(k: Cluster, runs: dict[str, str], *, killed: bool = False) -> dict[str, Any]:
     """Every run complete with one Job per stage, every GPTModel serving the run that passed last (promoted once),
-    no Event twice; returns the figures."""
+    no Event twice; returns the figures. With `killed` (the operator SIGKILLed along the way) an announcement may be
+    missing but never doubled: Events go out after the pass that created the Job or changed what is served, so a
+    kill between the two loses the Event (best effort, as Events are); the Job and the status are the record."""
     jobs = collections.Counter((j["metadata"]["labels"][LABEL_FINETUNEJOB], j["metadata"]["labels"][LABEL_STAGE])
                                for j in k.items("jobs", STAGE_JOBS))
     assert jobs == collections.Counter({(run, stage): 1 for run in runs for stage in STAGES}), jobs
@@ -158,11 +160,13 @@ def assert_complete_and_unique(k: Cluster, runs: dict[str, str]) -> dict[str, An
         # The revision it serves was announced once, however many passes and operators saw it.
         announced = [m for obj, reason, m in events if obj == model and reason == "Promoted"
                      and f"Serving revision {expected} " in m]
-        assert len(announced) == 1, (model, [e for e in events if e[0] == model])
+        assert len(announced) == 1 or (killed and not announced), (model, [e for e in events if e[0] == model])
+    unannounced = 0
     for run in runs:
         created = [m for obj, reason, m in events if obj == run and reason == "JobCreated"]
-        assert len(created) == len(STAGES), (run, created)
-    return {"runs": len(runs), "jobs": sum(jobs.values()), "events": len(events)}
+        assert len(created) == len(STAGES) or (killed and len(created) < len(STAGES)), (run, created)
+        unannounced += len(STAGES) - len(created)
+    return {"runs": len(runs), "jobs": sum(jobs.values()), "events": len(events), "jobsNotAnnounced": unannounced}
 
 
 def drive(k: Cluster, finisher: Finisher, runs: dict[str, str], timeout: float) -> None:
@@ -283,8 +287,8 @@ def test_an_operator_killed_every_few_seconds_completes_twenty_runs_once(k: Clus
         if time.monotonic() > deadline:
             pytest.fail(f"not settled after {kills} kills:\n" + k.kubectl("get", "ftj,gptmodel").stdout,
                         pytrace=False)
-        wait_for(lambda: op.reconciles("FineTuneJob") + op.reconciles("GPTModel") > 0, "the operator's first pass",
-                 timeout=180)
+        wait_for(lambda op=op: op.reconciles("FineTuneJob") + op.reconciles("GPTModel") > 0,
+                 "the operator's first pass", timeout=180)
         alive_until = time.monotonic() + 4 + 2 * (kills % 4)
         while time.monotonic() < alive_until:
             finisher.step()
@@ -295,6 +299,6 @@ def test_an_operator_killed_every_few_seconds_completes_twenty_runs_once(k: Clus
         op = operators()
     # The last one, left running, settles everything.
     drive(k, finisher, runs, timeout=600)
-    figures = assert_complete_and_unique(k, runs)
+    figures = assert_complete_and_unique(k, runs, killed=True)
     assert kills >= 5, f"only {kills} kills: the runs settled before the test had killed the operator enough"
     print(json.dumps({"kills": kills, **figures}))
