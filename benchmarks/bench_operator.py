@@ -141,7 +141,7 @@ class Recorder:
                     if err.status == 410:
                         version = None
                         continue
-                    raise
+                    time.sleep(0.5)  # a loaded API server's 429/5xx: watch again rather than lose the watch
                 except Exception:  # the cluster going away at the end, or a dropped connection: watch again
                     if self.stop.is_set():
                         return
@@ -185,6 +185,9 @@ class Recorder:
         except k8s.exceptions.ApiException as err:  # gone meanwhile (its Job replaced it): the next one is finished
             if err.status != 404:
                 self.finished_pods.discard(meta["name"])
+        except Exception:  # a timeout on a loaded API server: its next event or the re-list tries again
+            self.finished_pods.discard(meta["name"])
+            raise
 
     def _on_ftj(self, type_: str, obj: Any, client: k8s.ApiClient) -> None:
         if type_ == "DELETED":
