@@ -145,6 +145,7 @@ class Recorder:
                 except Exception:  # the cluster going away at the end, or a dropped connection: watch again
                     if self.stop.is_set():
                         return
+                    version = None  # from a fresh list: what failed in the handler is seen again
                     time.sleep(0.5)
 
         thread = threading.Thread(target=run, daemon=True)
