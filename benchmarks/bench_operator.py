@@ -141,10 +141,11 @@ class Recorder:
                     if err.status == 410:
                         version = None
                         continue
-                    raise
+                    time.sleep(0.5)  # a loaded API server's 429/5xx: watch again rather than lose the watch
                 except Exception:  # the cluster going away at the end, or a dropped connection: watch again
                     if self.stop.is_set():
                         return
+                    version = None  # from a fresh list: what failed in the handler is seen again
                     time.sleep(0.5)
 
         thread = threading.Thread(target=run, daemon=True)
@@ -185,6 +186,9 @@ class Recorder:
         except k8s.exceptions.ApiException as err:  # gone meanwhile (its Job replaced it): the next one is finished
             if err.status != 404:
                 self.finished_pods.discard(meta["name"])
+        except Exception:  # a timeout on a loaded API server: its next event or the re-list tries again
+            self.finished_pods.discard(meta["name"])
+            raise
 
     def _on_ftj(self, type_: str, obj: Any, client: k8s.ApiClient) -> None:
         if type_ == "DELETED":
@@ -229,8 +233,26 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def apiserver_metrics(cp: devcluster.DevCluster, attempts: int = 6) -> str:
+    """The API server's /metrics as the admin: a loaded API server can take longer than a request's 5 s (an N=1000
+    run lost its figures to one such timeout at the end), so 60 s a try, a few tries."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(cp.pki.ca_cert))
+    context.load_cert_chain(str(cp.pki.admin_cert), str(cp.pki.admin_key))
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(f"{cp.server}/metrics", context=context, timeout=60) as resp:
+                return resp.read().decode()
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(5)
+    raise AssertionError("unreachable")
+
+
 def operator_requests(cp: devcluster.DevCluster) -> dict[str, float]:
-    text = devcluster._Api(cp).get("/metrics").decode()
+    text = apiserver_metrics(cp)
     return {kind: metric_sum(text, "apiserver_flowcontrol_dispatched_requests_total",
                              flow_schema=f"gptops-bench-{kind}")
             for kind in ("reads", "writes", "events")}
@@ -244,7 +266,7 @@ OWN_WRITES = (("finetunejobs", "status", ("PATCH",)), ("gptmodels", "status", ("
 
 
 def own_writes(cp: devcluster.DevCluster) -> dict[str, float]:
-    text = devcluster._Api(cp).get("/metrics").decode()
+    text = apiserver_metrics(cp)
     out = {}
     for resource, sub, verbs in OWN_WRITES:
         for verb in verbs:

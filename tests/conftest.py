@@ -83,6 +83,18 @@ class ControlPlane:
 
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
+    def stop_component(self, name: str) -> None:
+        """Stop one process of the control plane (e.g. kube-apiserver, etcd); its data and port stay."""
+        from gptops.devcluster import cluster
+
+        cluster.stop_component(self.dir, name)
+
+    def start_component(self, name: str) -> None:
+        """Start a stopped process again as it was first started, and wait until it answers."""
+        from gptops.devcluster import cluster
+
+        cluster.start_component(self.dir, name)
+
     def log_tails(self, lines: int = 10) -> str:
         """The last lines of every component's log, for failure reports."""
         from gptops.devcluster import cluster, processes

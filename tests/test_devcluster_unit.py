@@ -162,3 +162,48 @@ def test_dev_cluster_without_its_extra_says_which_extra_to_install(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip() == ("error: gptops dev-cluster needs the devcluster extra (cryptography is not "
                                    "installed): pip install 'gptops[devcluster]'")
+
+
+_HEALTHZ_SERVER = """
+import http.server, sys
+port = int(sys.argv[-1].rsplit(":", 1)[1])
+class Healthz(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Healthz).serve_forever()
+"""
+
+
+def test_a_stopped_component_starts_again_with_its_arguments_and_port(tmp_path):
+    """stop_component/start_component (the fault tests' API server and etcd restarts), on a stand-in for kwok: a
+    process serving /healthz on the port its recorded arguments name."""
+    import json
+    import urllib.request
+
+    port = processes.free_port()
+    args = ["-c", _HEALTHZ_SERVER, f"--server-address=127.0.0.1:{port}"]
+    log = tmp_path / "logs" / "kwok.log"
+    pid = processes.spawn([sys.executable, *args], log, die_with_parent=True)
+    (tmp_path / "state.json").write_text(json.dumps({"components": [
+        {"name": "kwok", "pid": pid, "program": sys.executable, "log": str(log), "args": args,
+         "dieWithParent": True}]}))
+    processes.wait_ready("kwok", pid, log, lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz",
+                                                                          timeout=2).read() == b"ok", 30)
+
+    cluster.stop_component(tmp_path, "kwok")
+    assert not processes.is_alive(pid)
+    with pytest.raises(cluster.DevClusterError, match="kwok of the dev cluster .* is not running"):
+        cluster.stop_component(tmp_path, "kwok")
+    cluster.start_component(tmp_path, "kwok", timeout=30)
+    (again,) = cluster.status(tmp_path)
+    try:
+        assert again.alive and again.pid != pid
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read() == b"ok"
+        with pytest.raises(cluster.DevClusterError, match="already runs"):
+            cluster.start_component(tmp_path, "kwok")
+        with pytest.raises(cluster.DevClusterError, match="no etcd recorded .*; known: kwok"):
+            cluster.start_component(tmp_path, "etcd")
+    finally:
+        cluster.stop(tmp_path)

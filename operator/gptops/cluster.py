@@ -203,17 +203,21 @@ def _owned(items: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
 # --- applying -----------------------------------------------------------------------------------------------
 
 
-def apply(actions: tuple[Action, ...], body: Mapping[str, Any]) -> None:
-    """Carry out a plan's actions in order, on behalf of the object `body` (for events)."""
+def apply(actions: tuple[Action, ...], body: Mapping[str, Any]) -> frozenset[str]:
+    """Carry out a plan's actions in order, on behalf of the object `body` (for events); returns the children
+    ("Kind/name") that a CreateChild found already there. An event announcing such a child is not posted."""
+    existed: set[str] = set()
     for action in actions:
         if isinstance(action, CreateChild):
-            create(action.manifest)
+            if not create(action.manifest):
+                existed.add(f"{action.manifest['kind']}/{action.manifest['metadata']['name']}")
         elif isinstance(action, ApplyChild):
             server_side_apply(action.manifest)
         elif isinstance(action, DeleteChild):
             delete(action)
-        elif isinstance(action, EmitEvent):
+        elif isinstance(action, EmitEvent) and action.child not in existed:
             post_event(body, action)
+    return frozenset(existed)
 
 
 def post_event(body: Mapping[str, Any], event: EmitEvent) -> None:
@@ -247,8 +251,8 @@ def post_event(body: Mapping[str, Any], event: EmitEvent) -> None:
         log.warning("Could not post event reason=%s name=%s status=%s", event.reason, meta["name"], err.status)
 
 
-def create(manifest: dict[str, Any]) -> None:
-    """Create a child; AlreadyExists (409) means an earlier pass did it, which is success."""
+def create(manifest: dict[str, Any]) -> bool:
+    """Create a child; AlreadyExists (409) means an earlier pass did it, which is success (False: not created now)."""
     api = api_client()
     kind, ns, name = manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     calls = {
@@ -259,9 +263,11 @@ def create(manifest: dict[str, Any]) -> None:
     try:
         _raw(calls[kind], ns, manifest, field_manager=FIELD_MANAGER)
         log.info("Created %s namespace=%s name=%s", kind, ns, name)
+        return True
     except ApiException as err:
         if err.status != 409:
             raise
+        return False
 
 
 def server_side_apply(manifest: dict[str, Any]) -> None:

@@ -9,94 +9,18 @@ Pod deleted under a running Job (its node died) is replaced by the Job controlle
 from __future__ import annotations
 
 import json
-import re
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gptops.devcluster.stages import EXIT_CODE_ANNOTATION, RESULT_ANNOTATION
-from operator_kit import EXAMPLES, GOOD, MODEL, RUN, Cluster, free_port
+from operator_kit import EXAMPLES, GOOD, MODEL, RUN, Cluster
 from waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
-GPTOPS = str(Path(sys.executable).parent / "gptops")
 STAGE_JOB_SELECTOR = f"app.kubernetes.io/managed-by=gptops,gptops.io/finetunejob={RUN}"
-
-
-class Operator:
-    """One `gptops operator` process watching the test's namespace; its output goes to a file (a pipe nobody
-    reads would block it)."""
-
-    def __init__(self, control_plane: Any, namespace: str, log: Path) -> None:
-        self.metrics_port, self.health_port = free_port(), free_port()
-        self.log = log
-        env = {**control_plane.env, "GPTOPS_RESYNC_SECONDS": "2", "GPTOPS_WATCH_SERVER_TIMEOUT": "10"}
-        with log.open("w") as out:
-            self.proc = subprocess.Popen(
-                [GPTOPS, "operator", "--namespace", namespace, "--metrics-port", str(self.metrics_port),
-                 "--health-port", str(self.health_port)], env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup handler, no last status write."""
-        self.proc.send_signal(signal.SIGKILL)
-        assert self.proc.wait(timeout=30) == -signal.SIGKILL
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-        return self.proc.returncode
-
-    def reconciles(self, kind: str) -> float:
-        """gptops_reconcile_total{kind, result="ok"} as this process counts it (0 before it answers)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-                text = response.read().decode()
-        except OSError:
-            return 0.0
-        found = re.search(rf'^gptops_reconcile_total\{{kind="{kind}",result="ok"\}} (\S+)$', text, re.M)
-        return float(found.group(1)) if found else 0.0
-
-    def wait_passes(self, kind: str, count: int, timeout: float = 60) -> None:
-        """Wait until this operator has finished `count` more passes over objects of `kind` than now."""
-        start = self.reconciles(kind)
-        wait_for(lambda: self.reconciles(kind) >= start + count, f"{count} more {kind} passes", timeout)
-
-
-@pytest.fixture
-def operators(control_plane, k: Cluster, tmp_path: Path) -> Iterator[Any]:
-    """Start operators with `operators()`; at the end every one still running is stopped, and must exit cleanly."""
-    started: list[Operator] = []
-
-    def start() -> Operator:
-        started.append(Operator(control_plane, k.ns, tmp_path / f"operator-{len(started)}.log"))
-        return started[-1]
-
-    yield start
-    try:
-        k.kubectl("delete", "finetunejobs,gptmodels", "--all", "--timeout=30s")
-    finally:
-        codes = [(op.proc.poll(), op) for op in started]
-        for code, op in codes:
-            if code is None:  # still running: a graceful stop must succeed
-                assert op.stop() == 0, op.output[-4000:]
-        k.cp.kubectl("delete", "pv", f"{k.ns}-artifacts", "--wait=false", check=False)
 
 
 # --- what a test looks at -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import threading
 import time
@@ -66,11 +67,14 @@ class FakeAPI:
             obj = self.objects[plural]
             obj["status"] = merge(obj.get("status") or {}, status)
 
-    def create(self, manifest: dict[str, Any]) -> None:
+    def create(self, manifest: dict[str, Any]) -> bool:
+        """Like the API server: False (AlreadyExists) for a name that exists."""
         name = manifest["metadata"]["name"]
         with self.guard:
+            created = name not in self.jobs
             self.jobs.setdefault(name, JobState(name=name, stage=manifest["metadata"]["labels"]["gptops.io/stage"],
                                                 active=1))
+            return created
 
     def observe_finetunejob(self, ftj: Any) -> ObservedFineTuneJob:
         with self.guard:
@@ -158,6 +162,21 @@ def test_concurrent_passes_post_each_event_once(api: FakeAPI) -> None:
     # A later pass with nothing new posts nothing.
     woken()
     assert len(api.events) == 3
+
+
+def test_a_job_already_created_is_not_announced_again_by_a_pass_whose_cache_lags(
+        api: FakeAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    common.wake(KIND_FINETUNEJOB, NS, "tiny-ft")  # creates the prepare Job and announces it
+    jobs, events = list(api.jobs), list(api.events)
+    assert jobs and [reason for reason, _ in events].count("JobCreated") == len(jobs)
+
+    # A later pass observes no Job yet (its watch cache is behind, as on a loaded API server): it plans the Job
+    # again, the create meets AlreadyExists, and nobody is told twice that it was created.
+    observe = api.observe_finetunejob
+    monkeypatch.setattr(cluster, "observe_finetunejob", lambda ftj: dataclasses.replace(observe(ftj), jobs={}))
+    common.wake(KIND_FINETUNEJOB, NS, "tiny-ft")
+    assert list(api.jobs) == jobs
+    assert api.events == events
 
 
 def test_a_pass_that_changes_nothing_writes_no_status(api: FakeAPI, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -192,6 +192,60 @@ def status(directory: Path) -> list[Component]:
     ]
 
 
+def stop_component(directory: Path, name: str) -> None:
+    """Stop one recorded process (SIGTERM, then SIGKILL), as when it crashes or its machine restarts; its data
+    directory, port and log stay for `start_component`."""
+    component = _component(directory, name)
+    if not component.alive:
+        raise DevClusterError(f"{name} of the dev cluster in {directory} is not running")
+    processes.stop(component.pid, component.program)
+
+
+def start_component(directory: Path, name: str, timeout: float = 90) -> None:
+    """Start a stopped process again with the arguments it was first started with (same ports, same data directory,
+    its log appended to) and wait until it answers as at start-up; the new pid replaces the old in state.json."""
+    directory = Path(directory).resolve()
+    if _component(directory, name).alive:
+        raise DevClusterError(f"{name} of the dev cluster in {directory} already runs")
+    state_file = directory / "state.json"
+    state = json.loads(state_file.read_text())
+    record = next(c for c in state["components"] if c["name"] == name)
+    if "args" not in record:
+        raise DevClusterError(f"{state_file} records no arguments for {name}: a cluster started by an older "
+                              "gptops; start it again with `gptops dev-cluster up`")
+    log = Path(record["log"])
+    pid = processes.spawn([record["program"], *record["args"]], log, record.get("dieWithParent", False))
+    record["pid"] = pid
+    state_file.write_text(json.dumps(state, indent=2))
+    try:
+        processes.wait_ready(name, pid, log, _readiness(directory, name, record["args"]), timeout)
+    except processes.StartError as err:
+        raise DevClusterError(str(err)) from err
+
+
+def _component(directory: Path, name: str) -> Component:
+    found = next((c for c in status(directory) if c.name == name), None)
+    if found is None:
+        raise DevClusterError(f"no {name} recorded in {Path(directory) / 'state.json'}; known: "
+                              f"{', '.join(c.name for c in status(directory)) or 'none'}")
+    return found
+
+
+def _readiness(directory: Path, name: str, args: list[str]) -> Callable[[], bool]:
+    """The check start-up used for `name`, rebuilt from its arguments."""
+    flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+    if name == "etcd":
+        return lambda: b'"health":"true"' in _http_get(f"{flags['advertise-client-urls']}/health")
+    if name == "kube-apiserver":
+        api = _Api(DevCluster(directory, f"https://127.0.0.1:{flags['secure-port']}", Path()))
+        return lambda: api.get("/readyz") == b"ok"
+    if name in ("kube-controller-manager", "kube-scheduler"):
+        return lambda: _https_healthz(int(flags["secure-port"]))
+    if name == "kwok":
+        return lambda: _http_get(f"http://{flags['server-address']}/healthz") == b"ok"
+    raise DevClusterError(f"unknown dev cluster component {name}; known: {', '.join(PROGRAMS)}")
+
+
 def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, user: str) -> Path:
     """Write a kubeconfig for `user` with the CA and client cert embedded."""
 
@@ -338,7 +392,8 @@ class _Launcher:
         program = program or str(self.bin / name)
         log = self.dir / "logs" / f"{name}.log"
         pid = processes.spawn([program, *args], log, self.die_with_parent)
-        self.components.append({"name": name, "pid": pid, "program": program, "log": str(log)})
+        self.components.append({"name": name, "pid": pid, "program": program, "log": str(log), "args": args,
+                                "dieWithParent": self.die_with_parent})
         (self.dir / "state.json").write_text(json.dumps({"components": self.components}, indent=2))
         return lambda timeout: processes.wait_ready(name, pid, log, ready, timeout)
 

@@ -101,15 +101,18 @@ def run_pass(
                 raise kopf.PermanentError(f"invalid {kind}: {err}") from err
             decided = plan(obj, observe(obj))
             if EVENTS is not None:  # children first; the events go out behind every pass's Jobs
-                cluster.apply(decided.changes, body)
-                EVENTS.post(decided.events, body)
+                existed = cluster.apply(decided.changes, body)
             else:
-                cluster.apply(decided.actions, body)
+                existed = cluster.apply(decided.actions, body)
+            # A child another pass created (this pass's cache had not seen it yet) was announced by that pass.
+            events = tuple(e for e in decided.events if e.child is None or e.child not in existed)
+            if EVENTS is not None:
+                EVENTS.post(events, body)
             indexes.note_created(decided.actions, body)
             if changes_status(body.get("status") or {}, decided.status):
                 indexes.note_written(plural, namespace, name,
                                      cluster.patch_status(plural, namespace, name, decided.status))
-            for event in decided.events:  # each transition once: a rollback, a failed stage, a promotion
+            for event in events:  # each transition once: a rollback, a failed stage, a promotion
                 log.log(logging.WARNING if event.type == "Warning" else logging.INFO, "%s kind=%s namespace=%s "
                         "name=%s reason=%s", event.message, kind, namespace, name, event.reason)
         result = "ok"

@@ -32,6 +32,12 @@ WORKERS_ENV, WORKERS = "GPTOPS_WORKERS", 16
 #: Seconds before a failed pass runs again, one per retry; after the last, the next event or resync wakes it.
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 60.0, 60.0, 60.0)
 
+#: Seconds between kopf's retries of a failing API request, watches included: 1 to 8 s, then every 10 s, for about
+#: ten minutes in all. A kube-apiserver or etcd restart is waited out by the same process, which reconnects within
+#: 10 s of the API server's return (kopf's default gives up after 54 s: its watcher fails and the whole operator
+#: stops); past this, kopf stops and `gptops operator` exits with the error, for its Deployment to restart it.
+API_ERROR_BACKOFFS = (1.0, 1.0, 2.0, 3.0, 5.0, 8.0) + (10.0,) * 60
+
 _resync: common.Resync | None = None
 
 
@@ -69,6 +75,7 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 30
+    settings.networking.error_backoffs = API_ERROR_BACKOFFS
     settings.queueing.error_delays = (1, 2, 5, 10, 20, 30, 60)
     settings.execution.max_workers = 4  # kopf's own pool: every handler here is async and only queues
     settings.posting.level = logging.INFO

@@ -120,7 +120,8 @@ def plan_finetunejob(ftj: FineTuneJob, observed: ObservedFineTuneJob) -> Plan:
                 actions.append(CreateChild(child))
                 actions.append(EmitEvent("Normal", Reason.JOB_CREATED,
                                          f"Created {child['kind']} {child['metadata']['name']} for the {stage} stage"
-                                         f" of revision {revision.key}"))
+                                         f" of revision {revision.key}",
+                                         child=f"{child['kind']}/{child['metadata']['name']}"))
         wants.append(outcome.want)
         if outcome.warn:
             problems.append(outcome.want)

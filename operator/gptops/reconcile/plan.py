@@ -47,11 +47,14 @@ class DeleteChild:
 
 @dataclass(frozen=True)
 class EmitEvent:
-    """A Kubernetes Event on the object being reconciled."""
+    """A Kubernetes Event on the object being reconciled. `child` ("Kind/name") marks an event that announces the
+    creation of that child: it is not posted when the create meets a child that already exists (a pass whose watch
+    cache had not shown it yet), so that each child is announced once."""
 
     type: EventType
     reason: str
     message: str
+    child: str | None = None
 
 
 Action = CreateChild | ApplyChild | DeleteChild | EmitEvent
