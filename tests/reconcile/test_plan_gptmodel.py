@@ -376,3 +376,59 @@ def test_autoscaling_adds_an_autoscaler_and_removing_it_deletes_it(world: World)
     assert world.autoscaler is None
     assert world.deployment_manifest["spec"]["replicas"] == world.model["spec"]["serving"].get("replicas", 1)
     assert plan.changes == ()
+
+
+def lora_finetunejob(name: str, passed_at: str, rank: int = 8) -> dict:
+    return passed_finetunejob(name, promote=True, passed_at=passed_at, training={"method": "lora", "lora": {"r": rank}},
+                              artifacts={"adapter": f"/artifacts/ml/{name}/k/adapter", "baseModel": LORA_BASE})
+
+
+def lora_modules(world: World) -> list[str]:
+    a = args(world)
+    start = a.index("--lora-modules") + 1
+    return a[start:a.index("--max-lora-rank")]
+
+
+def test_several_loras_of_one_base_are_served_side_by_side(world: World) -> None:
+    """maxAdapters 2: promoting a second adapter adds it beside the first on the same base; a third drops the oldest;
+    status lists the served adapters and the model name each is asked for by."""
+    world.model["spec"]["serving"]["lora"] = {"maxAdapters": 2}
+    world.finetunejobs["ft-a"] = lora_finetunejob("ft-a", "2026-01-01T00:01:00Z")
+    settle(world, "model")
+    world.roll_out()
+    settle(world, "model")
+    assert lora_modules(world) == ["tiny=/artifacts/ml/ft-a/k/adapter"]
+    assert world.model["status"]["adapters"] == [
+        {"revision": "ft-a", "modelName": "tiny", "adapter": "/artifacts/ml/ft-a/k/adapter"}]
+
+    world.finetunejobs["ft-b"] = lora_finetunejob("ft-b", "2026-01-01T00:02:00Z", rank=32)
+    settle(world, "model")
+    assert args(world)[0] == LORA_BASE and revision(world) == "ft-b"  # the base stays; the adapters change
+    assert lora_modules(world) == ["ft-a=/artifacts/ml/ft-a/k/adapter", "tiny=/artifacts/ml/ft-b/k/adapter"]
+    assert opt(world, "--max-loras") == "2" and opt(world, "--max-lora-rank") == "32"
+    assert [(a["revision"], a["modelName"]) for a in world.model["status"]["adapters"]] == \
+        [("ft-a", "ft-a"), ("ft-b", "tiny")]
+    world.roll_out()
+    assert settle(world, "model").changes == ()
+
+    world.finetunejobs["ft-c"] = lora_finetunejob("ft-c", "2026-01-01T00:03:00Z")
+    settle(world, "model")
+    assert lora_modules(world) == ["ft-b=/artifacts/ml/ft-b/k/adapter", "tiny=/artifacts/ml/ft-c/k/adapter"]
+
+    # A full revision replaces the base: no adapters are served with it.
+    world.finetunejobs["ft-full"] = passed_finetunejob("ft-full", promote=True, passed_at="2026-01-01T00:04:00Z",
+                                                       artifacts={"model": "/artifacts/ml/ft-full/k/model"})
+    settle(world, "model")
+    assert "--enable-lora" not in args(world) and "adapters" not in world.model["status"]
+
+
+def test_an_adapter_of_another_base_is_not_served_beside(world: World) -> None:
+    world.model["spec"]["serving"]["lora"] = {"maxAdapters": 3}
+    world.finetunejobs["ft-a"] = lora_finetunejob("ft-a", "2026-01-01T00:01:00Z")
+    other = lora_finetunejob("ft-o", "2026-01-01T00:02:00Z")
+    other["status"]["artifacts"]["baseModel"] = "/artifacts/ml/ft-full/k/model"
+    world.finetunejobs["ft-o"] = other
+    world.finetunejobs["ft-b"] = lora_finetunejob("ft-b", "2026-01-01T00:03:00Z")
+    settle(world, "model")
+    assert lora_modules(world) == ["ft-a=/artifacts/ml/ft-a/k/adapter", "tiny=/artifacts/ml/ft-b/k/adapter"]
+    assert opt(world, "--max-loras") == "3"

@@ -3,7 +3,12 @@ Deployment, its Service and its autoscaler. They return dicts and never import k
 
 from gptops.builders.autoscaler import build_autoscaler
 from gptops.builders.common import BuildError, owner_reference
-from gptops.builders.deployment import build_deployment, deployment_name, vllm_args
+from gptops.builders.deployment import (
+    adapter_model_names,
+    build_deployment,
+    deployment_name,
+    vllm_args,
+)
 from gptops.builders.job import (
     build_rendezvous_service,
     build_stage_children,
@@ -15,6 +20,7 @@ from gptops.builders.service import build_service
 
 __all__ = [
     "BuildError",
+    "adapter_model_names",
     "build_autoscaler",
     "build_deployment",
     "build_rendezvous_service",

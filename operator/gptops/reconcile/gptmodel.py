@@ -43,6 +43,7 @@ from gptops.api.constants import (
 )
 from gptops.api.gptmodel import GPTModel
 from gptops.builders import (
+    adapter_model_names,
     build_autoscaler,
     build_deployment,
     build_service,
@@ -64,7 +65,7 @@ from gptops.reconcile.plan import (
     EmitEvent,
     Plan,
 )
-from gptops.reconcile.promotion import candidates, choose, passed_revision
+from gptops.reconcile.promotion import candidates, choose, order, passed_revision
 
 #: When the Deployment's current revision started rolling out (RFC 3339).
 ANNOTATION_ROLLOUT_STARTED = f"{GROUP}/rollout-started"
@@ -145,7 +146,8 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     kept = dep.annotations if same and dep is not None else {}
     # A change of spec.serving on the same revision is a rollout too: watched, but never "fixed" by rolling back to
     # another revision (the same spec would break that one as well). It is Degraded until the spec is fixed.
-    in_place = same and kept.get(ANNOTATION_SPEC_HASH) != _deployment(model, served, started=None)[
+    older = _older_adapters(model, observed, served, rolled_back)
+    in_place = same and kept.get(ANNOTATION_SPEC_HASH) != _deployment(model, served, older, started=None)[
         "metadata"]["annotations"][ANNOTATION_SPEC_HASH]
     of_spec = in_place or (same and not complete and kept.get(ANNOTATION_ROLLOUT_OF) == ROLLOUT_OF_SPEC)
     if in_place:
@@ -161,7 +163,8 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
         back = previous.revision or SOURCE_REVISION
         serving.update(serving_status(previous, None))
         # The way back is not watched: there is nothing further to roll back to.
-        rollback = _deployment(model, previous, started=None, rolled_back=served, rollback_reason=failure,
+        older = _older_adapters(model, observed, previous, served)
+        rollback = _deployment(model, previous, older, started=None, rolled_back=served, rollback_reason=failure,
                                rolled_back_generation=model.metadata.generation)
         if not observed.service:
             actions.append(CreateChild(build_service(model)))
@@ -172,11 +175,11 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
             _degraded(rollback["metadata"]["annotations"]),
         ]
         return _finish(model, observed, actions, serving, pin_note, wants, endpoint=model.endpoint(),
-                       ready_replicas=dep.ready_replicas if dep else 0, watch=watch)
+                       ready_replicas=dep.ready_replicas if dep else 0, watch=watch, older=older)
 
     # A new revision, or a new spec, is watched from now until it is rolled out; else the watch goes on (or none).
     desired = _deployment(
-        model, served,
+        model, served, older,
         started=now if not same or in_place else None if complete else kept.get(ANNOTATION_ROLLOUT_STARTED),
         rolled_back=rolled_back if same else None,
         rollback_reason=kept.get(ANNOTATION_ROLLBACK_REASON),
@@ -219,7 +222,8 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
                            f"{dep.available_replicas} available")
         degraded = _degraded(desired["metadata"]["annotations"])
     return _finish(model, observed, actions, serving, pin_note, [_ready(dep), progressing, degraded],
-                   endpoint=model.endpoint(), ready_replicas=dep.ready_replicas if dep else 0, watch=watch)
+                   endpoint=model.endpoint(), ready_replicas=dep.ready_replicas if dep else 0, watch=watch,
+                   older=older)
 
 
 def _served(model: GPTModel, serving: dict[str, Any]) -> ServedRevision | None:
@@ -266,11 +270,24 @@ _OURS = (ANNOTATION_SPEC_HASH, ANNOTATION_ROLLOUT_STARTED, ANNOTATION_ROLLED_BAC
          ANNOTATION_ROLLBACK_REASON, ANNOTATION_ROLLOUT_OF)
 
 
-def _deployment(model: GPTModel, served: ServedRevision, *, started: str | None,
+def _older_adapters(model: GPTModel, observed: ObservedGPTModel, served: ServedRevision,
+                    rolled_back: ServedRevision | None) -> list[ServedRevision]:
+    """The LoRA adapters served beside `served` (spec.serving.lora.maxAdapters - 1 of them, oldest first): the
+    newest other revisions of the same base that may be promoted and passed before it, never one rolled back from."""
+    room = model.spec.serving.lora.max_adapters - 1
+    if room <= 0 or not served.adapter:
+        return []
+    same_base = [r for r in candidates(observed.finetunejobs, model)
+                 if r.adapter and r.model == served.model and r.revision != served.revision
+                 and not r.same_files(rolled_back) and order(r) < order(served)]
+    return sorted(same_base, key=order)[-room:]
+
+
+def _deployment(model: GPTModel, served: ServedRevision, older: list[ServedRevision], *, started: str | None,
                 rolled_back: ServedRevision | None = None, rollback_reason: str | None = None,
                 rolled_back_generation: int | None = None, rollout_of: str | None = None) -> dict[str, Any]:
     """The builders' Deployment plus the rollout bookkeeping annotations (absent ones are removed by the apply)."""
-    manifest = build_deployment(model, served)
+    manifest = build_deployment(model, served, older)
     annotations = manifest["metadata"].setdefault("annotations", {})
     annotations[ANNOTATION_SPEC_HASH] = spec_hash(manifest)
     back = rolled_back
@@ -356,7 +373,7 @@ def _wanted_replicas(model: GPTModel, observed: ObservedGPTModel) -> int:
 
 def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], serving: dict[str, Any],
             pin_note: Want | None, wants: list[Want], *, endpoint: str | None, ready_replicas: int,
-            watch: MonitoringDecision) -> Plan:
+            watch: MonitoringDecision, older: list[ServedRevision] | None = None) -> Plan:
     if pin_note is not None:  # it takes the place of a False Progressing or Degraded, never of a rollout's own
         wants = [pin_note if w.type == pin_note.type and w.status == FALSE else w for w in wants]
     if watch.drifted is not None:
@@ -371,6 +388,9 @@ def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], 
         "endpoint": endpoint,
         "readyReplicas": ready_replicas,
         "serving": _display(served) if endpoint else None,
+        "adapters": [{"revision": rev.revision, "modelName": name, "adapter": rev.adapter}
+                     for name, rev in adapter_model_names(model, served, older or ())] or None
+        if endpoint and served is not None else None,
         "ready": f"{ready_replicas}/{_wanted_replicas(model, observed)}",
         "conditions": [c.to_dict() for c in conditions],
     }
