@@ -31,7 +31,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* The namespaced permissions of the operator: its children, read-only pods, events. */}}
+{{/* The namespaced permissions of the operator: its children, read-only pods and claims, events. */}}
 {{- define "gptops.namespacedRules" -}}
 - apiGroups: ["gptops.io"]
   resources: ["gptmodels", "finetunejobs"]
@@ -54,6 +54,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get"]
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["get", "patch", "delete"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -135,9 +135,10 @@ class LoRAServing(SpecModel):
 
 
 class Autoscaling(SpecModel):
-    """A HorizontalPodAutoscaler on the requests waiting in each vLLM Pod (custom metrics API)."""
+    """A HorizontalPodAutoscaler on the requests waiting in each vLLM Pod (custom metrics API), or a KEDA
+    ScaledObject where KEDA is installed (then minReplicas may be 0)."""
 
-    min_replicas: int = Field(default=1, ge=1, le=100)
+    min_replicas: int = Field(default=1, ge=0, le=100)
     max_replicas: int = Field(ge=1, le=100)
     target_waiting_requests: int = Field(default=4, ge=1, le=10_000)
 

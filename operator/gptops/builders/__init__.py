@@ -1,7 +1,7 @@
 """Pure manifest builders, one module per child kind: stage Jobs (and the multi-node rendezvous Service), the vLLM
 Deployment, its Service and its autoscaler. They return dicts and never import kopf or kubernetes."""
 
-from gptops.builders.autoscaler import build_autoscaler
+from gptops.builders.autoscaler import build_autoscaler, build_scaled_object
 from gptops.builders.common import BuildError, owner_reference
 from gptops.builders.deployment import (
     adapter_model_names,
@@ -24,6 +24,7 @@ __all__ = [
     "build_autoscaler",
     "build_deployment",
     "build_rendezvous_service",
+    "build_scaled_object",
     "build_service",
     "build_stage_children",
     "build_stage_job",

@@ -23,6 +23,7 @@ from gptops.api.artifacts import (
     serving_status,
 )
 from gptops.api.conditions import (
+    ARTIFACTS_SHARED,
     DEGRADED,
     DRIFTED,
     FALSE,
@@ -40,12 +41,14 @@ from gptops.api.constants import (
     ANNOTATION_REVISION,
     ANNOTATION_SPEC_HASH,
     GROUP,
+    KEDA_KIND,
 )
 from gptops.api.gptmodel import GPTModel
 from gptops.builders import (
     adapter_model_names,
     build_autoscaler,
     build_deployment,
+    build_scaled_object,
     build_service,
     deployment_name,
 )
@@ -66,6 +69,7 @@ from gptops.reconcile.plan import (
     Plan,
 )
 from gptops.reconcile.promotion import candidates, choose, order, passed_revision
+from gptops.reconcile.sharing import artifacts_shared
 
 #: When the Deployment's current revision started rolling out (RFC 3339).
 ANNOTATION_ROLLOUT_STARTED = f"{GROUP}/rollout-started"
@@ -351,17 +355,32 @@ def _degraded(annotations: dict[str, str] | Any) -> Want:
                 f"revision {failed} did not become Available ({why}); rolled back to revision {serving}")
 
 
-def _autoscaler(model: GPTModel, observed: ObservedGPTModel) -> list[Action]:
-    """The HorizontalPodAutoscaler while spec.serving.autoscaling is set (applied when what it says changed), none
-    when it is not."""
-    desired = build_autoscaler(model)
-    if desired is None:
-        if observed.autoscaler is None:
-            return []
-        return [DeleteChild("HorizontalPodAutoscaler", deployment_name(model), model.namespace)]
-    if observed.autoscaler != desired["metadata"]["annotations"][ANNOTATION_SPEC_HASH]:
-        return [ApplyChild(desired)]
-    return []
+def _autoscaler(model: GPTModel, observed: ObservedGPTModel) -> tuple[list[Action], Want | None]:
+    """While spec.serving.autoscaling is set: KEDA's ScaledObject where KEDA is installed, else the
+    HorizontalPodAutoscaler (each applied when what it says changed, the other one deleted); neither when it is not.
+    minReplicas 0 without KEDA is refused (a Degraded reason), and what runs is left as it is."""
+    scaling = model.spec.serving.autoscaling
+    name, ns = deployment_name(model), model.namespace
+    if scaling is not None and scaling.min_replicas == 0 and observed.keda_prometheus is None:
+        return [], Want(DEGRADED, TRUE, Reason.SCALE_TO_ZERO_NEEDS_KEDA,
+                        "spec.serving.autoscaling.minReplicas 0 needs KEDA (its CRD scaledobjects.keda.sh is not "
+                        "installed); a HorizontalPodAutoscaler cannot scale to zero: install KEDA or set minReplicas "
+                        "to 1 or more")
+    keda = scaling is not None and observed.keda_prometheus is not None
+    actions: list[Action] = []
+    scaled = build_scaled_object(model, observed.keda_prometheus) if keda and observed.keda_prometheus else None
+    if scaled is not None:
+        if observed.scaled_object != scaled["metadata"]["annotations"][ANNOTATION_SPEC_HASH]:
+            actions.append(ApplyChild(scaled))
+    elif observed.scaled_object is not None:
+        actions.append(DeleteChild(KEDA_KIND, name, ns))
+    hpa = None if keda else build_autoscaler(model)
+    if hpa is not None:
+        if observed.autoscaler != hpa["metadata"]["annotations"][ANNOTATION_SPEC_HASH]:
+            actions.append(ApplyChild(hpa))
+    elif observed.autoscaler is not None:
+        actions.append(DeleteChild("HorizontalPodAutoscaler", name, ns))
+    return actions, None
 
 
 def _wanted_replicas(model: GPTModel, observed: ObservedGPTModel) -> int:
@@ -378,10 +397,16 @@ def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], 
         wants = [pin_note if w.type == pin_note.type and w.status == FALSE else w for w in wants]
     if watch.drifted is not None:
         wants = [*wants, watch.drifted]
+    if (shared := artifacts_shared(model, observed, serving=endpoint is not None)) is not None:
+        wants = [*wants, shared]
     actions += watch.actions
-    actions += _autoscaler(model, observed)
+    scaling_actions, refused = _autoscaler(model, observed)
+    actions += scaling_actions
+    if refused is not None:  # it takes the place of a False Degraded, never of a rollout's own
+        wants = [refused if w.type == refused.type and w.status == FALSE else w for w in wants]
     conditions = rebuild(model.status.conditions, wants, generation=model.metadata.generation, now=observed.now)
-    actions += transition_events(model.status.conditions, conditions, warn_when_true=(DEGRADED, DRIFTED))
+    actions += transition_events(model.status.conditions, conditions, warn_when_true=(DEGRADED, DRIFTED),
+                                 warn_when_false=(ARTIFACTS_SHARED,))
     served = _served(model, serving)
     status: dict[str, Any] = {
         "observedGeneration": model.metadata.generation,
