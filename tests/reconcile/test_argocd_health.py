@@ -122,3 +122,34 @@ def test_a_pin_that_cannot_be_served_is_degraded_and_the_new_generation_waits(wo
     settle(world, "model")
     assert health("gptmodel", copy.deepcopy(world.model)) == (
         "Degraded", "spec.serving.revision nope: there is no FineTuneJob nope in ml")
+
+
+@pytest.mark.parametrize(("action", "status", "says"), [
+    ("alert", "Healthy", "1/1 replicas available"),  # Drifted=True alerts; the server still answers
+    ("rollback", "Degraded", "revision ft-1 drifted in live evaluation (perplexity 60"),
+])
+def test_a_drifted_gptmodel(world: World, action: str, status: str, says: str) -> None:
+    from test_plan_monitoring import finish_monitor, monitor_jobs, monitored, rolled_out
+
+    monitored(world, action=action)
+    rolled_out(world)
+    [job] = monitor_jobs(world)
+    finish_monitor(world, job, perplexity=60.0, bleu=20.0)
+    world.apply_model(world.plan_model())
+    assert any(c["type"] == "Drifted" and c["status"] == "True" for c in world.model["status"]["conditions"])
+    got = health("gptmodel", world.model)
+    assert got[0] == status and says in got[1], got
+
+
+@pytest.mark.parametrize("line", ['local _ = string.find("a", "a")', 'local _ = ("a"):upper()',
+                                  "local _ = math.floor(1.5)", 'local _ = io.open("/etc/hostname")',
+                                  'os.execute("true")'])
+def test_the_sandbox_refuses_what_argo_cd_refuses(tmp_path, monkeypatch, line: str) -> None:
+    """Argo CD opens only package, base, table and a safe os (time, date) for a health check: a script that reaches
+    for anything else fails in the runner too."""
+    import argocd_health
+
+    (tmp_path / "argocd-health-gptmodel.lua").write_text(f"{line}\nreturn {{status = 'Healthy', message = ''}}\n")
+    monkeypatch.setattr(argocd_health, "CHART", tmp_path)
+    with pytest.raises(Exception, match="attempt to|nil"):
+        argocd_health.lua_health("gptmodel", {"metadata": {"generation": 1}})
