@@ -4,6 +4,8 @@ write, in every state a GPTModel and a FineTuneJob can be in."""
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
 from dataclasses import replace
 from typing import Any
 
@@ -153,3 +155,22 @@ def test_the_sandbox_refuses_what_argo_cd_refuses(tmp_path, monkeypatch, line: s
     monkeypatch.setattr(argocd_health, "CHART", tmp_path)
     with pytest.raises(Exception, match="attempt to|nil"):
         argocd_health.lua_health("gptmodel", {"metadata": {"generation": 1}})
+
+
+def test_argo_cds_own_engine_runs_the_charts_lua_where_it_is_built(tmp_path) -> None:
+    """Where tools/argocd-health is built, every health() above was also answered by Argo CD's own engine; here it
+    must also refuse what the sandbox refuses."""
+    import argocd_health
+
+    engine = argocd_health.argocd_engine()
+    if engine is None:
+        pytest.skip("Argo CD's engine is not built (tools/build-argocd-health.sh, or GPTOPS_ARGOCD_HEALTH=build): "
+                    "the health checks ran in the Lua runner only")
+    ready = {"metadata": {"generation": 1},
+             "status": {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True", "message": "1/1"}]}}
+    assert argocd_health.argocd_health(engine, "gptmodel", [ready]) == [("Healthy", "1/1")]
+    bad = tmp_path / "bad.lua"
+    bad.write_text('local _ = string.find("a", "a")\nreturn {status = "Healthy", message = ""}\n')
+    done = subprocess.run([str(engine), str(bad)], input="[{}]", capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert "attempt to index a non-table object(nil) with key 'find'" in json.loads(done.stdout)[0]["error"]
