@@ -68,6 +68,8 @@ def test_rbac_grants_the_children_and_no_secrets(control_plane) -> None:
     # delete: old revisions' stage Jobs and finished monitor Jobs are removed by the operator.
     assert granted[("batch", "jobs")] == {"list", "watch", "create", "delete"}
     assert granted[("", "pods")] == {"list", "watch"}
+    assert granted[("", "persistentvolumeclaims")] == {"get"}  # the ArtifactsShared condition reads the claim
+    assert granted[("keda.sh", "scaledobjects")] == {"get", "create", "patch", "delete"}
     assert "patch" in granted[("gptops.io", "gptmodels/status")]
     assert "create" in granted[("", "events")]
     assert "update" not in granted[("gptops.io", "gptmodels")]  # the operator never writes spec

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import kopf
@@ -18,6 +21,10 @@ from gptops.api.conditions import now_rfc3339
 from gptops.api.constants import (
     ANNOTATION_SPEC_HASH,
     GROUP,
+    KEDA_GROUP,
+    KEDA_KIND,
+    KEDA_PLURAL,
+    KEDA_VERSION,
     LABEL_FINETUNEJOB,
     LABEL_MANAGED_BY,
     LABEL_MODEL,
@@ -58,7 +65,8 @@ _api: k8s.ApiClient | None = None
 def configure(kubeconfig: str | None = None, pool_size: int = 4) -> None:
     """Connect to the cluster: in-cluster credentials when running in a Pod, else the kubeconfig. `pool_size`
     connections are kept open (one per thread that calls at once; more would be opened and closed per request)."""
-    global _api
+    global _api, _keda_checked
+    _keda_checked = None  # a new connection, maybe another cluster: ask again whether KEDA is installed
     with _lock:
         configuration = k8s.Configuration()
         loaded = False
@@ -131,6 +139,7 @@ def observe_gptmodel(model: GPTModel) -> ObservedGPTModel:
     service = _get_or_none(core.read_namespaced_service, name, ns)
     monitor_jobs, serving_pods = observe_monitoring(model, deployment is not None)
     autoscaler = _get_or_none(k8s.AutoscalingV2Api(api).read_namespaced_horizontal_pod_autoscaler, name, ns)
+    keda = observe_keda(model)
     return ObservedGPTModel(
         now=now_rfc3339(),
         deployment=deployment_state(deployment) if deployment else None,
@@ -140,7 +149,58 @@ def observe_gptmodel(model: GPTModel) -> ObservedGPTModel:
         serving_pods=serving_pods,
         autoscaler=None if autoscaler is None else
         ((autoscaler.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH, ""),
+        artifacts_access_modes=observe_artifacts_claim(model),
+        keda_prometheus=keda[0],
+        scaled_object=keda[1],
     )
+
+
+#: The Prometheus server KEDA's ScaledObjects query for vLLM's waiting requests (the chart sets it).
+KEDA_PROMETHEUS_ENV = "GPTOPS_KEDA_PROMETHEUS_URL"
+KEDA_PROMETHEUS_DEFAULT = "http://prometheus-operated.monitoring.svc:9090"
+#: How long the answer to "is KEDA installed?" is kept: installing KEDA later is noticed within this many seconds.
+KEDA_CHECK_SECONDS = 60.0
+_keda_checked: tuple[float, bool] | None = None
+_keda_lock = threading.Lock()
+
+
+def keda_installed() -> bool:
+    """Whether the API server serves KEDA's ScaledObject (keda.sh/v1alpha1 scaledobjects, from the CRD
+    scaledobjects.keda.sh): API discovery, which every authenticated client may read, at most once a minute."""
+    global _keda_checked
+    with _keda_lock:
+        if _keda_checked is not None and time.monotonic() - _keda_checked[0] < KEDA_CHECK_SECONDS:
+            return _keda_checked[1]
+    found = _get_or_none(k8s.CustomObjectsApi(api_client()).get_api_resources, KEDA_GROUP, KEDA_VERSION)
+    installed = any(r.get("name") == KEDA_PLURAL for r in (found or {}).get("resources") or ())
+    with _keda_lock:
+        _keda_checked = (time.monotonic(), installed)
+    return installed
+
+
+def observe_keda(model: GPTModel) -> tuple[str | None, str | None]:
+    """(the Prometheus URL a ScaledObject queries when KEDA is installed, else None; the gptops.io/spec-hash of the
+    GPTModel's ScaledObject ("" without one), or None when it has none)."""
+    if not keda_installed():
+        return None, None
+    found = _get_or_none(k8s.CustomObjectsApi(api_client()).get_namespaced_custom_object, KEDA_GROUP, KEDA_VERSION,
+                         model.namespace, KEDA_PLURAL, deployment_name(model))
+    scaled = None if found is None else ((found.get("metadata") or {}).get("annotations") or {}).get(
+        ANNOTATION_SPEC_HASH, "")
+    return os.environ.get(KEDA_PROMETHEUS_ENV) or KEDA_PROMETHEUS_DEFAULT, scaled
+
+
+def observe_artifacts_claim(model: GPTModel) -> tuple[str, ...] | None:
+    """The access modes of the GPTModel's artifacts claim (a GET, only when the spec names one), or None when it
+    names none or the claim is not there (yet)."""
+    claim = model.spec.artifacts.pvc
+    if claim is None:
+        return None
+    pvc = _get_or_none(k8s.CoreV1Api(api_client()).read_namespaced_persistent_volume_claim, claim.claim_name,
+                       model.namespace)
+    if pvc is None:
+        return None
+    return tuple((pvc.get("spec") or {}).get("accessModes") or ())
 
 
 def observe_monitoring(model: GPTModel, deployed: bool) -> tuple[tuple[JobState, ...], tuple[str, ...]]:
@@ -279,7 +339,11 @@ def server_side_apply(manifest: dict[str, Any]) -> None:
         "Service": k8s.CoreV1Api(api).patch_namespaced_service,
         "HorizontalPodAutoscaler": k8s.AutoscalingV2Api(api).patch_namespaced_horizontal_pod_autoscaler,
     }
-    _raw(calls[kind], name, ns, manifest, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
+    if kind == KEDA_KIND:
+        _raw(k8s.CustomObjectsApi(api).patch_namespaced_custom_object, KEDA_GROUP, KEDA_VERSION, ns, KEDA_PLURAL,
+             name, manifest, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
+    else:
+        _raw(calls[kind], name, ns, manifest, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
     log.info("Applied %s namespace=%s name=%s", kind, ns, name)
 
 
@@ -288,8 +352,14 @@ def delete(action: DeleteChild) -> None:
     api = api_client()
     calls = {"Job": k8s.BatchV1Api(api).delete_namespaced_job,
              "HorizontalPodAutoscaler": k8s.AutoscalingV2Api(api).delete_namespaced_horizontal_pod_autoscaler}
+    if action.kind == KEDA_KIND:
+        calls[KEDA_KIND] = partial(k8s.CustomObjectsApi(api).delete_namespaced_custom_object, KEDA_GROUP,
+                                   KEDA_VERSION, action.namespace, KEDA_PLURAL)
     try:
-        _raw(calls[action.kind], action.name, action.namespace, propagation_policy="Background")
+        if action.kind == KEDA_KIND:
+            _raw(calls[action.kind], action.name, propagation_policy="Background")
+        else:
+            _raw(calls[action.kind], action.name, action.namespace, propagation_policy="Background")
         log.info("Deleted %s namespace=%s name=%s", action.kind, action.namespace, action.name)
     except ApiException as err:
         if err.status != 404:

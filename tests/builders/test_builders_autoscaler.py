@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from gptops.api import GPTModel, ServedRevision
@@ -37,3 +39,20 @@ def test_defaults_and_limits(gptmodel):
     gptmodel["spec"]["serving"]["autoscaling"] = {"minReplicas": 4, "maxReplicas": 3}
     with pytest.raises(ValueError, match="minReplicas must not exceed autoscaling.maxReplicas"):
         GPTModel.from_dict(gptmodel)
+
+
+def test_a_scaled_object_where_keda_is_installed(gptmodel):
+    """KEDA's ScaledObject: the same bounds and target as the HPA, read from Prometheus, and minReplicas 0 allowed."""
+    from gptops.builders import build_scaled_object
+
+    assert build_scaled_object(gptmodel, "http://p:9090") is None
+    gptmodel["spec"]["serving"]["autoscaling"] = {"minReplicas": 0, "maxReplicas": 5, "targetWaitingRequests": 3}
+    so = build_scaled_object(gptmodel, "http://p:9090")
+    assert so["kind"] == "ScaledObject" and so["metadata"]["ownerReferences"][0]["uid"] == "uid-gm"
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (0, 5)
+    meta = so["spec"]["triggers"][0]["metadata"]
+    assert meta["serverAddress"] == "http://p:9090" and meta["threshold"] == "3"
+    # A GPTModel called tiny-x is another model: its Pods (tiny-x-<hash>-<id>) do not match tiny's query.
+    pattern = re.search(r'pod=~"([^"]+)"', meta["query"]).group(1)
+    assert re.fullmatch(pattern, "tiny-7d9f8b6c4-x2k9p") and not re.fullmatch(pattern, "tiny-x-7d9f8b6c4-x2k9p")
+    assert "replicas" not in build_deployment(gptmodel, FULL)["spec"]

@@ -81,6 +81,24 @@ def test_lora_revision_serves_base_plus_adapter(gptmodel):
     assert opt(args, "--max-lora-rank") == "8"
 
 
+def test_several_loras_on_one_server(gptmodel):
+    """maxAdapters 3: one --lora-modules entry per adapter, the newest as the GPTModel's name and each older one as its
+    FineTuneJob's, --max-loras sized to 3, and the rank big enough for the largest."""
+    gptmodel["spec"]["serving"]["lora"] = {"maxAdapters": 3}
+    older = [ServedRevision(revision="tiny-a", model=LORA.model, adapter="/artifacts/ml/tiny-a/adapter", lora_rank=32),
+             ServedRevision(revision="tiny", model=LORA.model, adapter="/artifacts/ml/tiny/adapter", lora_rank=4)]
+    args = argv(build_deployment(gptmodel, LORA, older))
+    assert args[0] == "sshleifer/tiny-gpt2" and opt(args, "--served-model-name") == "tiny-base"
+    start = args.index("--lora-modules") + 1
+    assert args[start:start + 3] == ["tiny-a=/artifacts/ml/tiny-a/adapter",
+                                     "tiny-tiny=/artifacts/ml/tiny/adapter",  # "tiny" is the GPTModel's own name
+                                     "tiny=/artifacts/ml/tiny-lora/adapter"]
+    assert opt(args, "--max-loras") == "3" and opt(args, "--max-lora-rank") == "32"
+    # The default (1) keeps today's arguments: one adapter, no --max-loras.
+    gptmodel["spec"]["serving"]["lora"] = {"maxAdapters": 1}
+    assert "--max-loras" not in argv(build_deployment(gptmodel, LORA))
+
+
 def test_lora_from_finetunejob(gptmodel, finetunejob):
     finetunejob["spec"]["training"]["method"] = "lora"
     finetunejob["spec"]["training"]["lora"] = {"r": 24}

@@ -25,6 +25,8 @@ FULL = ServedRevision(revision="tiny-ft", model="/artifacts/ml/tiny-ft/abc/model
 SOURCE = ServedRevision(revision=None, model="sshleifer/tiny-gpt2")
 LORA = ServedRevision(revision="tiny-lora", model="sshleifer/tiny-gpt2",
                       adapter="/artifacts/ml/tiny-lora/abc/adapter", lora_rank=16)
+OLDER_LORAS = [ServedRevision(revision=f"tiny-lora-{i}", model="sshleifer/tiny-gpt2",
+                              adapter=f"/artifacts/ml/tiny-lora-{i}/abc/adapter", lora_rank=8 * i) for i in (1, 2)]
 
 
 def pinned_release() -> str:
@@ -50,17 +52,19 @@ def vllm_check(python: Path, argvs: list[list[str]]) -> list[dict]:
 
 def variants(gptmodel: dict) -> dict[str, list[str]]:
     """What a user's specs can make vLLM run: the source, a full revision, a LoRA revision, tensor parallel,
-    prefix caching off, no max length, and extra arguments."""
+    prefix caching off, no max length, extra arguments, and several LoRA adapters on one server."""
     out: dict[str, list[str]] = {}
 
-    def add(name: str, served: ServedRevision, gpus: int = 2, **serving) -> None:
+    def add(name: str, served: ServedRevision, gpus: int = 2, older: list[ServedRevision] | None = None,
+            max_adapters: int = 1, **serving) -> None:
         doc = copy.deepcopy(gptmodel)
+        doc["spec"]["serving"]["lora"] = {"maxAdapters": max_adapters}
         doc["spec"]["serving"]["resources"]["gpus"] = gpus
         vllm = doc["spec"]["serving"]["vllm"]
         vllm.update(serving)
         vllm = {k: v for k, v in vllm.items() if v is not None}
         doc["spec"]["serving"]["vllm"] = vllm
-        c = build_deployment(doc, served)["spec"]["template"]["spec"]["containers"][0]
+        c = build_deployment(doc, served, older or [])["spec"]["template"]["spec"]["containers"][0]
         assert c["command"] == ["vllm", "serve"]
         out[name] = c["args"]
 
@@ -71,6 +75,7 @@ def variants(gptmodel: dict) -> dict[str, list[str]]:
     add("no-prefix-caching", FULL, enablePrefixCaching=False, extraArgs=[])
     add("no-max-model-len", FULL, maxModelLen=None, extraArgs=[])
     add("bfloat16", FULL, dtype="bfloat16", extraArgs=[])
+    add("several-loras", LORA, older=OLDER_LORAS, max_adapters=3, extraArgs=[])
     add("extra-args", LORA, extraArgs=["--max-num-seqs", "64", "--enforce-eager", "--seed", "1"])
     return out
 
@@ -92,5 +97,6 @@ def test_the_check_can_fail(vllm_python: Path) -> None:
         ["/m", "--no-such-flag"],
         ["/m", "--enable-lora", "--max-lora-rank", "7"],
         ["/m", "--dtype", "float13"],
+        ["/m", "--enable-lora", "--lora-modules", "a"],
     ])
-    assert [r["ok"] for r in results] == [False, False, False], results
+    assert [r["ok"] for r in results] == [False, False, False, False], results

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from argocd_health import health
 from prometheus_client import REGISTRY
 from test_operator import run_examples_to_promotion
 
@@ -52,6 +53,9 @@ def test_a_drifted_revision_is_flagged_and_rolled_back(k: Cluster, operator) -> 
              "the Deployment back on the previous revision (the source)")
     model = k.get("gptmodel", MODEL) or {}
     assert model["status"].get("servingRevision") is None
+    # Argo CD's health of the live drifted object (Argo CD's own engine too, where tools/argocd-health is built).
+    assert health("gptmodel", model)[0] == "Degraded"
+    assert "drifted in live evaluation" in health("gptmodel", model)[1]
     monitoring = model["status"]["monitoring"]
     assert monitoring["lastRun"]["job"] == name and monitoring["lastRun"]["result"] == "drifted"
     assert monitoring["lastRun"]["revision"] == RUN

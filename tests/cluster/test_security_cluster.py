@@ -141,6 +141,13 @@ def _used(user: str, plane: Any) -> set[tuple[str, str, str]]:
     return used
 
 
+#: Grants of features this lifecycle leaves off, each exercised by its own cluster test (as the admin): the
+#: ArtifactsShared condition reads the claim spec.artifacts.pvc names (kwok's nodes mount no volume, so this lifecycle
+#: names none); KEDA's ScaledObjects, where KEDA's CRD is installed (tests/cluster/test_fleet_cluster.py).
+OFF_IN_THIS_LIFECYCLE = {("", "persistentvolumeclaims", "get"),
+                         *(("keda.sh", "scaledobjects", verb) for verb in ("get", "create", "patch", "delete"))}
+
+
 def _granted(rbac: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     return {(group, resource, verb)
             for doc in rbac if doc["kind"] in ("Role", "ClusterRole")
@@ -180,5 +187,6 @@ def test_a_lifecycle_as_the_charts_identity_is_restricted_leaks_no_secret_and_us
     assert not {u for u in used if u[1] == "secrets"}
     denied = [line for line in runner.output.splitlines() if "forbidden" in line.lower()]
     assert denied == []
-    unused = sorted(_granted(rbac) - used)
+    assert OFF_IN_THIS_LIFECYCLE <= _granted(rbac)
+    unused = sorted(_granted(rbac) - used - OFF_IN_THIS_LIFECYCLE)
     assert unused == [], f"the chart grants what a whole lifecycle never used: {unused}; used: {sorted(used)}"

@@ -105,6 +105,12 @@ class World:
     """/metrics URLs of the ready vLLM Pods."""
     autoscaler: dict[str, Any] | None = None
     """The HorizontalPodAutoscaler the operator applied."""
+    artifacts_access_modes: tuple[str, ...] | None = None
+    """The access modes of the artifacts claim (None: not found)."""
+    keda_prometheus: str | None = None
+    """Set when KEDA's CRDs are installed: the Prometheus server its ScaledObjects query."""
+    scaled_object: dict[str, Any] | None = None
+    """The KEDA ScaledObject the operator applied."""
 
     # --- observing ---
     def observe_ftj(self) -> ObservedFineTuneJob:
@@ -121,7 +127,11 @@ class World:
                                 monitor_jobs=tuple(j for j in self.jobs.values() if j.stage == "monitor"),
                                 serving_pods=self.serving_pods,
                                 autoscaler=None if self.autoscaler is None else
-                                self.autoscaler["metadata"]["annotations"].get("gptops.io/spec-hash", ""))
+                                self.autoscaler["metadata"]["annotations"].get("gptops.io/spec-hash", ""),
+                                artifacts_access_modes=self.artifacts_access_modes,
+                                keda_prometheus=self.keda_prometheus,
+                                scaled_object=None if self.scaled_object is None else
+                                self.scaled_object["metadata"]["annotations"].get("gptops.io/spec-hash", ""))
 
     def job(self, stage: str) -> str:
         """The name of the current revision's Job of `stage` (the newest of that stage the operator created)."""
@@ -153,6 +163,8 @@ class World:
                 self._create(action.manifest)
             elif isinstance(action, DeleteChild) and action.kind == "HorizontalPodAutoscaler":
                 self.autoscaler = None
+            elif isinstance(action, DeleteChild) and action.kind == "ScaledObject":
+                self.scaled_object = None
             elif isinstance(action, DeleteChild):
                 self.jobs.pop(action.name, None)
 
@@ -172,6 +184,8 @@ class World:
             self.services.add(name)
         elif kind == "HorizontalPodAutoscaler":
             self.autoscaler = copy.deepcopy(manifest)
+        elif kind == "ScaledObject":
+            self.scaled_object = copy.deepcopy(manifest)
         elif kind == "Deployment":
             dep = self.deployment
             if dep and self.deployment_manifest and self.deployment_manifest["spec"] == manifest["spec"]:

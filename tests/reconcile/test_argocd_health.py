@@ -4,6 +4,8 @@ write, in every state a GPTModel and a FineTuneJob can be in."""
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
 from dataclasses import replace
 from typing import Any
 
@@ -127,3 +129,53 @@ def test_a_pin_that_cannot_be_served_is_degraded_and_the_new_generation_waits(wo
     settle(world, "model")
     assert health("gptmodel", copy.deepcopy(world.model)) == (
         "Degraded", "spec.serving.revision nope: there is no FineTuneJob nope in ml")
+
+
+@pytest.mark.parametrize(("action", "status", "says"), [
+    ("alert", "Healthy", "1/1 replicas available"),  # Drifted=True alerts; the server still answers
+    ("rollback", "Degraded", "revision ft-1 drifted in live evaluation (perplexity 60"),
+])
+def test_a_drifted_gptmodel(world: World, action: str, status: str, says: str) -> None:
+    from test_plan_monitoring import finish_monitor, monitor_jobs, monitored, rolled_out
+
+    monitored(world, action=action)
+    rolled_out(world)
+    [job] = monitor_jobs(world)
+    finish_monitor(world, job, perplexity=60.0, bleu=20.0)
+    world.apply_model(world.plan_model())
+    assert any(c["type"] == "Drifted" and c["status"] == "True" for c in world.model["status"]["conditions"])
+    got = health("gptmodel", world.model)
+    assert got[0] == status and says in got[1], got
+
+
+@pytest.mark.parametrize("line", ['local _ = string.find("a", "a")', 'local _ = ("a"):upper()',
+                                  "local _ = math.floor(1.5)", 'local _ = io.open("/etc/hostname")',
+                                  'os.execute("true")'])
+def test_the_sandbox_refuses_what_argo_cd_refuses(tmp_path, monkeypatch, line: str) -> None:
+    """Argo CD opens only package, base, table and a safe os (time, date) for a health check: a script that reaches
+    for anything else fails in the runner too."""
+    import argocd_health
+
+    (tmp_path / "argocd-health-gptmodel.lua").write_text(f"{line}\nreturn {{status = 'Healthy', message = ''}}\n")
+    monkeypatch.setattr(argocd_health, "CHART", tmp_path)
+    with pytest.raises(Exception, match="attempt to|nil"):
+        argocd_health.lua_health("gptmodel", {"metadata": {"generation": 1}})
+
+
+def test_argo_cds_own_engine_runs_the_charts_lua_where_it_is_built(tmp_path) -> None:
+    """Where tools/argocd-health is built, every health() above was also answered by Argo CD's own engine; here it
+    must also refuse what the sandbox refuses."""
+    import argocd_health
+
+    engine = argocd_health.argocd_engine()
+    if engine is None:
+        pytest.skip("Argo CD's engine is not built (tools/build-argocd-health.sh, or GPTOPS_ARGOCD_HEALTH=build): "
+                    "the health checks ran in the Lua runner only")
+    ready = {"metadata": {"generation": 1},
+             "status": {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True", "message": "1/1"}]}}
+    assert argocd_health.argocd_health(engine, "gptmodel", [ready]) == [("Healthy", "1/1")]
+    bad = tmp_path / "bad.lua"
+    bad.write_text('local _ = string.find("a", "a")\nreturn {status = "Healthy", message = ""}\n')
+    done = subprocess.run([str(engine), str(bad)], input="[{}]", capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert "attempt to index a non-table object(nil) with key 'find'" in json.loads(done.stdout)[0]["error"]

@@ -376,3 +376,136 @@ def test_autoscaling_adds_an_autoscaler_and_removing_it_deletes_it(world: World)
     assert world.autoscaler is None
     assert world.deployment_manifest["spec"]["replicas"] == world.model["spec"]["serving"].get("replicas", 1)
     assert plan.changes == ()
+
+
+def lora_finetunejob(name: str, passed_at: str, rank: int = 8) -> dict:
+    return passed_finetunejob(name, promote=True, passed_at=passed_at, training={"method": "lora", "lora": {"r": rank}},
+                              artifacts={"adapter": f"/artifacts/ml/{name}/k/adapter", "baseModel": LORA_BASE})
+
+
+def lora_modules(world: World) -> list[str]:
+    a = args(world)
+    start = a.index("--lora-modules") + 1
+    return a[start:a.index("--max-lora-rank")]
+
+
+def test_several_loras_of_one_base_are_served_side_by_side(world: World) -> None:
+    """maxAdapters 2: promoting a second adapter adds it beside the first on the same base; a third drops the oldest;
+    status lists the served adapters and the model name each is asked for by."""
+    world.model["spec"]["serving"]["lora"] = {"maxAdapters": 2}
+    world.finetunejobs["ft-a"] = lora_finetunejob("ft-a", "2026-01-01T00:01:00Z")
+    settle(world, "model")
+    world.roll_out()
+    settle(world, "model")
+    assert lora_modules(world) == ["tiny=/artifacts/ml/ft-a/k/adapter"]
+    assert world.model["status"]["adapters"] == [
+        {"revision": "ft-a", "modelName": "tiny", "adapter": "/artifacts/ml/ft-a/k/adapter"}]
+
+    world.finetunejobs["ft-b"] = lora_finetunejob("ft-b", "2026-01-01T00:02:00Z", rank=32)
+    settle(world, "model")
+    assert args(world)[0] == LORA_BASE and revision(world) == "ft-b"  # the base stays; the adapters change
+    assert lora_modules(world) == ["ft-a=/artifacts/ml/ft-a/k/adapter", "tiny=/artifacts/ml/ft-b/k/adapter"]
+    assert opt(world, "--max-loras") == "2" and opt(world, "--max-lora-rank") == "32"
+    assert [(a["revision"], a["modelName"]) for a in world.model["status"]["adapters"]] == \
+        [("ft-a", "ft-a"), ("ft-b", "tiny")]
+    world.roll_out()
+    assert settle(world, "model").changes == ()
+
+    world.finetunejobs["ft-c"] = lora_finetunejob("ft-c", "2026-01-01T00:03:00Z")
+    settle(world, "model")
+    assert lora_modules(world) == ["ft-b=/artifacts/ml/ft-b/k/adapter", "tiny=/artifacts/ml/ft-c/k/adapter"]
+
+    # A full revision replaces the base: no adapters are served with it.
+    world.finetunejobs["ft-full"] = passed_finetunejob("ft-full", promote=True, passed_at="2026-01-01T00:04:00Z",
+                                                       artifacts={"model": "/artifacts/ml/ft-full/k/model"})
+    settle(world, "model")
+    assert "--enable-lora" not in args(world) and "adapters" not in world.model["status"]
+
+
+def test_an_adapter_of_another_base_is_not_served_beside(world: World) -> None:
+    world.model["spec"]["serving"]["lora"] = {"maxAdapters": 3}
+    world.finetunejobs["ft-a"] = lora_finetunejob("ft-a", "2026-01-01T00:01:00Z")
+    other = lora_finetunejob("ft-o", "2026-01-01T00:02:00Z")
+    other["status"]["artifacts"]["baseModel"] = "/artifacts/ml/ft-full/k/model"
+    world.finetunejobs["ft-o"] = other
+    world.finetunejobs["ft-b"] = lora_finetunejob("ft-b", "2026-01-01T00:03:00Z")
+    settle(world, "model")
+    assert lora_modules(world) == ["ft-a=/artifacts/ml/ft-a/k/adapter", "tiny=/artifacts/ml/ft-b/k/adapter"]
+    assert opt(world, "--max-loras") == "3"
+
+
+def test_a_read_write_once_claim_that_pods_would_share_is_reported(world: World) -> None:
+    """ArtifactsShared: True for a ReadWriteMany claim; for a ReadWriteOnce one, False with ReadWriteOnceClaim as soon
+    as more than one Pod mounts it at once (vLLM replicas, a multi-node run, stage Pods beside the server)."""
+    world.model["spec"]["artifacts"] = {"pvc": {"claimName": "store"}}
+    world.model["spec"]["serving"]["replicas"] = 1
+    generation = world.ftj["metadata"]["generation"]
+    world.ftj["status"] = {"conditions": [{"type": "Passed", "status": "True", "reason": "ThresholdsMet",
+                                          "observedGeneration": generation}], "observedGeneration": generation}
+    serve_source(world)
+    assert "ArtifactsShared" not in conditions(world.model["status"])  # the claim is not found (yet)
+
+    world.artifacts_access_modes = ("ReadWriteMany",)
+    plan = world.plan_model()
+    assert conditions(plan.status)["ArtifactsShared"]["status"] == "True"
+    assert conditions(plan.status)["ArtifactsShared"]["reason"] == "ReadWriteMany"
+
+    world.artifacts_access_modes = ("ReadWriteOnce",)
+    shared = conditions(world.plan_model().status)["ArtifactsShared"]
+    assert (shared["status"], shared["reason"]) == ("True", "OnePodAtATime")  # one vLLM Pod, no run in flight
+
+    world.model["spec"]["serving"]["replicas"] = 2
+    plan = world.plan_model()
+    shared = conditions(plan.status)["ArtifactsShared"]
+    assert (shared["status"], shared["reason"]) == ("False", "ReadWriteOnceClaim")
+    assert "claim store is ReadWriteOnce but up to 2 vLLM Pods" in shared["message"]
+    assert "ReadWriteMany" in shared["message"]
+    assert any(e.type == "Warning" and e.reason == "ReadWriteOnceClaim" for e in plan.events)
+
+    world.model["spec"]["serving"]["replicas"] = 1
+    world.ftj["status"] = {}
+    world.ftj["spec"].setdefault("training", {})["resources"] = {"nodes": 2, "gpus": 1}
+    shared = conditions(world.plan_model().status)["ArtifactsShared"]
+    assert shared["status"] == "False" and "2 training nodes" in shared["message"]
+
+    world.ftj["spec"]["training"]["resources"] = {"nodes": 1, "gpus": 1}
+    shared = conditions(world.plan_model().status)["ArtifactsShared"]
+    assert shared["status"] == "False" and "the vLLM Pod, FineTuneJob" in shared["message"]
+
+
+def test_with_keda_autoscaling_is_a_scaled_object_that_may_scale_to_zero(world: World) -> None:
+    """minReplicas 0 without KEDA is refused with a reason and nothing is made; once KEDA's CRDs are there the pass
+    makes a ScaledObject instead of the HorizontalPodAutoscaler, and the other way round when KEDA goes."""
+    world.model["spec"]["serving"]["autoscaling"] = {"minReplicas": 0, "maxReplicas": 4}
+    serve_source(world)
+    degraded = conditions(world.model["status"])["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "ScaleToZeroNeedsKEDA")
+    assert "minReplicas 0 needs KEDA" in degraded["message"] and "install KEDA or set minReplicas" in degraded["message"]
+    assert world.autoscaler is None and world.scaled_object is None
+
+    world.keda_prometheus = "http://prometheus.monitoring.svc:9090"
+    settle(world, "model")
+    assert conditions(world.model["status"])["Degraded"]["status"] == "False"
+    assert world.autoscaler is None
+    so = world.scaled_object
+    assert so is not None and so["apiVersion"] == "keda.sh/v1alpha1" and so["metadata"]["name"] == "tiny"
+    assert so["spec"]["minReplicaCount"] == 0 and so["spec"]["maxReplicaCount"] == 4
+    assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "tiny"}
+    [trigger] = so["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metadata"]["threshold"] == "4"
+    assert trigger["metadata"]["serverAddress"] == "http://prometheus.monitoring.svc:9090"
+    assert trigger["metadata"]["query"] == \
+        'sum(vllm:num_requests_waiting{namespace="ml",pod=~"tiny-[a-z0-9]{1,10}-[a-z0-9]{5}"})'
+    assert world.plan_model().changes == ()  # applied once, not on every pass
+
+    # KEDA goes: a HorizontalPodAutoscaler takes over (minReplicas 1 now), the ScaledObject is deleted.
+    world.keda_prometheus = None
+    world.model["spec"]["serving"]["autoscaling"]["minReplicas"] = 1
+    settle(world, "model")
+    assert world.scaled_object is None and world.autoscaler is not None
+    world.keda_prometheus = "http://prometheus.monitoring.svc:9090"
+    settle(world, "model")
+    assert world.scaled_object is not None and world.autoscaler is None
+    del world.model["spec"]["serving"]["autoscaling"]
+    settle(world, "model")
+    assert world.scaled_object is None and world.autoscaler is None

@@ -31,7 +31,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* The namespaced permissions of the operator: its children, read-only pods, events. */}}
+{{/* The namespaced permissions of the operator: its children, read-only pods and claims, events. */}}
 {{- define "gptops.namespacedRules" -}}
 {{- /* Exactly what a whole lifecycle uses (tests/cluster/test_security_cluster.py reads it from the API server's audit
 log and fails on any grant left unused). Children are observed from watch caches (list, watch); a server-side apply
@@ -57,6 +57,15 @@ that creates needs create as well as patch. */ -}}
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch", "create"]
+{{- /* Used only where a feature is on (the lifecycle of the security test lists them as such): the ArtifactsShared
+condition reads the claim spec.artifacts.pvc names; spec.serving.autoscaling makes a KEDA ScaledObject where KEDA is
+installed (server-side apply: create and patch). */}}
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get"]
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -21,6 +21,8 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 #: Only with spec.monitoring: the live evaluation of the served revision (reconcile/monitoring.py).
 DRIFTED = "Drifted"
+#: Only with spec.artifacts.pvc, once the claim is read: whether every Pod that needs it can mount it at once.
+ARTIFACTS_SHARED = "ArtifactsShared"
 GPTMODEL_CONDITIONS = (READY, PROGRESSING, DEGRADED)
 
 # FineTuneJob condition types
@@ -74,6 +76,11 @@ class Reason:
     MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
     MINIMUM_REPLICAS_UNAVAILABLE = "MinimumReplicasUnavailable"
     AS_EXPECTED = "AsExpected"
+    SCALE_TO_ZERO_NEEDS_KEDA = "ScaleToZeroNeedsKEDA"
+    # the artifacts claim (ArtifactsShared)
+    READ_WRITE_MANY = "ReadWriteMany"
+    READ_WRITE_ONCE_CLAIM = "ReadWriteOnceClaim"
+    ONE_POD_AT_A_TIME = "OnePodAtATime"
     # live evaluation (Drifted)
     NOT_YET_RUN = "NotYetRun"
     WITHIN_TOLERANCE = "WithinTolerance"

@@ -113,3 +113,9 @@ def fixed_labels(
         if value:
             labels[key] = label_value(value)
     return labels
+
+# KEDA's ScaledObject (keda.sh/v1alpha1), made instead of the HorizontalPodAutoscaler where KEDA's CRDs are installed.
+KEDA_GROUP = "keda.sh"
+KEDA_VERSION = "v1alpha1"
+KEDA_PLURAL = "scaledobjects"
+KEDA_KIND = "ScaledObject"

@@ -125,10 +125,21 @@ class VLLMSettings(SpecModel):
     extra_args: list[ShortString] = Field(default_factory=list, max_length=LIST_MAX)
 
 
-class Autoscaling(SpecModel):
-    """A HorizontalPodAutoscaler on the requests waiting in each vLLM Pod (custom metrics API)."""
+#: The most LoRA adapters one vLLM server serves (spec.serving.lora.maxAdapters).
+LORA_ADAPTERS_MAX = 32
 
-    min_replicas: int = Field(default=1, ge=1, le=100)
+
+class LoRAServing(SpecModel):
+    """How many promoted LoRA adapters of the same base one vLLM server serves side by side."""
+
+    max_adapters: int = Field(default=1, ge=1, le=LORA_ADAPTERS_MAX)
+
+
+class Autoscaling(SpecModel):
+    """A HorizontalPodAutoscaler on the requests waiting in each vLLM Pod (custom metrics API), or a KEDA
+    ScaledObject where KEDA is installed (then minReplicas may be 0)."""
+
+    min_replicas: int = Field(default=1, ge=0, le=100)
     max_replicas: int = Field(ge=1, le=100)
     target_waiting_requests: int = Field(default=4, ge=1, le=10_000)
 
@@ -152,6 +163,7 @@ class Serving(SpecModel):
     node_selector: dict[str, ShortString] = Field(default_factory=dict, max_length=LIST_MAX)
     tolerations: list[Toleration] = Field(default_factory=list, max_length=LIST_MAX)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    lora: LoRAServing = Field(default_factory=LoRAServing)
     api_key_secret_ref: ApiKeySecretRef | None = None
 
     @model_validator(mode="after")
@@ -251,6 +263,14 @@ class MonitoringStatus(StatusModel):
     input_psi: float | None = None
 
 
+class ServedAdapter(StatusModel):
+    """One LoRA adapter the vLLM server serves, and the model name clients ask for to get it."""
+
+    revision: str | None = None
+    model_name: str | None = None
+    adapter: str | None = None
+
+
 class GPTModelStatus(StatusModel):
     """What the operator observed and decided for a GPTModel."""
 
@@ -266,6 +286,7 @@ class GPTModelStatus(StatusModel):
     previous_lora_rank: int | None = Field(default=None, ge=1, le=LORA_RANK_MAX)
     previous_digest: str | None = None
     previous_passed_at: str | None = None
+    adapters: list[ServedAdapter] | None = None
     endpoint: str | None = None
     serving: str | None = None
     ready: str | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -68,16 +68,36 @@ def served_model_names(model: GPTModel, served: ServedRevision) -> tuple[str, st
     return model.name, None
 
 
+def adapter_model_names(model: GPTModel, served: ServedRevision,
+                        older: Sequence[ServedRevision] = ()) -> list[tuple[str, ServedRevision]]:
+    """The LoRA modules of the server, oldest first, each with its model name on the endpoint: the served (newest)
+    adapter is the GPTModel's name; an older one is its FineTuneJob's name, or `<gptmodel>-<finetunejob>` where that
+    would take a name already given (the GPTModel's, or `<name>-base`)."""
+    if not served.adapter:
+        return []
+    base_name, newest = served_model_names(model, served)
+    taken = {base_name, newest}
+    named: list[tuple[str, ServedRevision]] = []
+    for rev in older:
+        name = rev.revision or "source"
+        if name in taken:
+            name = f"{model.name}-{name}"
+        taken.add(name)
+        named.append((name, rev))
+    return [*named, (newest or model.name, served)]
+
+
 def _lora_rank(rank: int | None) -> int:
     want = rank or DEFAULT_LORA_RANK
     return next((r for r in LORA_RANKS if r >= want), LORA_RANKS[-1])
 
 
-def vllm_args(model: GPTModel, served: ServedRevision) -> list[str]:
+def vllm_args(model: GPTModel, served: ServedRevision, older: Sequence[ServedRevision] = ()) -> list[str]:
     """`vllm serve`'s arguments, one list item each: no value ever goes through a shell. The model (a directory or a
-    Hugging Face repo id) comes first, as vLLM's CLI wants it (its `--model` option is deprecated)."""
+    Hugging Face repo id) comes first, as vLLM's CLI wants it (its `--model` option is deprecated). `older` are the
+    adapters of the same base served beside a LoRA revision (spec.serving.lora.maxAdapters above 1), oldest first."""
     v = model.spec.serving.vllm
-    base_name, lora_name = served_model_names(model, served)
+    base_name, _ = served_model_names(model, served)
     args = [served.model, "--served-model-name", base_name,
             "--host", "0.0.0.0", "--port", str(VLLM_PORT)]
     hf = model.spec.source.huggingface
@@ -92,8 +112,13 @@ def vllm_args(model: GPTModel, served: ServedRevision) -> list[str]:
         "--enable-prefix-caching" if v.enable_prefix_caching else "--no-enable-prefix-caching",
     ]
     if served.adapter:
-        args += ["--enable-lora", "--lora-modules", f"{lora_name}={served.adapter}",
-                 "--max-lora-rank", str(_lora_rank(served.lora_rank))]
+        modules = adapter_model_names(model, served, older)
+        args += ["--enable-lora", "--lora-modules",
+                 *(f"{name}={rev.adapter}" for name, rev in modules),
+                 "--max-lora-rank", str(max(_lora_rank(rev.lora_rank) for _, rev in modules))]
+        if model.spec.serving.lora.max_adapters > 1:
+            # One GPU slot per adapter, so a batch may mix requests for all of them.
+            args += ["--max-loras", str(model.spec.serving.lora.max_adapters)]
     return args + list(v.extra_args)
 
 
@@ -111,9 +136,11 @@ def transformers_args(model: GPTModel, served: ServedRevision) -> list[str]:
     return [transformers_model_id(model, served), "--host", "0.0.0.0", "--port", str(VLLM_PORT), "--device", "cpu"]
 
 
-def build_deployment(model: GPTModel | Mapping[str, Any], served: ServedRevision) -> dict[str, Any]:
+def build_deployment(model: GPTModel | Mapping[str, Any], served: ServedRevision,
+                     older: Sequence[ServedRevision] = ()) -> dict[str, Any]:
     """The apps/v1 Deployment serving `served` for `model`: rolling update with a progress deadline,
-    probes on /health, restricted Pods, the artifacts PVC read-only, GPUs from spec.serving.resources (vLLM only)."""
+    probes on /health, restricted Pods, the artifacts PVC read-only, GPUs from spec.serving.resources (vLLM only);
+    `older` are the LoRA adapters of the same base it also serves (vllm_args)."""
     model = as_model(GPTModel, model)
     serving = model.spec.serving
     revision = served.revision or "source"
@@ -159,7 +186,7 @@ def build_deployment(model: GPTModel | Mapping[str, Any], served: ServedRevision
         "image": serving.server_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["vllm", "serve"],  # the image's own CLI (python -m vllm.entrypoints.openai.api_server is deprecated)
-        "args": vllm_args(model, served),
+        "args": vllm_args(model, served, older),
         "ports": [{"name": "http", "containerPort": VLLM_PORT, "protocol": "TCP"}],
         "env": env,
         "resources": resources(serving.resources.gpus, serving.resources.cpu, serving.resources.memory),

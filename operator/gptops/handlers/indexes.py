@@ -247,6 +247,7 @@ def observe_gptmodel(gm: GPTModel) -> ObservedGPTModel:
     autoscaler = _first(_read("gptops_autoscalers", (ns, name)), lambda a: gm.metadata.uid in a[0])
     # Monitor Jobs and the vLLM Pods are read from the API, and only for a GPTModel with spec.monitoring.
     monitor_jobs, serving_pods = cluster.observe_monitoring(gm, found is not None)
+    keda = cluster.observe_keda(gm)  # KEDA's CRD may come and go: read, not watched
     return ObservedGPTModel(
         now=now_rfc3339(),
         deployment=found[1] if found else None,
@@ -256,6 +257,9 @@ def observe_gptmodel(gm: GPTModel) -> ObservedGPTModel:
         monitor_jobs=monitor_jobs,
         serving_pods=serving_pods,
         autoscaler=autoscaler[1] if autoscaler else None,
+        artifacts_access_modes=cluster.observe_artifacts_claim(gm),
+        keda_prometheus=keda[0],
+        scaled_object=keda[1],
     )
 
 

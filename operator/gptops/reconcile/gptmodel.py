@@ -23,6 +23,7 @@ from gptops.api.artifacts import (
     serving_status,
 )
 from gptops.api.conditions import (
+    ARTIFACTS_SHARED,
     DEGRADED,
     DRIFTED,
     FALSE,
@@ -40,11 +41,14 @@ from gptops.api.constants import (
     ANNOTATION_REVISION,
     ANNOTATION_SPEC_HASH,
     GROUP,
+    KEDA_KIND,
 )
 from gptops.api.gptmodel import GPTModel
 from gptops.builders import (
+    adapter_model_names,
     build_autoscaler,
     build_deployment,
+    build_scaled_object,
     build_service,
     deployment_name,
 )
@@ -64,7 +68,8 @@ from gptops.reconcile.plan import (
     EmitEvent,
     Plan,
 )
-from gptops.reconcile.promotion import candidates, choose, passed_revision
+from gptops.reconcile.promotion import candidates, choose, order, passed_revision
+from gptops.reconcile.sharing import artifacts_shared
 
 #: When the Deployment's current revision started rolling out (RFC 3339).
 ANNOTATION_ROLLOUT_STARTED = f"{GROUP}/rollout-started"
@@ -145,7 +150,8 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     kept = dep.annotations if same and dep is not None else {}
     # A change of spec.serving on the same revision is a rollout too: watched, but never "fixed" by rolling back to
     # another revision (the same spec would break that one as well). It is Degraded until the spec is fixed.
-    in_place = same and kept.get(ANNOTATION_SPEC_HASH) != _deployment(model, served, started=None)[
+    older = _older_adapters(model, observed, served, rolled_back)
+    in_place = same and kept.get(ANNOTATION_SPEC_HASH) != _deployment(model, served, older, started=None)[
         "metadata"]["annotations"][ANNOTATION_SPEC_HASH]
     of_spec = in_place or (same and not complete and kept.get(ANNOTATION_ROLLOUT_OF) == ROLLOUT_OF_SPEC)
     if in_place:
@@ -161,7 +167,8 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
         back = previous.revision or SOURCE_REVISION
         serving.update(serving_status(previous, None))
         # The way back is not watched: there is nothing further to roll back to.
-        rollback = _deployment(model, previous, started=None, rolled_back=served, rollback_reason=failure,
+        older = _older_adapters(model, observed, previous, served)
+        rollback = _deployment(model, previous, older, started=None, rolled_back=served, rollback_reason=failure,
                                rolled_back_generation=model.metadata.generation)
         if not observed.service:
             actions.append(CreateChild(build_service(model)))
@@ -172,11 +179,11 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
             _degraded(rollback["metadata"]["annotations"]),
         ]
         return _finish(model, observed, actions, serving, pin_note, wants, endpoint=model.endpoint(),
-                       ready_replicas=dep.ready_replicas if dep else 0, watch=watch)
+                       ready_replicas=dep.ready_replicas if dep else 0, watch=watch, older=older)
 
     # A new revision, or a new spec, is watched from now until it is rolled out; else the watch goes on (or none).
     desired = _deployment(
-        model, served,
+        model, served, older,
         started=now if not same or in_place else None if complete else kept.get(ANNOTATION_ROLLOUT_STARTED),
         rolled_back=rolled_back if same else None,
         rollback_reason=kept.get(ANNOTATION_ROLLBACK_REASON),
@@ -219,7 +226,8 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
                            f"{dep.available_replicas} available")
         degraded = _degraded(desired["metadata"]["annotations"])
     return _finish(model, observed, actions, serving, pin_note, [_ready(dep), progressing, degraded],
-                   endpoint=model.endpoint(), ready_replicas=dep.ready_replicas if dep else 0, watch=watch)
+                   endpoint=model.endpoint(), ready_replicas=dep.ready_replicas if dep else 0, watch=watch,
+                   older=older)
 
 
 def _served(model: GPTModel, serving: dict[str, Any]) -> ServedRevision | None:
@@ -266,11 +274,24 @@ _OURS = (ANNOTATION_SPEC_HASH, ANNOTATION_ROLLOUT_STARTED, ANNOTATION_ROLLED_BAC
          ANNOTATION_ROLLBACK_REASON, ANNOTATION_ROLLOUT_OF)
 
 
-def _deployment(model: GPTModel, served: ServedRevision, *, started: str | None,
+def _older_adapters(model: GPTModel, observed: ObservedGPTModel, served: ServedRevision,
+                    rolled_back: ServedRevision | None) -> list[ServedRevision]:
+    """The LoRA adapters served beside `served` (spec.serving.lora.maxAdapters - 1 of them, oldest first): the
+    newest other revisions of the same base that may be promoted and passed before it, never one rolled back from."""
+    room = model.spec.serving.lora.max_adapters - 1
+    if room <= 0 or not served.adapter:
+        return []
+    same_base = [r for r in candidates(observed.finetunejobs, model)
+                 if r.adapter and r.model == served.model and r.revision != served.revision
+                 and not r.same_files(rolled_back) and order(r) < order(served)]
+    return sorted(same_base, key=order)[-room:]
+
+
+def _deployment(model: GPTModel, served: ServedRevision, older: list[ServedRevision], *, started: str | None,
                 rolled_back: ServedRevision | None = None, rollback_reason: str | None = None,
                 rolled_back_generation: int | None = None, rollout_of: str | None = None) -> dict[str, Any]:
     """The builders' Deployment plus the rollout bookkeeping annotations (absent ones are removed by the apply)."""
-    manifest = build_deployment(model, served)
+    manifest = build_deployment(model, served, older)
     annotations = manifest["metadata"].setdefault("annotations", {})
     annotations[ANNOTATION_SPEC_HASH] = spec_hash(manifest)
     back = rolled_back
@@ -334,17 +355,32 @@ def _degraded(annotations: dict[str, str] | Any) -> Want:
                 f"revision {failed} did not become Available ({why}); rolled back to revision {serving}")
 
 
-def _autoscaler(model: GPTModel, observed: ObservedGPTModel) -> list[Action]:
-    """The HorizontalPodAutoscaler while spec.serving.autoscaling is set (applied when what it says changed), none
-    when it is not."""
-    desired = build_autoscaler(model)
-    if desired is None:
-        if observed.autoscaler is None:
-            return []
-        return [DeleteChild("HorizontalPodAutoscaler", deployment_name(model), model.namespace)]
-    if observed.autoscaler != desired["metadata"]["annotations"][ANNOTATION_SPEC_HASH]:
-        return [ApplyChild(desired)]
-    return []
+def _autoscaler(model: GPTModel, observed: ObservedGPTModel) -> tuple[list[Action], Want | None]:
+    """While spec.serving.autoscaling is set: KEDA's ScaledObject where KEDA is installed, else the
+    HorizontalPodAutoscaler (each applied when what it says changed, the other one deleted); neither when it is not.
+    minReplicas 0 without KEDA is refused (a Degraded reason), and what runs is left as it is."""
+    scaling = model.spec.serving.autoscaling
+    name, ns = deployment_name(model), model.namespace
+    if scaling is not None and scaling.min_replicas == 0 and observed.keda_prometheus is None:
+        return [], Want(DEGRADED, TRUE, Reason.SCALE_TO_ZERO_NEEDS_KEDA,
+                        "spec.serving.autoscaling.minReplicas 0 needs KEDA (its CRD scaledobjects.keda.sh is not "
+                        "installed); a HorizontalPodAutoscaler cannot scale to zero: install KEDA or set minReplicas "
+                        "to 1 or more")
+    keda = scaling is not None and observed.keda_prometheus is not None
+    actions: list[Action] = []
+    scaled = build_scaled_object(model, observed.keda_prometheus) if keda and observed.keda_prometheus else None
+    if scaled is not None:
+        if observed.scaled_object != scaled["metadata"]["annotations"][ANNOTATION_SPEC_HASH]:
+            actions.append(ApplyChild(scaled))
+    elif observed.scaled_object is not None:
+        actions.append(DeleteChild(KEDA_KIND, name, ns))
+    hpa = None if keda else build_autoscaler(model)
+    if hpa is not None:
+        if observed.autoscaler != hpa["metadata"]["annotations"][ANNOTATION_SPEC_HASH]:
+            actions.append(ApplyChild(hpa))
+    elif observed.autoscaler is not None:
+        actions.append(DeleteChild("HorizontalPodAutoscaler", name, ns))
+    return actions, None
 
 
 def _wanted_replicas(model: GPTModel, observed: ObservedGPTModel) -> int:
@@ -356,21 +392,30 @@ def _wanted_replicas(model: GPTModel, observed: ObservedGPTModel) -> int:
 
 def _finish(model: GPTModel, observed: ObservedGPTModel, actions: list[Action], serving: dict[str, Any],
             pin_note: Want | None, wants: list[Want], *, endpoint: str | None, ready_replicas: int,
-            watch: MonitoringDecision) -> Plan:
+            watch: MonitoringDecision, older: list[ServedRevision] | None = None) -> Plan:
     if pin_note is not None:  # it takes the place of a False Progressing or Degraded, never of a rollout's own
         wants = [pin_note if w.type == pin_note.type and w.status == FALSE else w for w in wants]
     if watch.drifted is not None:
         wants = [*wants, watch.drifted]
+    if (shared := artifacts_shared(model, observed, serving=endpoint is not None)) is not None:
+        wants = [*wants, shared]
     actions += watch.actions
-    actions += _autoscaler(model, observed)
+    scaling_actions, refused = _autoscaler(model, observed)
+    actions += scaling_actions
+    if refused is not None:  # it takes the place of a False Degraded, never of a rollout's own
+        wants = [refused if w.type == refused.type and w.status == FALSE else w for w in wants]
     conditions = rebuild(model.status.conditions, wants, generation=model.metadata.generation, now=observed.now)
-    actions += transition_events(model.status.conditions, conditions, warn_when_true=(DEGRADED, DRIFTED))
+    actions += transition_events(model.status.conditions, conditions, warn_when_true=(DEGRADED, DRIFTED),
+                                 warn_when_false=(ARTIFACTS_SHARED,))
     served = _served(model, serving)
     status: dict[str, Any] = {
         "observedGeneration": model.metadata.generation,
         "endpoint": endpoint,
         "readyReplicas": ready_replicas,
         "serving": _display(served) if endpoint else None,
+        "adapters": [{"revision": rev.revision, "modelName": name, "adapter": rev.adapter}
+                     for name, rev in adapter_model_names(model, served, older or ())] or None
+        if endpoint and served is not None else None,
         "ready": f"{ready_replicas}/{_wanted_replicas(model, observed)}",
         "conditions": [c.to_dict() for c in conditions],
     }

@@ -137,6 +137,12 @@ class ObservedGPTModel:
     """The /metrics URLs of its ready vLLM Pods (observed with spec.monitoring only)."""
     autoscaler: str | None = None
     """Its HorizontalPodAutoscaler's gptops.io/spec-hash ("" without one), or None when it has none."""
+    artifacts_access_modes: tuple[str, ...] | None = None
+    """The access modes of its spec.artifacts.pvc claim, or None when it names none or the claim is not found."""
+    keda_prometheus: str | None = None
+    """KEDA's ScaledObject CRD is installed: the Prometheus server a ScaledObject queries; None without KEDA."""
+    scaled_object: str | None = None
+    """Its KEDA ScaledObject's gptops.io/spec-hash ("" without one), or None when it has none."""
 
     def finetunejob(self, name: str) -> FineTuneJob | None:
         return next((f for f in self.finetunejobs if f.name == name), None)
