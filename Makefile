@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: all venv controlplane kueue realnode vllm images test-images test test-fast test-gpu demo lint clean
+.PHONY: all venv controlplane kueue realnode vllm images test-images test e2e test-fast test-gpu demo lint clean
 
 all: test
 
@@ -55,6 +55,11 @@ kueue:
 
 test: venv controlplane kueue realnode vllm test-images
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The end-to-end test on the real node (opt-in): the images of this commit, the chart installed with helm, the
+# quickstart trained by real Pods and answered through the GPTModel's Service.
+e2e: venv controlplane realnode images
+	GPTOPS_E2E=1 $(PY) -m pytest tests/cluster/test_e2e_realnode.py $(PYTEST_ARGS)
 
 # Pure and pipeline tests only, no control plane.
 test-fast: venv

@@ -25,7 +25,13 @@ from gptops.local.corpora import write_builtin
 from operator_kit import EXAMPLES, ROOT, Cluster, artifacts_volume, free_port
 from waiting import wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.realnode, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.cluster, pytest.mark.realnode, pytest.mark.slow,
+    # Opt-in until it has passed here end to end: loading the 6.4 GB trainer image into the node's containerd alone
+    # takes minutes, and images built from another commit than the chart's CRDs refuse the specs (make e2e).
+    pytest.mark.skipif(os.environ.get("GPTOPS_E2E") != "1",
+                       reason="the end-to-end test on the real node runs with GPTOPS_E2E=1 (make e2e)"),
+]
 
 CHART = ROOT / "charts" / "gptops"
 _values = yaml.safe_load((CHART / "values.yaml").read_text())["image"]
