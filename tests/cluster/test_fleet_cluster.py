@@ -69,7 +69,9 @@ def test_a_read_write_once_claim_shared_by_two_replicas_is_reported(k: Cluster, 
     shared = k.wait_condition("gptmodel", MODEL, "ArtifactsShared", "False", timeout=90)
     assert shared["reason"] == "ReadWriteOnceClaim"
     assert "store is ReadWriteOnce but up to 2 vLLM Pods" in shared["message"] and "ReadWriteMany" in shared["message"]
-    assert any(e["reason"] == "ReadWriteOnceClaim" and e["type"] == "Warning" for e in k.events(MODEL))
+    # Events are posted after the pass that wrote the condition.
+    wait_for(lambda: any(e["reason"] == "ReadWriteOnceClaim" and e["type"] == "Warning" for e in k.events(MODEL)),
+             "the ReadWriteOnceClaim Warning event")
 
     k.kubectl("patch", "gptmodel", MODEL, "--type=merge", "-p", '{"spec":{"serving":{"replicas":1}}}')
     assert k.wait_condition("gptmodel", MODEL, "ArtifactsShared", "True", timeout=90)["reason"] == "OnePodAtATime"

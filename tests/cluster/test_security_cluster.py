@@ -141,11 +141,9 @@ def _used(user: str, plane: Any) -> set[tuple[str, str, str]]:
     return used
 
 
-#: Grants of features this lifecycle leaves off, each exercised by its own cluster test (as the admin): the
-#: ArtifactsShared condition reads the claim spec.artifacts.pvc names (kwok's nodes mount no volume, so this lifecycle
-#: names none); KEDA's ScaledObjects, where KEDA's CRD is installed (tests/cluster/test_fleet_cluster.py).
-OFF_IN_THIS_LIFECYCLE = {("", "persistentvolumeclaims", "get"),
-                         *(("keda.sh", "scaledobjects", verb) for verb in ("get", "create", "patch", "delete"))}
+#: Grants of a feature this lifecycle leaves off, exercised by its own cluster test (as the admin): KEDA's
+#: ScaledObjects, made where KEDA's CRD is installed (tests/cluster/test_fleet_cluster.py).
+OFF_IN_THIS_LIFECYCLE = {("keda.sh", "scaledobjects", verb) for verb in ("get", "create", "patch", "delete")}
 
 
 def _granted(rbac: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
