@@ -112,8 +112,10 @@ build() {  # name
 }
 build operator
 build trainer
-# The images these replaced are left untagged; without this each code change would keep another 6 GB trainer.
+# The images these replaced are left untagged, and each trainer build leaves its 6 GB of layers in the build cache:
+# without this every code change would keep another copy. The cache keeps what was used last (the torch layer).
 "$DOCKER" image prune -f >/dev/null
+"$DOCKER" builder prune -f --keep-storage "${GPTOPS_BUILD_CACHE:-15GB}" >/dev/null
 
 echo "$base"
 echo "gptops/operator:$VERSION"
