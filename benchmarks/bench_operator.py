@@ -390,6 +390,36 @@ class Sampler(threading.Thread):
                 return
 
 
+def wait_status(custom: k8s.CustomObjectsApi, plural: str, names: list[str], timeout: float) -> None:
+    """Until the operator wrote a status (observedGeneration) on each of these objects."""
+    deadline = time.monotonic() + timeout
+    left = set(names)
+    while left:
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural)["items"]
+        left -= {o["metadata"]["name"] for o in items if (o.get("status") or {}).get("observedGeneration")}
+        if left and time.monotonic() > deadline:
+            raise RuntimeError(f"no status on {plural} {sorted(left)[:5]} after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def warm_up(api: k8s.ApiClient, log: Path) -> None:
+    """The operator is up when its watches are: a FineTuneJob of a missing GPTModel gets its status, then goes. (Its
+    first watch requests can meet an API server whose storage for the new CRDs is still initializing, and retry.)"""
+    custom = k8s.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "finetunejobs",
+                                           finetunejob("warm-up", "no-such-model"))
+    try:
+        wait_status(custom, "finetunejobs", ["warm-up"], 120)
+    except RuntimeError as err:
+        raise RuntimeError(f"{err}; the operator's log:\n{log.read_text()[-3000:]}") from None
+    custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "finetunejobs", "warm-up")
+    deadline = time.monotonic() + 60
+    while custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "finetunejobs")["items"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the warm-up FineTuneJob was not deleted within 60 s")
+        time.sleep(0.2)
+
+
 def free_port() -> int:
     import socket
 
@@ -430,6 +460,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=100, help="FineTuneJobs (100, 300, 1000); GPTModels: runs / 10")
     parser.add_argument("--timeout", type=float, default=900, help="seconds for every run to pass and be served")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="apply the FineTuneJobs at this many per second (default: all at once, as fast as the "
+                             "client can)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--keep", action="store_true", help="leave the cluster's state directory")
     parser.add_argument("--plot", type=Path, nargs="+", metavar=("PNG", "JSON"),
@@ -463,7 +496,7 @@ def main() -> None:
                 if operator.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the operator did not start:\n" + (workdir / "operator.log").read_text()[-3000:])
                 time.sleep(0.3)
-        time.sleep(2)  # its watches are up
+        warm_up(api, workdir / "operator.log")
         idle_rss = psutil.Process(operator.pid).memory_info().rss
         requests_before = operator_requests(cp)
         own_before = own_writes(cp)
@@ -475,9 +508,13 @@ def main() -> None:
         custom = k8s.CustomObjectsApi(api)
         for m in range(models):
             custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "gptmodels", gptmodel(f"model-{m:03d}"))
+        # The GPTModels exist before the runs (a team's models outlive its fine-tunes): their first passes are done.
+        wait_status(custom, "gptmodels", [f"model-{m:03d}" for m in range(models)], 120)
         applied: dict[str, float] = {}
         t_apply = time.monotonic()
         for i in range(runs):
+            if args.rate:  # paced: run i is applied at i / rate seconds
+                time.sleep(max(0.0, t_apply + i / args.rate - time.monotonic()))
             name = f"run-{i:04d}"
             custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "finetunejobs",
                                                    finetunejob(name, f"model-{i % models:03d}"))
@@ -556,7 +593,7 @@ def main() -> None:
             "completed": {"passed": passed_count, "modelsServing": sum(1 for v in recorder.models_serving.values()
                                                                         if v),
                           "jobsPerStage": jobs_per_stage, "seconds": round(finished - t_apply, 2)},
-            "applySeconds": round(apply_seconds, 3),
+            "applySeconds": round(apply_seconds, 3), "applyRate": args.rate or None,
             "latencySeconds": {
                 "applyToPrepareJob": percentiles(to_prepare),
                 **{k: percentiles(v) for k, v in handoffs.items()},

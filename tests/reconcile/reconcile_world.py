@@ -179,7 +179,8 @@ class World:
                 spec_key=labels.get("gptops.io/spec-key", ""),
                 start_model=(meta.get("annotations") or {}).get("gptops.io/start-model", ""),
                 created=f"{self.now}#{self._created:04d}", suspended=bool(manifest["spec"].get("suspend")),
-                queue=labels.get("kueue.x-k8s.io/queue-name", ""), active=0 if manifest["spec"].get("suspend") else 1))
+                queue=labels.get("kueue.x-k8s.io/queue-name", ""), active=0 if manifest["spec"].get("suspend") else 1,
+                start_time=None if manifest["spec"].get("suspend") else self.now))
         elif kind == "Service":
             self.services.add(name)
         elif kind == "HorizontalPodAutoscaler":
@@ -189,9 +190,15 @@ class World:
         elif kind == "Deployment":
             dep = self.deployment
             if dep and self.deployment_manifest and self.deployment_manifest["spec"] == manifest["spec"]:
-                # Only metadata changed: the API server keeps the generation, the controller has nothing to do.
+                # Only metadata changed. A Deployment's annotations are part of its generation (the controller
+                # copies them to its ReplicaSet), which the controller observes at once: nothing else to do.
                 self.deployment_manifest = copy.deepcopy(manifest)
-                self.deployment = replace(dep, annotations=dict(manifest["metadata"].get("annotations") or {}))
+                annotations = dict(manifest["metadata"].get("annotations") or {})
+                if annotations != dep.annotations:
+                    current = dep.observed_generation >= dep.generation
+                    dep = replace(dep, generation=dep.generation + 1,
+                                  observed_generation=dep.generation + 1 if current else dep.observed_generation)
+                self.deployment = replace(dep, annotations=annotations)
                 return
             generation = (dep.generation + 1) if dep else 1
             self.deployment_manifest = copy.deepcopy(manifest)
@@ -209,7 +216,7 @@ class World:
     # --- what the Job and Deployment controllers (and kwok) do ---
     def admit(self, name: str) -> None:
         """What Kueue does when quota admits a queued Job: it unsuspends it, and the Job controller starts its Pods."""
-        self.jobs[name] = replace(self.jobs[name], suspended=False, active=1)
+        self.jobs[name] = replace(self.jobs[name], suspended=False, active=1, start_time=self.now)
 
     def finish_job(self, name: str, message: str, *, ok: bool = True, job_reason: str = "BackoffLimitExceeded") -> None:
         job = self.jobs[name]

@@ -486,7 +486,7 @@ def test_a_revision_rolled_back_from_stays_superseded(world: World) -> None:
         world.apply_ftj(world.plan_ftj())
         promoted = conditions(world.ftj["status"])["Promoted"]
         assert (promoted["status"], promoted["reason"]) == ("False", "Superseded"), promoted
-        assert "now serves its source" in promoted["message"]
+        assert "superseded by its source" in promoted["message"]
     promote(world)
     assert conditions(world.ftj["status"])["Promoted"]["status"] == "True"
 

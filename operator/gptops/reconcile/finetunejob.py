@@ -280,9 +280,11 @@ def _stage_outcome(stage: str, name: str, job: JobState | None, recorded: StageS
         # The completed Job's Pods are gone (a lost node, the Pod garbage collector): keep the result an earlier
         # pass read from them after the Job completed, rather than forget the stage's outcome.
         result = recorded.result
-    if result is not None:
+    if result is not None and (job.complete or job.failed_condition is not None):
+        # Recorded with the Job's outcome, in the same status write: a Pod's result comes moments before its Job
+        # completes, and a write of its own would only be followed by the completion's.
         timing["result"] = result.to_dict()
-    elif job.complete:
+    elif result is None and job.complete:
         # Complete, but nothing says what the stage did: waiting would wait forever.
         where = (f"the termination message of Pod {pod.name}" if pod is not None
                  else "the termination messages of its Pods, but none is left")
@@ -322,8 +324,11 @@ def _stage_outcome(stage: str, name: str, job: JobState | None, recorded: StageS
         message = (f"Job {name}: attempt {len(attempts)} failed ({how or 'Failed'})" + (f": {told}" if told else "")
                    + "; retrying")
         return _Stage(Want(cond_type, FALSE, Reason.ATTEMPT_FAILED, _cut(message)), status=timing, warn=True)
-    return _Stage(Want(cond_type, FALSE, Reason.JOB_RUNNING, f"Job {name} is running ({job.active} active Pods)"),
-                  status=timing)
+    if job.start_time is None:
+        # The Job controller has not started it yet (its Pod may show first): still as created, so that its start
+        # is one change of the status, not two.
+        return _Stage(Want(cond_type, FALSE, Reason.JOB_CREATED, f"created Job {name}"), status=timing)
+    return _Stage(Want(cond_type, FALSE, Reason.JOB_RUNNING, f"Job {name} is running"), status=timing)
 
 
 def _artifacts(revision: Revision | None, results: dict[str, StageResult]) -> RunArtifacts:
@@ -386,9 +391,15 @@ def _gate_and_promotion(ftj: FineTuneJob, model: GPTModel | None, evaluation: St
                             "to be served")
     # Once served, a revision that is no longer served stays Superseded (rolled back from, too: the GPTModel does not
     # serve it again on its own), until it is served again or the spec changes.
-    if was is not None and (was.status == TRUE or (was.reason == Reason.SUPERSEDED
-                                                   and was.observed_generation == ftj.metadata.generation)):
-        return passed, Want(PROMOTED, FALSE, Reason.SUPERSEDED, f"GPTModel {model.name} now serves {now_serving}")
+    # The message names what superseded it and stays: each later promotion of the GPTModel is no news to this run
+    # (and would be a status write on every superseded run).
+    still = (was is not None and was.status == FALSE and was.reason == Reason.SUPERSEDED
+             and was.observed_generation == ftj.metadata.generation)
+    if still:
+        assert was is not None
+        return passed, Want(PROMOTED, FALSE, Reason.SUPERSEDED, was.message)
+    if was is not None and was.status == TRUE:
+        return passed, Want(PROMOTED, FALSE, Reason.SUPERSEDED, f"superseded by {now_serving} in GPTModel {model.name}")
     if pin and pin != ftj.name:
         return passed, Want(PROMOTED, FALSE, Reason.PINNED_REVISION,
                             f"GPTModel {model.name} pins spec.serving.revision {pin}")
@@ -399,7 +410,7 @@ def _gate_and_promotion(ftj: FineTuneJob, model: GPTModel | None, evaluation: St
     if serving is not None and order(serving) > (passed_at or "", ftj.name):
         # The GPTModel serves the revision that passed last (reconcile/promotion.py).
         return passed, Want(PROMOTED, FALSE, Reason.SUPERSEDED,
-                            f"GPTModel {model.name} serves {now_serving}, which passed its gate after this one")
+                            f"superseded by {now_serving} in GPTModel {model.name}, which passed its gate after this one")
     return passed, Want(PROMOTED, FALSE, Reason.WAITING, f"passed; waiting for GPTModel {model.name} to serve it")
 
 

@@ -145,7 +145,8 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     revision = served.revision or SOURCE_REVISION
     same = dep is not None and served.same_files(_deployed(dep))
     complete = same and dep is not None and _rollout_complete(dep)
-    failure = _rollout_failure(model, dep, now) if same and dep is not None and not complete else None
+    failure = (_rollout_failure(model, dep, now) if same and dep is not None and not complete
+               and not _rolled_out_before(model) else None)
     previous = _previous(serving)
     kept = dep.annotations if same and dep is not None else {}
     # A change of spec.serving on the same revision is a rollout too: watched, but never "fixed" by rolling back to
@@ -184,7 +185,9 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     # A new revision, or a new spec, is watched from now until it is rolled out; else the watch goes on (or none).
     desired = _deployment(
         model, served, older,
-        started=now if not same or in_place else None if complete else kept.get(ANNOTATION_ROLLOUT_STARTED),
+        # Kept once rolled out: a change of a Deployment's annotations is a new generation to the API server, which
+        # the controller has yet to observe; removing it would show the rollout in progress again for a moment.
+        started=now if not same or in_place else kept.get(ANNOTATION_ROLLOUT_STARTED),
         rolled_back=rolled_back if same else None,
         rollback_reason=kept.get(ANNOTATION_ROLLBACK_REASON),
         rolled_back_generation=model.metadata.generation if rolled_back is not None else None,
@@ -317,12 +320,23 @@ def _rollout_complete(dep: DeploymentState) -> bool:
             and dep.status_replicas <= dep.updated_replicas and dep.available_replicas >= dep.replicas)
 
 
+def _rolled_out_before(model: GPTModel) -> bool:
+    """This generation's rollout of what is served completed in an earlier pass (its Progressing=False
+    RolloutComplete): a replica lost since is the Deployment's to replace, not a failed rollout to undo."""
+    progressing = get_condition(model.status.conditions, PROGRESSING)
+    return (progressing is not None and progressing.status == FALSE and progressing.reason == Reason.ROLLOUT_COMPLETE
+            and progressing.observed_generation == model.metadata.generation)
+
+
 def _rollout_failure(model: GPTModel, dep: DeploymentState, now: str) -> str | None:
     """Why this rollout has failed, or None while it may still succeed."""
     started = parse_rfc3339(dep.annotations.get(ANNOTATION_ROLLOUT_STARTED))
     if started is None:
         return None  # not a watched rollout: the revision was rolled out before, or this is a rollback
     progressing = dep.condition("Progressing")
+    if (dep.observed_generation >= dep.generation and progressing is not None
+            and progressing.get("reason") == "NewReplicaSetAvailable"):
+        return None  # this rollout completed; a replica lost since is the Deployment's to replace, not a failed rollout
     if (dep.observed_generation >= dep.generation and progressing is not None
             and progressing.get("status") == FALSE and progressing.get("reason") == "ProgressDeadlineExceeded"):
         return f"ProgressDeadlineExceeded: {progressing.get('message', '')}".rstrip(": ")
