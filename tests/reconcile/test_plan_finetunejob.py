@@ -384,6 +384,24 @@ def test_a_complete_stage_without_a_readable_result_fails_instead_of_waiting(wor
     assert f"Pod {PREPARE}-abcde" in cond["Failed"]["message"]
 
 
+def test_a_complete_job_whose_pod_still_shows_running_waits_for_its_result(world: World) -> None:
+    """The Job's watch can bring Complete before the Pod's brings its terminated status: no Failed=True meanwhile."""
+    from dataclasses import replace
+
+    settle(world, "ftj")
+    world.finish_job(PREPARE, stage_result("prepare"))
+    done = world.jobs[PREPARE]
+    world.jobs[PREPARE] = replace(done, pods=(replace(done.pods[0], phase="Running", message=""),))
+    plan = world.plan_ftj()
+    cond = conditions(plan.status)
+    assert cond["Failed"]["status"] == "False" and cond["Prepared"]["status"] == "False"
+    assert "reading its Pod's result" in cond["Prepared"]["message"]
+    assert not [e for e in plan.events if e.type == "Warning"]
+    world.apply_ftj(plan)
+    world.jobs[PREPARE] = done  # the Pod's event arrives
+    assert conditions(world.plan_ftj().status)["Prepared"]["status"] == "True"
+
+
 def test_a_complete_stage_whose_pods_are_gone_unread_fails(world: World) -> None:
     from dataclasses import replace
 

@@ -284,6 +284,11 @@ def _stage_outcome(stage: str, name: str, job: JobState | None, recorded: StageS
         # Recorded with the Job's outcome, in the same status write: a Pod's result comes moments before its Job
         # completes, and a write of its own would only be followed by the completion's.
         timing["result"] = result.to_dict()
+    elif result is None and job.complete and any(p.phase in ("Pending", "Running", "") for p in job.pods):
+        # The Job's Complete reached this pass before its Pod's terminated status did (two watches): the Pod's
+        # next event brings the result. Not a stage that completed without one.
+        return _Stage(Want(cond_type, FALSE, Reason.JOB_RUNNING, f"Job {name} completed; reading its Pod's result"),
+                      status={k: v for k, v in timing.items() if k != "completionTime"})
     elif result is None and job.complete:
         # Complete, but nothing says what the stage did: waiting would wait forever.
         where = (f"the termination message of Pod {pod.name}" if pod is not None
