@@ -29,6 +29,8 @@ RESYNC_ENV, RESYNC_SECONDS = "GPTOPS_RESYNC_SECONDS", 60.0
 WATCH_TIMEOUT_ENV, WATCH_SERVER_TIMEOUT = "GPTOPS_WATCH_SERVER_TIMEOUT", 300.0
 #: Threads that run passes (most of a pass waits on the API server).
 WORKERS_ENV, WORKERS = "GPTOPS_WORKERS", 16
+#: Seconds an idle kopf per-object worker waits for that object's next event before it exits (kopf's default: 5).
+IDLE_WORKER_SECONDS = 0.5
 #: Seconds before a failed pass runs again, one per retry; after the last, the next event or resync wakes it.
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 60.0, 60.0, 60.0)
 
@@ -78,6 +80,9 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     settings.networking.error_backoffs = API_ERROR_BACKOFFS
     settings.queueing.error_delays = (1, 2, 5, 10, 20, 30, 60)
     settings.execution.max_workers = 4  # kopf's own pool: every handler here is async and only queues
+    # kopf keeps a worker (a task holding the object's last raw event) per object that had an event in the last
+    # idle_timeout seconds (5 by default): thousands of Jobs and Pods at once at scale. The handlers only queue.
+    settings.queueing.idle_timeout = IDLE_WORKER_SECONDS
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = "gptops"
     settings.posting.event_name_prefix = "gptops-"
