@@ -263,7 +263,7 @@ def test_a_failed_pass_is_retried_after_its_backoff(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize("plural, one_pass, condition", [
-    (PLURAL_GPTMODEL, gm_handlers.one_pass, ("Ready", "False")),
+    (PLURAL_GPTMODEL, gm_handlers.one_pass, ("Degraded", "True")),
     (PLURAL_FINETUNEJOB, ftj_handlers.one_pass, ("Failed", "True")),
 ], ids=["GPTModel", "FineTuneJob"])
 def test_a_spec_this_operator_cannot_parse_is_refused_with_a_condition_naming_the_field(
@@ -279,6 +279,8 @@ def test_a_spec_this_operator_cannot_parse_is_refused_with_a_condition_naming_th
     assert (refused["status"], refused["reason"]) == (condition[1], "InvalidSpec")
     assert "spec.newerField: Extra inputs are not permitted" in refused["message"]
     assert status["observedGeneration"] == 1
+    if plural == PLURAL_FINETUNEJOB:
+        assert status["phase"] == "Failed"
     assert api.jobs == {}
 
     # Another pass over the same spec writes nothing more.

@@ -28,9 +28,10 @@ import kopf
 import pydantic
 
 from gptops import cluster, metrics
-from gptops.api.conditions import FAILED, FALSE, READY, TRUE, Reason, conditions_to_dicts, set_condition
+from gptops.api.conditions import DEGRADED, FAILED, TRUE, Reason, conditions_to_dicts, set_condition
 from gptops.api.constants import KIND_FINETUNEJOB, KIND_GPTMODEL
 from gptops.handlers import indexes
+from gptops.reconcile import derive_phase
 from gptops.reconcile.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ DELETED = [0]
 RELEASE_CHECK_SECONDS = 5.0
 
 #: kind -> the condition (type, status) that says a spec was refused.
-REFUSAL_CONDITIONS = {KIND_GPTMODEL: (READY, FALSE), KIND_FINETUNEJOB: (FAILED, TRUE)}
+REFUSAL_CONDITIONS = {KIND_GPTMODEL: (DEGRADED, TRUE), KIND_FINETUNEJOB: (FAILED, TRUE)}
 
 _locks: dict[Key, threading.RLock] = {}
 _locks_guard = threading.Lock()
@@ -148,7 +149,10 @@ def refused_status(kind: str, body: Mapping[str, Any], err: pydantic.ValidationE
     updated = set_condition(conditions, type_, status, Reason.INVALID_SPEC,
                             f"this operator cannot act on the spec: {refusal_message(err)}",
                             observed_generation=generation)
-    return {"conditions": conditions_to_dicts(updated), "observedGeneration": generation}
+    status: dict[str, Any] = {"conditions": conditions_to_dicts(updated), "observedGeneration": generation}
+    if kind == KIND_FINETUNEJOB:  # the PHASE column says Failed, as for any other failed run
+        status["phase"] = derive_phase(updated, started=True)
+    return status
 
 
 def changes_status(current: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
