@@ -4,10 +4,10 @@ Pods of the trainer image, the gate passes, `transformers serve` answers the `op
 port-forward` to the GPTModel's Service, and a second FineTuneJob's revision takes over and answers.
 
 Opt-in (`make e2e`, which builds the images of this commit first; GPTOPS_E2E=1), not yet part of `make test`: it has
-passed end to end on the 2-core development machine, in 5.5 minutes with the images already in the node's
-containerd (loading them after a rebuild adds about 4.5 minutes) on a quiet machine, but with other work beside it
-(load 12 to 15) its stages' training alone took over 40 minutes, and a second passing run there is still to be
-seen (docs/dev-cluster.md has the times). Skipped, with the reason, without a real node (not root, Debian packages
+passed twice end to end on the 2-core development machine: in 5.5 minutes on a quiet machine with the images
+already in the node's containerd (loading them after a rebuild adds about 4.5 minutes), and in 44 minutes with other
+work beside it (load 12 to 16), where its stages' training took seven times as long; a run that long does not suit
+`make test` on a shared machine (docs/dev-cluster.md has the times). Skipped, with the reason, without a real node (not root, Debian packages
 missing, another cluster holds it), with GPTOPS_SKIP_IMAGES=1, or without the images of `make images` in docker.
 On a failure the artifacts directory on the host (/tmp/<namespace>-artifacts) is kept for inspection.
 """
