@@ -56,8 +56,8 @@ kueue:
 test: venv controlplane kueue realnode vllm test-images
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The end-to-end test on the real node (opt-in): the images of this commit, the chart installed with helm, the
-# quickstart trained by real Pods and answered through the GPTModel's Service.
+# The end-to-end test on the real node (opt-in, see its docstring): the images of this commit, the chart installed
+# with helm, the quickstart trained by real Pods and answered through the GPTModel's Service.
 e2e: venv controlplane realnode images
 	GPTOPS_E2E=1 $(PY) -m pytest tests/cluster/test_e2e_realnode.py $(PYTEST_ARGS)
 

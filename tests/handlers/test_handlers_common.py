@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import kopf
 import pytest
 
 from gptops import cluster, metrics
@@ -19,6 +20,7 @@ from gptops.api import GPTModel
 from gptops.api.constants import KIND_FINETUNEJOB, KIND_GPTMODEL, PLURAL_FINETUNEJOB, PLURAL_GPTMODEL
 from gptops.handlers import common
 from gptops.handlers import finetunejob as ftj_handlers
+from gptops.handlers import gptmodel as gm_handlers
 from gptops.reconcile import JobState, ObservedFineTuneJob, PodState
 
 NS = "ml"
@@ -258,3 +260,31 @@ def test_a_failed_pass_is_retried_after_its_backoff(monkeypatch: pytest.MonkeyPa
         assert attempts[1] - attempts[0] >= 0.05 and attempts[2] - attempts[1] >= 0.2
     finally:
         queue.stop()
+
+
+@pytest.mark.parametrize("plural, one_pass, condition", [
+    (PLURAL_GPTMODEL, gm_handlers.one_pass, ("Degraded", "True")),
+    (PLURAL_FINETUNEJOB, ftj_handlers.one_pass, ("Failed", "True")),
+], ids=["GPTModel", "FineTuneJob"])
+def test_a_spec_this_operator_cannot_parse_is_refused_with_a_condition_naming_the_field(
+        api: FakeAPI, plural: str, one_pass: Any, condition: tuple[str, str]) -> None:
+    """A CRD newer than the operator admits a field the operator does not know: the object says so in its status,
+    not only in the operator's log."""
+    api.objects[plural]["spec"]["newerField"] = {"rank": 8}
+    name = api.objects[plural]["metadata"]["name"]
+    with pytest.raises(kopf.PermanentError, match=r"spec\.newerField"):
+        one_pass(NS, name)
+    status = api.objects[plural]["status"]
+    refused = next(c for c in status["conditions"] if c["type"] == condition[0])
+    assert (refused["status"], refused["reason"]) == (condition[1], "InvalidSpec")
+    assert "spec.newerField: Extra inputs are not permitted" in refused["message"]
+    assert status["observedGeneration"] == 1
+    if plural == PLURAL_FINETUNEJOB:
+        assert status["phase"] == "Failed"
+    assert api.jobs == {}
+
+    # Another pass over the same spec writes nothing more.
+    written = copy.deepcopy(status)
+    with pytest.raises(kopf.PermanentError):
+        one_pass(NS, name)
+    assert api.objects[plural]["status"] == written

@@ -20,7 +20,9 @@ from gptops.api.finetunejob import FineTuneJob
 from gptops.api.gptmodel import GPTModel
 from gptops.api.names import dns_label
 
-#: The non-root user every Pod runs as (the trainer image creates it; vLLM runs fine as any uid).
+#: The non-root user every Pod runs as; it overrides the images' own USER (65532 in ours), and no image needs a
+#: particular uid: none owns files for it, and vLLM runs as any uid. Every Pod of a model shares it, so what one stage
+#: writes on the artifacts volume the next stage and the server can read and extend.
 RUN_AS_USER = 1000
 
 M = TypeVar("M", GPTModel, FineTuneJob)

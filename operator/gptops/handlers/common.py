@@ -28,7 +28,10 @@ import kopf
 import pydantic
 
 from gptops import cluster, metrics
+from gptops.api.conditions import DEGRADED, FAILED, TRUE, Reason, conditions_to_dicts, set_condition
+from gptops.api.constants import KIND_FINETUNEJOB, KIND_GPTMODEL
 from gptops.handlers import indexes
+from gptops.reconcile import derive_phase
 from gptops.reconcile.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,9 @@ KNOWN: set[Key] = set()
 #: How many deletes the watches have shown (the resync thread releases memory once they stop coming).
 DELETED = [0]
 RELEASE_CHECK_SECONDS = 5.0
+
+#: kind -> the condition (type, status) that says a spec was refused.
+REFUSAL_CONDITIONS = {KIND_GPTMODEL: (DEGRADED, TRUE), KIND_FINETUNEJOB: (FAILED, TRUE)}
 
 _locks: dict[Key, threading.RLock] = {}
 _locks_guard = threading.Lock()
@@ -98,7 +104,11 @@ def run_pass(
             try:
                 obj = parse(body)
             except pydantic.ValidationError as err:
-                raise kopf.PermanentError(f"invalid {kind}: {err}") from err
+                refusal = refused_status(kind, body, err)
+                if changes_status(body.get("status") or {}, refusal):
+                    indexes.note_written(plural, namespace, name,
+                                         cluster.patch_status(plural, namespace, name, refusal))
+                raise kopf.PermanentError(f"invalid {kind}: {refusal_message(err)}") from err
             decided = plan(obj, observe(obj))
             if EVENTS is not None:  # children first; the events go out behind every pass's Jobs
                 existed = cluster.apply(decided.changes, body)
@@ -122,6 +132,27 @@ def run_pass(
         if result == "error":
             metrics.RECONCILE_ERRORS_TOTAL.labels(kind=kind).inc()
         metrics.RECONCILE_DURATION_SECONDS.labels(kind=kind).observe(time.monotonic() - started)
+
+
+def refusal_message(err: pydantic.ValidationError) -> str:
+    """Each problem as `field.path: message`, e.g. `spec.serving.lora: Extra inputs are not permitted`."""
+    return "; ".join(f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in err.errors())
+
+
+def refused_status(kind: str, body: Mapping[str, Any], err: pydantic.ValidationError) -> dict[str, Any]:
+    """The status of an object this operator cannot parse (a CRD newer than the operator admits fields it does not
+    know): its other conditions kept, the kind's summary condition saying InvalidSpec with the fields named, so
+    `kubectl get`/`describe` shows why nothing happens."""
+    conditions = (body.get("status") or {}).get("conditions") or []
+    generation = (body.get("metadata") or {}).get("generation")
+    type_, status = REFUSAL_CONDITIONS[kind]
+    updated = set_condition(conditions, type_, status, Reason.INVALID_SPEC,
+                            f"this operator cannot act on the spec: {refusal_message(err)}",
+                            observed_generation=generation)
+    status: dict[str, Any] = {"conditions": conditions_to_dicts(updated), "observedGeneration": generation}
+    if kind == KIND_FINETUNEJOB:  # the PHASE column says Failed, as for any other failed run
+        status["phase"] = derive_phase(updated, started=True)
+    return status
 
 
 def changes_status(current: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
