@@ -191,6 +191,16 @@ def test_a_rolled_out_revision_that_loses_pods_later_is_not_rolled_back(world: W
     plan = world.plan_model()
     assert plan.changes == ()
     assert conditions(plan.status)["Degraded"]["status"] == "False"
+    # Nor on any later pass: it stays rolled out, and Ready tells what is available.
+    dep = world.deployment
+    assert dep is not None
+    world.deployment = replace(dep, ready_replicas=0, available_replicas=0)
+    for _ in range(3):
+        plan = settle(world, "model")
+        assert plan.changes == ()
+    cond = conditions(world.model["status"])
+    assert cond["Progressing"]["reason"] == "RolloutComplete" and cond["Degraded"]["status"] == "False"
+    assert cond["Ready"]["status"] == "False"
 
 
 def test_a_pin_on_a_rolled_back_revision_is_not_retried_until_it_changes(world: World) -> None:

@@ -145,8 +145,9 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
     revision = served.revision or SOURCE_REVISION
     same = dep is not None and served.same_files(_deployed(dep))
     complete = same and dep is not None and _rollout_complete(dep)
+    rolled_out_before = same and _rolled_out_before(model)
     failure = (_rollout_failure(model, dep, now) if same and dep is not None and not complete
-               and not _rolled_out_before(model) else None)
+               and not rolled_out_before else None)
     previous = _previous(serving)
     kept = dep.annotations if same and dep is not None else {}
     # A change of spec.serving on the same revision is a rollout too: watched, but never "fixed" by rolling back to
@@ -219,7 +220,7 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
         degraded = Want(DEGRADED, TRUE, Reason.ROLLOUT_DEADLINE_EXCEEDED,
                         f"revision {revision} did not become Available ({failure}); no previous revision to "
                         "roll back to")
-    elif complete:
+    elif (complete or rolled_out_before) and not in_place:  # a replica lost since is the Deployment's to replace
         progressing = Want(PROGRESSING, FALSE, Reason.ROLLOUT_COMPLETE, f"revision {revision} is rolled out")
         degraded = _degraded(desired["metadata"]["annotations"])
     else:
@@ -334,9 +335,6 @@ def _rollout_failure(model: GPTModel, dep: DeploymentState, now: str) -> str | N
     if started is None:
         return None  # not a watched rollout: the revision was rolled out before, or this is a rollback
     progressing = dep.condition("Progressing")
-    if (dep.observed_generation >= dep.generation and progressing is not None
-            and progressing.get("reason") == "NewReplicaSetAvailable"):
-        return None  # this rollout completed; a replica lost since is the Deployment's to replace, not a failed rollout
     if (dep.observed_generation >= dep.generation and progressing is not None
             and progressing.get("status") == FALSE and progressing.get("reason") == "ProgressDeadlineExceeded"):
         return f"ProgressDeadlineExceeded: {progressing.get('message', '')}".rstrip(": ")
