@@ -63,10 +63,10 @@ argocd:
 test: venv controlplane kueue argocd realnode vllm test-images
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The end-to-end test on the real node (opt-in, see its docstring): the images of this commit, the chart installed
+# The end-to-end test on the real node alone (make test runs it too): the images of this commit, the chart installed
 # with helm, the quickstart trained by real Pods and answered through the GPTModel's Service.
 e2e: venv controlplane realnode images
-	GPTOPS_E2E=1 $(PY) -m pytest tests/cluster/test_e2e_realnode.py $(PYTEST_ARGS)
+	$(PY) -m pytest tests/cluster/test_e2e_realnode.py $(PYTEST_ARGS)
 
 # Pure and pipeline tests only, no control plane.
 test-fast: venv

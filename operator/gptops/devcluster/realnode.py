@@ -99,6 +99,7 @@ class RealNode:
             if f"{DOCKER_ID_LABEL}={docker_id}" not in listed:
                 stale.append((image, docker_id))
         if stale:
+            check_room_for(docker_image_bytes(*(image for image, _ in stale)), CONTAINERD_ROOT)
             self.load_from_docker(*(image for image, _ in stale))
             for image, docker_id in stale:
                 self.ctr("images", "label", image, f"{DOCKER_ID_LABEL}={docker_id}")
@@ -107,6 +108,32 @@ class RealNode:
     def images(self) -> list[str]:
         """The image references containerd holds for Kubernetes."""
         return self.ctr("images", "list", "--quiet").stdout.decode().split()
+
+
+# containerd holds a loaded image twice (its layers in the content store, unpacked in the snapshotter), and the
+# filesystem needs room besides.
+LOAD_FACTOR = 2
+LOAD_MARGIN_BYTES = 2 << 30
+
+
+def docker_image_bytes(*images: str) -> int:
+    """What docker reports as the images' sizes, together."""
+    sizes = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", *images], capture_output=True,
+                           text=True, check=True, timeout=60).stdout.split()
+    return sum(int(size) for size in sizes)
+
+
+def check_room_for(image_bytes: int, root: Path) -> None:
+    """Raise RealNodeUnavailable when the filesystem of containerd's root cannot take images of `image_bytes` (a
+    full disk would fail the load half-way, and every other test on the machine with it)."""
+    needed = image_bytes * LOAD_FACTOR + LOAD_MARGIN_BYTES
+    existing = root
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise RealNodeUnavailable(f"loading {image_bytes / 2**30:.1f} GiB of images into containerd needs about "
+                                  f"{needed / 2**30:.1f} GiB free under {existing}, and {free / 2**30:.1f} GiB is free")
 
 
 def check_host() -> None:
