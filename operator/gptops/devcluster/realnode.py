@@ -98,6 +98,9 @@ class RealNode:
             listed = self.ctr("images", "list", f"name=={image}").stdout.decode()
             if f"{DOCKER_ID_LABEL}={docker_id}" not in listed:
                 stale.append((image, docker_id))
+                if image in listed:
+                    # Another build of it: its layers go first (a rebuilt trainer would otherwise need room for both).
+                    self.ctr("images", "rm", "--sync", image)
         if stale:
             check_room_for(docker_image_bytes(*(image for image, _ in stale)), CONTAINERD_ROOT)
             self.load_from_docker(*(image for image, _ in stale))
@@ -110,10 +113,10 @@ class RealNode:
         return self.ctr("images", "list", "--quiet").stdout.decode().split()
 
 
-# containerd holds a loaded image twice (its layers in the content store, unpacked in the snapshotter), and the
-# filesystem needs room besides.
-LOAD_FACTOR = 2
-LOAD_MARGIN_BYTES = 2 << 30
+# Loading holds an image three times at its peak: `docker save`'s temporary copy under /var/lib/docker, containerd's
+# content store and its unpacked snapshots (measured: 6.8 GB of images took about 20 GB); and room besides.
+LOAD_FACTOR = 3
+LOAD_MARGIN_BYTES = 1 << 30
 
 
 def docker_image_bytes(*images: str) -> int:
@@ -125,7 +128,8 @@ def docker_image_bytes(*images: str) -> int:
 
 def check_room_for(image_bytes: int, root: Path) -> None:
     """Raise RealNodeUnavailable when the filesystem of containerd's root cannot take images of `image_bytes` (a
-    full disk would fail the load half-way, and every other test on the machine with it)."""
+    full disk would fail the load half-way, and every other test on the machine with it). docker's data root is on
+    the same filesystem on the machines we run this on."""
     needed = image_bytes * LOAD_FACTOR + LOAD_MARGIN_BYTES
     existing = root
     while not existing.exists():
