@@ -99,3 +99,26 @@ def test_loading_images_is_refused_with_the_sizes_when_the_disk_cannot_take_them
     with pytest.raises(realnode.RealNodeUnavailable, match=r"needs about [\d.]+ GiB free under .*GiB is free"):
         realnode.check_room_for(free, tmp_path / "containerd" / "root")
     realnode.check_room_for(min(free // 6, 1 << 30), tmp_path / "containerd" / "root")
+
+
+def test_an_older_build_goes_with_the_references_by_id_that_hold_its_layers(monkeypatch, tmp_path):
+    # What `ctr images list` shows on a node with an operator and a trainer loaded, and a trainer reference by id
+    # left by a build removed earlier: the kubelet's CRI names each image by its id beside its name.
+    listing = """REF TYPE DIGEST SIZE PLATFORMS LABELS
+gptops.local/pause:3.10.2 application/vnd.oci.image.manifest.v1+json sha256:aa 760.7KiB linux/amd64 x
+ghcr.io/gptops/operator:0.1.0 application/vnd.oci.image.manifest.v1+json sha256:bb 388.7MiB linux/amd64 x
+ghcr.io/gptops/trainer:0.1.0 application/vnd.oci.image.manifest.v1+json sha256:cc 6.0GiB linux/amd64 x
+sha256:1111 application/vnd.oci.image.manifest.v1+json sha256:aa 760.7KiB linux/amd64 x
+sha256:2222 application/vnd.oci.image.manifest.v1+json sha256:bb 388.7MiB linux/amd64 x
+sha256:3333 application/vnd.oci.image.manifest.v1+json sha256:cc 6.0GiB linux/amd64 x
+sha256:4444 application/vnd.oci.image.manifest.v1+json sha256:dd 6.0GiB linux/amd64 x
+"""
+    calls = []
+
+    def ctr(self, *args, **kwargs):
+        calls.append(args)
+        return realnode.subprocess.CompletedProcess(args, 0, listing.encode(), b"")
+
+    monkeypatch.setattr(realnode.RealNode, "ctr", ctr)
+    realnode.RealNode(dir=tmp_path).remove_older_build("ghcr.io/gptops/trainer:0.1.0")
+    assert calls[-1] == ("images", "rm", "--sync", "ghcr.io/gptops/trainer:0.1.0", "sha256:3333", "sha256:4444")

@@ -98,15 +98,28 @@ class RealNode:
             listed = self.ctr("images", "list", f"name=={image}").stdout.decode()
             if f"{DOCKER_ID_LABEL}={docker_id}" not in listed:
                 stale.append((image, docker_id))
-                if image in listed:
-                    # Another build of it: its layers go first (a rebuilt trainer would otherwise need room for both).
-                    self.ctr("images", "rm", "--sync", image)
+                self.remove_older_build(image)
         if stale:
             check_room_for(docker_image_bytes(*(image for image, _ in stale)), CONTAINERD_ROOT)
             self.load_from_docker(*(image for image, _ in stale))
             for image, docker_id in stale:
                 self.ctr("images", "label", image, f"{DOCKER_ID_LABEL}={docker_id}")
         return [image for image, _ in stale]
+
+    def remove_older_build(self, image: str) -> None:
+        """Remove another build of `image` (a rebuilt trainer would otherwise need room for both): its name, and the
+        references by image id that the kubelet's CRI adds beside every name (or its layers stay); references by id
+        that no name shares any more (left by a build removed earlier) go too."""
+        targets: dict[str, str] = {}
+        for line in self.ctr("images", "list").stdout.decode().splitlines()[1:]:
+            ref, _, digest, *_ = line.split()
+            targets[ref] = digest
+        named = {digest for ref, digest in targets.items() if not ref.startswith("sha256:") and ref != image}
+        old = targets.get(image)
+        refs = [ref for ref, digest in targets.items()
+                if ref == image or (ref.startswith("sha256:") and (digest == old or digest not in named))]
+        if refs:
+            self.ctr("images", "rm", "--sync", *refs)
 
     def images(self) -> list[str]:
         """The image references containerd holds for Kubernetes."""
