@@ -15,6 +15,7 @@ from gptops.builders.common import (
     pod_security_context,
 )
 from gptops.devcluster import realnode
+from waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode]
 
@@ -97,5 +98,12 @@ def test_the_real_node_is_tainted_and_holds_the_locally_built_images(control_pla
     node = json.loads(control_plane.kubectl("get", "node", realnode.NODE_NAME, "-o", "json").stdout)
     assert node["spec"]["taints"] == [realnode.NODE_TAINT]
     assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
-    held = {name for image in node["status"].get("images", []) for name in image["names"]}
-    assert {realnode.PAUSE_IMAGE, realnode.BUSYBOX_IMAGE} <= held
+
+    def held() -> set[str]:
+        # The kubelet reports the images on its node status cycle: not yet (no field, or null) right after an image
+        # came or went.
+        status = json.loads(control_plane.kubectl("get", "node", realnode.NODE_NAME, "-o", "json").stdout)["status"]
+        return {name for image in status.get("images") or [] for name in image["names"]}
+
+    wait_for(lambda: {realnode.PAUSE_IMAGE, realnode.BUSYBOX_IMAGE} <= held(), "the real node to report the pause and "
+             "busybox images in its status", timeout=120, interval=2)
