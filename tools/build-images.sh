@@ -113,9 +113,10 @@ build() {  # name
 build operator
 build trainer
 # The images these replaced are left untagged, and each trainer build leaves its 6 GB of layers in the build cache:
-# without this every code change would keep another copy. The cache keeps what was used last (the torch layer).
+# without this every code change would keep another copy. The cache keeps what was used last (the 6.2 GB deps stage
+# and the small stages on top of it): an older deps stage (a Dockerfile or constraints change ago) goes.
 "$DOCKER" image prune -f >/dev/null
-"$DOCKER" builder prune -f --keep-storage "${GPTOPS_BUILD_CACHE:-15GB}" >/dev/null
+"$DOCKER" builder prune -f --keep-storage "${GPTOPS_BUILD_CACHE:-8GB}" >/dev/null
 
 echo "$base"
 echo "gptops/operator:$VERSION"
