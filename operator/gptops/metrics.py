@@ -28,6 +28,12 @@ RECONCILE_DURATION_SECONDS = Histogram(
     "Time spent in one reconcile pass (observe, plan, apply).",
     ["kind"],
 )
+RECONCILE_WAKES_TOTAL = Counter(
+    "gptops_reconcile_wakes_total",
+    "Requests for a pass, by kind, what asked for it (its own event, a child's, another kind's, the resync, a retry) "
+    "and what the work queue did (queued; merged into a pass already waiting; rerun after the one running).",
+    ["kind", "source", "outcome"],
+)
 FINETUNEJOBS = Gauge(
     "gptops_finetunejobs",
     "FineTuneJobs known to this operator, by namespace and phase.",

@@ -183,29 +183,32 @@ def wake(kind: str, namespace: str, name: str) -> None:
     PASSES[kind](namespace, name)
 
 
-def enqueue(kind: str, namespace: str, name: str) -> None:
-    """Have a pass over an object run soon: on the work queue when the operator runs it, else now."""
+def enqueue(kind: str, namespace: str, name: str, source: str) -> None:
+    """Have a pass over an object run soon: on the work queue when the operator runs it, else now. `source` names
+    what asked (a bounded label: "own", a child's or another kind's name, "resync")."""
     if QUEUE is not None:
-        QUEUE.add((kind, namespace, name))
+        outcome = QUEUE.add((kind, namespace, name))
     else:
+        outcome = "ran"
         wake(kind, namespace, name)
+    metrics.RECONCILE_WAKES_TOTAL.labels(kind=kind, source=source, outcome=outcome).inc()
 
 
-def enqueue_owner(kind: str, body: Mapping[str, Any]) -> None:
+def enqueue_owner(kind: str, body: Mapping[str, Any], source: str) -> None:
     """Queue the controller owner (of `kind`) of a child whose watch event arrived."""
     meta = body.get("metadata") or {}
     owner = next((ref for ref in meta.get("ownerReferences") or () if ref.get("kind") == kind
                   and ref.get("controller")), None)
     if owner is not None:
-        enqueue(kind, meta.get("namespace", ""), owner["name"])
+        enqueue(kind, meta.get("namespace", ""), owner["name"], source)
 
 
-def enqueue_labelled(kind: str, body: Mapping[str, Any], label: str) -> None:
+def enqueue_labelled(kind: str, body: Mapping[str, Any], label: str, source: str) -> None:
     """Queue the object of `kind` that a grandchild's label names (a stage Pod names its FineTuneJob), if known."""
     meta = body.get("metadata") or {}
     key = (kind, meta.get("namespace", ""), (meta.get("labels") or {}).get(label, ""))
     if key in KNOWN:
-        enqueue(*key)
+        enqueue(*key, source)
 
 
 class Changes:
@@ -258,16 +261,24 @@ class WorkQueue:
         for thread in self._threads:
             thread.join(timeout=10)
 
-    def add(self, key: Key, delay: float = 0.0) -> None:
+    def add(self, key: Key, delay: float = 0.0) -> str:
+        """Queue `key`; what became of it: "queued", "merged" (it was waiting already), "rerun" (a pass over it is
+        running: it runs again after), "later" (after `delay`)."""
         with self._cond:
             if delay > 0:
                 heapq.heappush(self._later, (time.monotonic() + delay, key))
+                outcome = "later"
             elif key in self._running:
                 self._dirty.add(key)
+                outcome = "rerun"
             elif key not in self._waiting:
                 self._waiting.add(key)
                 self._ready.append(key)
+                outcome = "queued"
+            else:
+                outcome = "merged"
             self._cond.notify()
+            return outcome
 
     def depth(self) -> int:
         with self._cond:
@@ -324,6 +335,8 @@ class WorkQueue:
                     retry_in = self.retry_delays[failures - 1]
                 else:  # given up until an event or the resync wakes it
                     self._failures.pop(key, None)
+            if retry_in is not None:
+                metrics.RECONCILE_WAKES_TOTAL.labels(kind=key[0], source="retry", outcome="later").inc()
             self._done(key, retry_in)
 
 
@@ -394,7 +407,7 @@ class Resync:
             if time.monotonic() >= next_round:
                 next_round = time.monotonic() + self.interval
                 for key in sorted(KNOWN):
-                    enqueue(*key)
+                    enqueue(*key, "resync")
                 metrics.RESYNC_TIMESTAMP_SECONDS.set_to_current_time()
 
 

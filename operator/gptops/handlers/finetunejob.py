@@ -49,20 +49,20 @@ async def finetunejob_event(type: str | None, name: str, namespace: str, uid: st
         SEEN.forget((KIND_GPTMODEL, key))
         indexes.forget_created(namespace, name)
         if model:
-            common.enqueue(KIND_GPTMODEL, namespace, model)
+            common.enqueue(KIND_GPTMODEL, namespace, model, "finetunejob")
         return
     meta = body.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     decision = (annotations.get(ANNOTATION_APPROVED), annotations.get(ANNOTATION_APPROVED_REVISION))  # a person's
     if SEEN.changed(key, (uid, meta.get("generation"), bool(meta.get("deletionTimestamp")), decision)):
-        common.enqueue(*key)
+        common.enqueue(*key, "own")
     status = body.get("status") or {}
     promotion = json.dumps([meta.get("generation"), status.get("observedGeneration"), status.get("artifacts"),
                             status.get("approval"),
                             [c for c in status.get("conditions") or () if c.get("type") in (PASSED, FAILED)]],
                            sort_keys=True)
     if model and SEEN.changed((KIND_GPTMODEL, key), promotion):
-        common.enqueue(KIND_GPTMODEL, namespace, model)
+        common.enqueue(KIND_GPTMODEL, namespace, model, "finetunejob")
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=indexes.FTJ_CHILDREN)
@@ -70,9 +70,9 @@ async def stage_job_event(body: kopf.Body, type: str | None, uid: str, **_: Any)
     """A stage Job moved: queue its FineTuneJob."""
     if type == "DELETED":  # deleted to retry its stage, or by a new revision: the pass decides
         SEEN.forget(uid)
-        common.enqueue_owner(KIND_FINETUNEJOB, body)
+        common.enqueue_owner(KIND_FINETUNEJOB, body, "job")
     elif SEEN.changed(uid, job_state(body)):
-        common.enqueue_owner(KIND_FINETUNEJOB, body)
+        common.enqueue_owner(KIND_FINETUNEJOB, body, "job")
 
 
 @kopf.on.event("", "v1", "pods", labels=indexes.FTJ_CHILDREN)
@@ -82,7 +82,7 @@ async def stage_pod_event(body: kopf.Body, type: str | None, uid: str, **_: Any)
     if type == "DELETED":
         SEEN.forget(uid)
     elif SEEN.changed(uid, pod_state(body)):
-        common.enqueue_labelled(KIND_FINETUNEJOB, body, LABEL_FINETUNEJOB)
+        common.enqueue_labelled(KIND_FINETUNEJOB, body, LABEL_FINETUNEJOB, "pod")
 
 
 def one_pass(namespace: str, name: str) -> None:
