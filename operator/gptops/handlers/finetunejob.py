@@ -67,21 +67,22 @@ async def finetunejob_event(type: str | None, name: str, namespace: str, uid: st
 
 @kopf.on.event("batch", "v1", "jobs", labels=indexes.FTJ_CHILDREN)
 async def stage_job_event(body: kopf.Body, type: str | None, uid: str, **_: Any) -> None:
-    """A stage Job moved: queue its FineTuneJob."""
+    """A stage Job moved in a way its FineTuneJob's plan reads: queue the FineTuneJob."""
     if type == "DELETED":  # deleted to retry its stage, or by a new revision: the pass decides
         SEEN.forget(uid)
         common.enqueue_owner(KIND_FINETUNEJOB, body, "job")
-    elif SEEN.changed(uid, job_state(body)):
+    elif SEEN.changed(uid, job_state(body).plan_inputs()):
         common.enqueue_owner(KIND_FINETUNEJOB, body, "job")
 
 
 @kopf.on.event("", "v1", "pods", labels=indexes.FTJ_CHILDREN)
 async def stage_pod_event(body: kopf.Body, type: str | None, uid: str, **_: Any) -> None:
-    """A stage Pod moved without its Job (unschedulable, pulling its image, an attempt failed): queue its
-    FineTuneJob, so the cause reaches its condition in one pass."""
+    """A stage Pod moved without its Job (unschedulable, pulling its image, an attempt failed, its result written):
+    queue its FineTuneJob, so the cause reaches its condition in one pass. Being scheduled, started or ready
+    changes no plan, and wakes nothing."""
     if type == "DELETED":
         SEEN.forget(uid)
-    elif SEEN.changed(uid, pod_state(body)):
+    elif SEEN.changed(uid, pod_state(body).plan_inputs()):
         common.enqueue_labelled(KIND_FINETUNEJOB, body, LABEL_FINETUNEJOB, "pod")
 
 

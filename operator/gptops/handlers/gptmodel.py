@@ -35,7 +35,8 @@ SEEN = common.Changes()
 @kopf.on.event(*RESOURCE)
 async def gptmodel_event(type: str | None, name: str, namespace: str, uid: str, body: kopf.Body, **_: Any) -> None:
     """Queue a pass when the GPTModel is new (or first listed) or its spec or deletion changed; queue its
-    FineTuneJobs when it appears or what they read of it changed (what it serves); forget a deleted one."""
+    FineTuneJobs when it appears or its spec changed, and those whose plan reads what it serves when that changed;
+    forget a deleted one."""
     common.track(KIND_GPTMODEL, type or "ADDED", namespace, name)
     key = (KIND_GPTMODEL, namespace, name)
     if type == "DELETED":
@@ -50,12 +51,20 @@ async def gptmodel_event(type: str | None, name: str, namespace: str, uid: str, 
     if SEEN.changed(key, (uid, meta.get("generation"), bool(meta.get("deletionTimestamp")))):
         common.enqueue(*key, "own")
     status = body.get("status") or {}
-    served = json.dumps([uid, meta.get("generation")]
-                        + sorted((k, v) for k, v in status.items() if k.startswith(("serving", "previous"))),
-                        sort_keys=True, default=str)
-    if SEEN.changed((KIND_FINETUNEJOB, key), served):  # FineTuneJobs may be waiting for it, or follow what it serves
-        for ftj in indexes.finetunejobs_of(namespace, name):
-            common.enqueue(KIND_FINETUNEJOB, namespace, ftj, "gptmodel")
+    served = (uid, meta.get("generation"), json.dumps(
+        sorted((k, v) for k, v in status.items() if k.startswith(("serving", "previous"))), default=str))
+    before = SEEN.swap((KIND_FINETUNEJOB, key), served)
+    if before == served:
+        return
+    if not isinstance(before, tuple) or before[:2] != served[:2]:
+        # It appeared (FineTuneJobs may be waiting for it) or its spec changed: every FineTuneJob of it reads that.
+        names = indexes.finetunejobs_of(namespace, name)
+    else:  # what it serves changed: the FineTuneJobs whose plan reads that
+        revisions = {status.get("servingRevision"), status.get("previousRevision")}
+        revisions |= {v for k, v in json.loads(before[2]) if k in ("servingRevision", "previousRevision")}
+        names = indexes.finetunejobs_reading_serving(namespace, name, {r for r in revisions if r})
+    for ftj in names:
+        common.enqueue(KIND_FINETUNEJOB, namespace, ftj, "gptmodel")
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=indexes.MODEL_CHILDREN)
