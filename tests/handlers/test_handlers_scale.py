@@ -235,3 +235,33 @@ def test_a_promotion_wakes_the_finetunejobs_whose_plan_reads_what_the_gptmodel_s
     assert event(1, servingRevision="new-served", previousRevision=None) == [
         "edited", "new-served", "old-served", "passed", "waiting"]
     assert event(2, servingRevision="new-served") == everyone  # its spec changed
+
+
+def test_a_stage_recording_its_outputs_wakes_the_gptmodel_only_once_the_run_passed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    woken: list[tuple[str, ...]] = []
+    monkeypatch.setattr(common, "enqueue", lambda *key, **_: woken.append(key[:3]))
+    key = ("FineTuneJob", NS, "run")
+    ftj_handlers.SEEN.forget(key)
+    ftj_handlers.SEEN.forget(("GPTModel", key))
+
+    def event(status: dict[str, Any]) -> list[tuple[str, ...]]:
+        woken.clear()
+        body = {"metadata": {"name": "run", "namespace": NS, "uid": "uid-run", "generation": 1},
+                "spec": {"model": {"name": "m"}}, "status": status}
+        asyncio.run(ftj_handlers.finetunejob_event(type="MODIFIED", name="run", namespace=NS, uid="uid-run",
+                                                   body=kopf.Body(body)))
+        return [k for k in woken if k[0] == "GPTModel"]
+
+    waiting = [{"type": "Passed", "status": "Unknown", "reason": "Waiting", "message": "waiting"}]
+    passed = [{"type": "Passed", "status": "True", "reason": "ThresholdsMet", "message": "ok"}]
+    assert event({"observedGeneration": 1, "conditions": waiting}) == [("GPTModel", NS, "m")]  # first seen
+    assert event({"observedGeneration": 1, "conditions": waiting,
+                  "artifacts": {"revision": "r", "dataset": "/d"}}) == []  # the prepare stage's output
+    assert event({"observedGeneration": 1, "conditions": waiting,
+                  "artifacts": {"revision": "r", "dataset": "/d", "model": "/m"}}) == []  # the train stage's
+    assert event({"observedGeneration": 1, "conditions": passed,
+                  "artifacts": {"revision": "r", "dataset": "/d", "model": "/m"}}) == [("GPTModel", NS, "m")]
+    assert event({"observedGeneration": 1, "conditions": passed,
+                  "artifacts": {"revision": "r", "dataset": "/d", "model": "/m", "digest": "sha256:1"}}) == [
+        ("GPTModel", NS, "m")]  # what it would serve changed

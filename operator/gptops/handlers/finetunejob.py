@@ -57,9 +57,12 @@ async def finetunejob_event(type: str | None, name: str, namespace: str, uid: st
     if SEEN.changed(key, (uid, meta.get("generation"), bool(meta.get("deletionTimestamp")), decision)):
         common.enqueue(*key, "own")
     status = body.get("status") or {}
-    promotion = json.dumps([meta.get("generation"), status.get("observedGeneration"), status.get("artifacts"),
-                            status.get("approval"),
-                            [c for c in status.get("conditions") or () if c.get("type") in (PASSED, FAILED)]],
+    gate = [c for c in status.get("conditions") or () if c.get("type") in (PASSED, FAILED)]
+    # The weights matter to the GPTModel once the run passed (they are what it would serve); before, each stage's
+    # outputs change nothing it decides.
+    passed = any(c.get("type") == PASSED and c.get("status") == TRUE for c in gate)
+    promotion = json.dumps([meta.get("generation"), status.get("observedGeneration"),
+                            status.get("artifacts") if passed else None, status.get("approval"), gate],
                            sort_keys=True)
     if model and SEEN.changed((KIND_GPTMODEL, key), promotion):
         common.enqueue(KIND_GPTMODEL, namespace, model, "finetunejob")
