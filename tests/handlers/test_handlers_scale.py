@@ -97,7 +97,7 @@ def test_a_pod_starting_wakes_nothing_and_its_result_or_a_problem_wakes_its_fine
         asyncio.run(ftj_handlers.stage_pod_event(body=kopf.Body(body), type="MODIFIED", uid="pod-1"))
         return len(woken) - before
 
-    assert event(_pod(phase="Pending")) == 1  # first seen
+    assert event(_pod(phase="Pending")) == 0  # new, with nothing to say yet
     assert event(_pod(phase="Pending", conditions=[{"type": "PodScheduled", "status": "True"}])) == 0
     assert event(_pod(phase="Pending", containerStatuses=[
         {"state": {"waiting": {"reason": "ContainerCreating"}}}])) == 0
@@ -107,6 +107,10 @@ def test_a_pod_starting_wakes_nothing_and_its_result_or_a_problem_wakes_its_fine
     assert event(_pod(phase="Succeeded", containerStatuses=[
         {"state": {"terminated": {"reason": "Completed", "exitCode": 0, "message": "{\"ok\": true}"}}}])) == 1
     assert pod_state(_pod(phase="Pending")).plan_inputs() == pod_state(_pod(phase="Running")).plan_inputs()
+    # A Pod first seen when it already cannot be scheduled wakes its FineTuneJob at once.
+    ftj_handlers.SEEN.forget("pod-1")
+    assert event(_pod(phase="Pending", conditions=[{"type": "PodScheduled", "status": "False",
+                                                    "reason": "Unschedulable", "message": "0/2 nodes"}])) == 1
 
 
 def test_a_job_event_wakes_its_finetunejob_when_it_starts_or_ends_not_when_its_pod_counts_move() -> None:
@@ -265,3 +269,28 @@ def test_a_stage_recording_its_outputs_wakes_the_gptmodel_only_once_the_run_pass
     assert event({"observedGeneration": 1, "conditions": passed,
                   "artifacts": {"revision": "r", "dataset": "/d", "model": "/m", "digest": "sha256:1"}}) == [
         ("GPTModel", NS, "m")]  # what it would serve changed
+
+
+def test_a_pass_after_a_status_write_starts_from_what_the_write_returned_until_the_watch_shows_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def obj(version: str, phase: str) -> dict[str, Any]:
+        return {"metadata": {"name": "run", "namespace": NS, "resourceVersion": version}, "status": {"phase": phase}}
+
+    cache = {"body": obj("1", "Pending")}
+    gets: list[str] = []
+    monkeypatch.setattr(indexes, "bound", lambda: True)
+    monkeypatch.setattr(indexes, "_read", lambda index, key: [cache["body"]])
+    monkeypatch.setattr(indexes.cluster, "get_object", lambda *key: gets.append(key[2]) or obj("9", "from GET"))
+    plural = "finetunejobs"
+    indexes.forget_written(plural, NS, "run")
+
+    assert indexes.current_body(plural, NS, "run")["status"]["phase"] == "Pending"  # nothing written yet
+    indexes.note_written(plural, NS, "run", obj("2", "Preparing"))
+    # The watch still shows version 1: the pass plans from the status it wrote, without a GET.
+    assert indexes.current_body(plural, NS, "run")["status"]["phase"] == "Preparing" and not gets
+    cache["body"] = obj("2", "Preparing")  # the watch caught up
+    assert indexes.current_body(plural, NS, "run")["metadata"]["resourceVersion"] == "2" and not gets
+    indexes.note_written(plural, NS, "run", obj("3", "Training"))
+    cache["body"] = obj("4", "Training")  # a change after the write (someone else's, or a relist): ask the API
+    assert indexes.current_body(plural, NS, "run")["status"]["phase"] == "from GET" and gets == ["run"]
+    indexes.forget_written(plural, NS, "run")

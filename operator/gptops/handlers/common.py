@@ -242,7 +242,7 @@ class Changes:
             self._seen.pop(key, None)
 
 
-_MISSING = object()
+_MISSING = MISSING = object()  # what Changes.swap returns for a key seen the first time
 
 
 class WorkQueue:

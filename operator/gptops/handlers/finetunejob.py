@@ -82,10 +82,13 @@ async def stage_job_event(body: kopf.Body, type: str | None, uid: str, **_: Any)
 async def stage_pod_event(body: kopf.Body, type: str | None, uid: str, **_: Any) -> None:
     """A stage Pod moved without its Job (unschedulable, pulling its image, an attempt failed, its result written):
     queue its FineTuneJob, so the cause reaches its condition in one pass. Being scheduled, started or ready
-    changes no plan, and wakes nothing."""
+    changes no plan, and wakes nothing; nor does a new Pod with nothing to say yet."""
     if type == "DELETED":
         SEEN.forget(uid)
-    elif SEEN.changed(uid, pod_state(body).plan_inputs()):
+        return
+    state = pod_state(body)
+    before = SEEN.swap(uid, state.plan_inputs())
+    if before != state.plan_inputs() and not (before is common.MISSING and state.quiet):
         common.enqueue_labelled(KIND_FINETUNEJOB, body, LABEL_FINETUNEJOB, "pod")
 
 

@@ -72,8 +72,9 @@ _bound: dict[str, Any] = {}
 #: The next pass sees them, so it neither creates them again nor announces them twice.
 _created: dict[tuple[str, str], dict[str, tuple[float, JobState]]] = {}
 _created_guard = threading.Lock()
-#: The resourceVersion of each object's last status write by a pass: (plural, namespace, name) -> version.
-_written: dict[tuple[str, str, str], str] = {}
+#: Each object's last status write by a pass: (plural, namespace, name) -> (the resourceVersion it produced, the
+#: one the watch showed when it returned, the object it returned while the watch has not shown it yet).
+_written: dict[tuple[str, str, str], tuple[str, str | None, dict[str, Any] | None]] = {}
 _written_guard = threading.Lock()
 #: Seconds a created Job is assumed to exist without the watch showing it.
 CREATED_GRACE = 30.0
@@ -320,24 +321,34 @@ def _started(ftj: FineTuneJob) -> bool:
 
 def current_body(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
     """The object a pass starts from: the watch's copy when it holds the status the last pass wrote (or no pass
-    wrote one yet), else a fresh GET; None when it is gone."""
+    wrote one yet); the object that write returned while the watch still shows what it showed before the write (it
+    shows each change in order, so nothing newer has come); else a fresh GET. None when it is gone."""
     if bound():
         cached = _first(_read(BODIES[plural], (namespace, name)))
+        version = ((cached or {}).get("metadata") or {}).get("resourceVersion")
+        key = (plural, namespace, name)
         with _written_guard:
-            written = _written.get((plural, namespace, name))
-        if cached is not None and written in (None, (cached.get("metadata") or {}).get("resourceVersion")):
-            return cached
+            written = _written.get(key)
+            if cached is not None and (written is None or written[0] == version):
+                if written is not None and written[2] is not None:
+                    _written[key] = (written[0], None, None)  # the watch caught up: keep no copy
+                return cached
+            if written is not None and written[2] is not None and version == written[1]:
+                return written[2]
     return cluster.get_object(plural, namespace, name)
 
 
 def note_written(plural: str, namespace: str, name: str, written: Mapping[str, Any] | None) -> None:
-    """Remember the resourceVersion a status write produced (None: the object is gone)."""
+    """Remember the resourceVersion a status write produced, what the watch showed then, and the object the write
+    returned (None: the object is gone)."""
     if not bound():
         return
+    version = ((written or {}).get("metadata") or {}).get("resourceVersion")
+    cached = _first(_read(BODIES[plural], (namespace, name)))
+    seen = ((cached or {}).get("metadata") or {}).get("resourceVersion")
     with _written_guard:
-        version = ((written or {}).get("metadata") or {}).get("resourceVersion")
-        if version:
-            _written[(plural, namespace, name)] = version
+        if version and written is not None:
+            _written[(plural, namespace, name)] = (version, seen, stripped(written) if seen != version else None)
         else:
             _written.pop((plural, namespace, name), None)
 

@@ -46,6 +46,12 @@ class PodState:
         return ("live" if live else self.phase, self.message, self.reason, self.exit_code, self.deleted,
                 self.problem())
 
+    @property
+    def quiet(self) -> bool:
+        """Live, with no result, no failed attempt and nothing keeping it from running: a plan reads nothing of it
+        (unless its Job completed, which it has not while its Pod is live)."""
+        return self.plan_inputs() == ("live", "", "", None, False, None)
+
     def problem(self) -> tuple[str, str] | None:
         """(reason, message) of what keeps a live Pod from running, or None."""
         if self.deleted or self.phase not in ("Pending", "Running", ""):
