@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
 import psutil  # noqa: E402
+import urllib3  # noqa: E402
 from kubernetes import client as k8s  # noqa: E402
 from kubernetes import config as k8s_config  # noqa: E402
 from kubernetes import watch as k8s_watch  # noqa: E402
@@ -451,7 +452,7 @@ def rss_after_deletes(api: k8s.ApiClient, pid: int) -> int:
             if not (k8s.BatchV1Api(api).list_namespaced_job(NAMESPACE, limit=1).items
                     or custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "finetunejobs", limit=1)["items"]):
                 break
-        except k8s.exceptions.ApiException:
+        except (k8s.exceptions.ApiException, urllib3.exceptions.HTTPError):  # a busy API server dropped the call
             pass
         time.sleep(2)
     time.sleep(10)
