@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
 import psutil  # noqa: E402
+import urllib3  # noqa: E402
 from kubernetes import client as k8s  # noqa: E402
 from kubernetes import config as k8s_config  # noqa: E402
 from kubernetes import watch as k8s_watch  # noqa: E402
@@ -450,7 +452,7 @@ def rss_after_deletes(api: k8s.ApiClient, pid: int) -> int:
             if not (k8s.BatchV1Api(api).list_namespaced_job(NAMESPACE, limit=1).items
                     or custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "finetunejobs", limit=1)["items"]):
                 break
-        except k8s.exceptions.ApiException:
+        except (k8s.exceptions.ApiException, urllib3.exceptions.HTTPError):  # a busy API server dropped the call
             pass
         time.sleep(2)
     time.sleep(10)
@@ -502,6 +504,9 @@ def main() -> None:
                              "client can)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--keep", action="store_true", help="leave the cluster's state directory")
+    parser.add_argument("--profile", type=Path, metavar="TXT",
+                        help="sample the operator with py-spy (which must be installed beside this Python) from the "
+                             "first apply to the last run served, and write its collapsed stacks here")
     parser.add_argument("--plot", type=Path, nargs="+", metavar=("PNG", "JSON"),
                         help="no run: plot p99 latencies against N from earlier --out files into PNG (matplotlib)")
     args = parser.parse_args()
@@ -539,6 +544,12 @@ def main() -> None:
         own_before = own_writes(cp)
         cpu_before = sum(psutil.Process(operator.pid).cpu_times()[:2])
 
+        profiler = None
+        if args.profile:
+            profiler = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(operator.pid), "--rate", "50",
+                 "--format", "raw", "--output", str(args.profile), "--threads", "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=(workdir / "py-spy.log").open("w"))
         recorder = Recorder(api, time.monotonic() + args.timeout + 120)
         recorder.start()
         time.sleep(1)
@@ -569,6 +580,9 @@ def main() -> None:
                 raise RuntimeError("the operator exited:\n" + (workdir / "operator.log").read_text()[-3000:])
             time.sleep(0.5)
         finished = time.monotonic()
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(60)
         time.sleep(3)  # let the last status writes land in the counters
         requests_after = operator_requests(cp)
         own_after = own_writes(cp)
@@ -577,6 +591,12 @@ def main() -> None:
         op_metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
         passes = metric_sum(op_metrics, "gptops_reconcile_total")
         pass_errors = metric_sum(op_metrics, "gptops_reconcile_errors_total")
+        wakes: dict[str, float] = {}
+        for line in op_metrics.splitlines():
+            if line.startswith("gptops_reconcile_wakes_total{"):
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+                key = f"{labels.get('kind')} <- {labels.get('source')} ({labels.get('outcome')})"
+                wakes[key] = wakes.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
         peak_rss = sampler.peak
 
         with recorder.lock:
@@ -628,6 +648,9 @@ def main() -> None:
             "prepareJobsSeconds": round(prepare_all, 3),
             "operator": {
                 "passes": int(passes), "passErrors": int(pass_errors),
+                "passesByKind": {k: int(metric_sum(op_metrics, "gptops_reconcile_total", kind=k))
+                                 for k in ("FineTuneJob", "GPTModel")},
+                "wakesPerFineTuneJob": {k: round(v / runs, 2) for k, v in sorted(wakes.items())},
                 "passesPerSecond": round(passes / (finished - t_apply), 2),
                 "cpuSeconds": round(cpu_seconds, 2),
                 "rssMiB": {"idle": round(idle_rss / mib, 1), "peak": round(peak_rss / mib, 1)},

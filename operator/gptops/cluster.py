@@ -67,6 +67,8 @@ def configure(kubeconfig: str | None = None, pool_size: int = 4) -> None:
     connections are kept open (one per thread that calls at once; more would be opened and closed per request)."""
     global _api, _keda_checked
     _keda_checked = None  # a new connection, maybe another cluster: ask again whether KEDA is installed
+    with _claims_lock:
+        _claims.clear()
     with _lock:
         configuration = k8s.Configuration()
         loaded = False
@@ -190,17 +192,33 @@ def observe_keda(model: GPTModel) -> tuple[str | None, str | None]:
     return os.environ.get(KEDA_PROMETHEUS_ENV) or KEDA_PROMETHEUS_DEFAULT, scaled
 
 
+#: Seconds a claim's access modes are reused without a GET. They cannot change while the claim exists (a claim's
+#: accessModes are immutable); this bounds how late a claim deleted and made again with others is noticed.
+CLAIM_CHECK_SECONDS = 30.0
+_claims: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}
+_claims_lock = threading.Lock()
+
+
 def observe_artifacts_claim(model: GPTModel) -> tuple[str, ...] | None:
-    """The access modes of the GPTModel's artifacts claim (a GET, only when the spec names one), or None when it
-    names none or the claim is not there (yet)."""
+    """The access modes of the GPTModel's artifacts claim (a GET, only when the spec names one, at most once per
+    CLAIM_CHECK_SECONDS per claim while it exists), or None when it names none or the claim is not there (yet)."""
     claim = model.spec.artifacts.pvc
     if claim is None:
         return None
+    key, now = (model.namespace, claim.claim_name), time.monotonic()
+    with _claims_lock:
+        known = _claims.get(key)
+    if known is not None and now - known[0] < CLAIM_CHECK_SECONDS:
+        return known[1]
     pvc = _get_or_none(k8s.CoreV1Api(api_client()).read_namespaced_persistent_volume_claim, claim.claim_name,
                        model.namespace)
-    if pvc is None:
-        return None
-    return tuple((pvc.get("spec") or {}).get("accessModes") or ())
+    with _claims_lock:
+        if pvc is None:
+            _claims.pop(key, None)
+            return None
+        modes = tuple((pvc.get("spec") or {}).get("accessModes") or ())
+        _claims[key] = (now, modes)
+    return modes
 
 
 def observe_monitoring(model: GPTModel, deployed: bool) -> tuple[tuple[JobState, ...], tuple[str, ...]]:

@@ -28,6 +28,12 @@ RECONCILE_DURATION_SECONDS = Histogram(
     "Time spent in one reconcile pass (observe, plan, apply).",
     ["kind"],
 )
+RECONCILE_WAKES_TOTAL = Counter(
+    "gptops_reconcile_wakes_total",
+    "Requests for a pass, by kind, what asked for it (its own event, a child's, another kind's, the resync, a retry) "
+    "and what the work queue did (queued; merged into a pass already waiting; rerun after the one running).",
+    ["kind", "source", "outcome"],
+)
 FINETUNEJOBS = Gauge(
     "gptops_finetunejobs",
     "FineTuneJobs known to this operator, by namespace and phase.",
@@ -107,6 +113,9 @@ for _stage in ("prepare", "train", "evaluate"):
 _finetunejob_phases: dict[tuple[str, str], str] = {}
 _served: dict[tuple[str, str], str] = {}
 _phases_lock = threading.Lock()
+#: (namespace, FineTuneJob) -> the evaluation numbers it publishes.
+_evaluations: dict[tuple[str, str], dict[str, float]] = {}
+_evaluation_lock = threading.Lock()
 #: uids of deleted FineTuneJobs: a pass that raced the delete must not count them again.
 _gone: set[str] = set()
 
@@ -134,16 +143,22 @@ def record_finetunejob_phase(namespace: str, name: str, phase: str | None, uid: 
 
 
 def record_evaluation(namespace: str, name: str, numbers: dict[str, float]) -> None:
-    """Publish a FineTuneJob's evaluation numbers, exactly these: a new revision's empty numbers clear the old."""
-    for metric in _evaluation_series(namespace, name) - set(numbers):
-        EVALUATION_METRIC.remove(namespace, name, metric)
-    for metric, value in numbers.items():
-        EVALUATION_METRIC.labels(namespace=namespace, finetunejob=name, metric=metric).set(value)
-
-
-def _evaluation_series(namespace: str, name: str) -> set[str]:
-    return {sample.labels["metric"] for metric in EVALUATION_METRIC.collect() for sample in metric.samples
-            if sample.labels.get("namespace") == namespace and sample.labels.get("finetunejob") == name}
+    """Publish a FineTuneJob's evaluation numbers, exactly these: a new revision's empty numbers clear the old.
+    O(1) per call (every FineTuneJob pass calls it): the series each FineTuneJob has are remembered here, not
+    looked up in the gauge, whose collection walks every FineTuneJob's series."""
+    key = (namespace, name)
+    with _evaluation_lock:
+        before = _evaluations.get(key, {})
+        if before == numbers:
+            return
+        for metric in set(before) - set(numbers):
+            EVALUATION_METRIC.remove(namespace, name, metric)
+        for metric, value in numbers.items():
+            EVALUATION_METRIC.labels(namespace=namespace, finetunejob=name, metric=metric).set(value)
+        if numbers:
+            _evaluations[key] = dict(numbers)
+        else:
+            _evaluations.pop(key, None)
 
 
 def forget_finetunejob(namespace: str, name: str, uid: str = "") -> None:

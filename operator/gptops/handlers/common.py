@@ -77,6 +77,8 @@ def track(kind: str, event_type: str, namespace: str, name: str) -> None:
         KNOWN.discard(key)
         with _locks_guard:
             _locks.pop(key, None)
+        if QUEUE is not None:
+            QUEUE.forget(key)
     else:
         KNOWN.add(key)
 
@@ -183,29 +185,34 @@ def wake(kind: str, namespace: str, name: str) -> None:
     PASSES[kind](namespace, name)
 
 
-def enqueue(kind: str, namespace: str, name: str) -> None:
-    """Have a pass over an object run soon: on the work queue when the operator runs it, else now."""
+def enqueue(kind: str, namespace: str, name: str, source: str, *, background: bool = False,
+            fresh_within: float = 0.0) -> None:
+    """Have a pass over an object run soon: on the work queue when the operator runs it, else now. `source` names
+    what asked (a bounded label: "own", a child's or another kind's name, "resync"). A `background` pass runs only
+    when no other pass waits, and not at all when one ended within `fresh_within` seconds."""
     if QUEUE is not None:
-        QUEUE.add((kind, namespace, name))
+        outcome = QUEUE.add((kind, namespace, name), background=background, fresh_within=fresh_within)
     else:
+        outcome = "ran"
         wake(kind, namespace, name)
+    metrics.RECONCILE_WAKES_TOTAL.labels(kind=kind, source=source, outcome=outcome).inc()
 
 
-def enqueue_owner(kind: str, body: Mapping[str, Any]) -> None:
+def enqueue_owner(kind: str, body: Mapping[str, Any], source: str) -> None:
     """Queue the controller owner (of `kind`) of a child whose watch event arrived."""
     meta = body.get("metadata") or {}
     owner = next((ref for ref in meta.get("ownerReferences") or () if ref.get("kind") == kind
                   and ref.get("controller")), None)
     if owner is not None:
-        enqueue(kind, meta.get("namespace", ""), owner["name"])
+        enqueue(kind, meta.get("namespace", ""), owner["name"], source)
 
 
-def enqueue_labelled(kind: str, body: Mapping[str, Any], label: str) -> None:
+def enqueue_labelled(kind: str, body: Mapping[str, Any], label: str, source: str) -> None:
     """Queue the object of `kind` that a grandchild's label names (a stage Pod names its FineTuneJob), if known."""
     meta = body.get("metadata") or {}
     key = (kind, meta.get("namespace", ""), (meta.get("labels") or {}).get(label, ""))
     if key in KNOWN:
-        enqueue(*key)
+        enqueue(*key, source)
 
 
 class Changes:
@@ -223,26 +230,38 @@ class Changes:
             self._seen[key] = value
             return before != value
 
+    def swap(self, key: Any, value: Any) -> Any:
+        """Record `value` for `key`; the value recorded before (a sentinel that equals nothing the first time)."""
+        with self._guard:
+            before = self._seen.get(key, _MISSING)
+            self._seen[key] = value
+            return before
+
     def forget(self, key: Any) -> None:
         with self._guard:
             self._seen.pop(key, None)
 
 
-_MISSING = object()
+_MISSING = MISSING = object()  # what Changes.swap returns for a key seen the first time
 
 
 class WorkQueue:
-    """Keys (kind, namespace, name) waiting for a pass, and the worker threads that run them."""
+    """Keys (kind, namespace, name) waiting for a pass, and the worker threads that run them. Two lanes: passes that
+    something asked for (an event), and background passes (the resync) that run only when the first lane is empty,
+    so that a resync round over thousands of objects never delays the pass of a new object."""
 
     def __init__(self, workers: int, retry_delays: tuple[float, ...]) -> None:
         self.retry_delays = retry_delays
         self._cond = threading.Condition()
         self._ready: collections.deque[Key] = collections.deque()
         self._waiting: set[Key] = set()  # in _ready
+        self._background: collections.deque[Key] = collections.deque()
+        self._idle: set[Key] = set()  # in _background (and not in _ready)
         self._running: set[Key] = set()
         self._dirty: set[Key] = set()  # added while running: run again after
         self._later: list[tuple[float, Key]] = []  # (when, key): retries after a backoff
         self._failures: dict[Key, int] = {}
+        self._ended: dict[Key, float] = {}  # when its last pass ended
         self._stop = False
         self._threads = [threading.Thread(target=self._work, name=f"gptops-pass-{i}", daemon=True)
                          for i in range(workers)]
@@ -258,20 +277,45 @@ class WorkQueue:
         for thread in self._threads:
             thread.join(timeout=10)
 
-    def add(self, key: Key, delay: float = 0.0) -> None:
+    def add(self, key: Key, delay: float = 0.0, *, background: bool = False, fresh_within: float = 0.0) -> str:
+        """Queue `key`; what became of it: "queued", "merged" (it was waiting already), "rerun" (a pass over it is
+        running: it runs again after), "later" (after `delay`), "fresh" (background, and a pass ended within
+        `fresh_within` seconds: none is needed)."""
         with self._cond:
-            if delay > 0:
+            if background:
+                ended = self._ended.get(key)
+                if ended is not None and time.monotonic() - ended < fresh_within:
+                    return "fresh"
+                if key in self._running or key in self._waiting or key in self._idle:
+                    return "merged"  # the pass running now reads the state the resync would
+                self._idle.add(key)
+                self._background.append(key)
+                outcome = "queued"
+            elif delay > 0:
                 heapq.heappush(self._later, (time.monotonic() + delay, key))
+                outcome = "later"
             elif key in self._running:
                 self._dirty.add(key)
+                outcome = "rerun"
             elif key not in self._waiting:
+                self._idle.discard(key)  # moves to the front lane (its entry in the background lane is skipped)
                 self._waiting.add(key)
                 self._ready.append(key)
+                outcome = "queued"
+            else:
+                outcome = "merged"
             self._cond.notify()
+            return outcome
+
+    def forget(self, key: Key) -> None:
+        """Drop what is remembered of a deleted object."""
+        with self._cond:
+            self._ended.pop(key, None)
+            self._failures.pop(key, None)
 
     def depth(self) -> int:
         with self._cond:
-            return len(self._ready)
+            return len(self._ready) + len(self._idle)
 
     def _next(self) -> Key | None:
         with self._cond:
@@ -282,6 +326,7 @@ class WorkQueue:
                     if key in self._running:
                         self._dirty.add(key)
                     elif key not in self._waiting:
+                        self._idle.discard(key)
                         self._waiting.add(key)
                         self._ready.append(key)
                 if self._ready:
@@ -289,6 +334,12 @@ class WorkQueue:
                     self._waiting.discard(key)
                     self._running.add(key)
                     return key
+                while self._background:
+                    key = self._background.popleft()
+                    if key in self._idle:
+                        self._idle.discard(key)
+                        self._running.add(key)
+                        return key
                 timeout = min(1.0, self._later[0][0] - now) if self._later else 1.0
                 self._cond.wait(timeout=max(timeout, 0.01))
             return None
@@ -296,6 +347,8 @@ class WorkQueue:
     def _done(self, key: Key, retry_in: float | None) -> None:
         with self._cond:
             self._running.discard(key)
+            if key in KNOWN:  # not a deleted object's last pass
+                self._ended[key] = time.monotonic()
             if key in self._dirty:
                 self._dirty.discard(key)
                 if key not in self._waiting:
@@ -324,6 +377,8 @@ class WorkQueue:
                     retry_in = self.retry_delays[failures - 1]
                 else:  # given up until an event or the resync wakes it
                     self._failures.pop(key, None)
+            if retry_in is not None:
+                metrics.RECONCILE_WAKES_TOTAL.labels(kind=key[0], source="retry", outcome="later").inc()
             self._done(key, retry_in)
 
 
@@ -366,11 +421,14 @@ QUEUE: WorkQueue | None = None
 
 
 class Resync:
-    """A background thread that queues every known object every `interval` seconds: level-based passes catch what
-    no event announces (and any event that was missed)."""
+    """A background thread that queues every known object every `interval` seconds, in the work queue's background
+    lane: level-based passes catch what no event announces (and any event that was missed). The kinds in
+    `event_driven` (whose plans read no clock) are skipped when a pass over them ended within the interval: that
+    pass was as good as the resync's."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, event_driven: tuple[str, ...] = ()) -> None:
         self.interval = interval
+        self.event_driven = event_driven
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gptops-resync", daemon=True)
 
@@ -394,7 +452,8 @@ class Resync:
             if time.monotonic() >= next_round:
                 next_round = time.monotonic() + self.interval
                 for key in sorted(KNOWN):
-                    enqueue(*key)
+                    enqueue(*key, "resync", background=True,
+                            fresh_within=self.interval if key[0] in self.event_driven else 0.0)
                 metrics.RESYNC_TIMESTAMP_SECONDS.set_to_current_time()
 
 

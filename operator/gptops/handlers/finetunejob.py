@@ -49,40 +49,47 @@ async def finetunejob_event(type: str | None, name: str, namespace: str, uid: st
         SEEN.forget((KIND_GPTMODEL, key))
         indexes.forget_created(namespace, name)
         if model:
-            common.enqueue(KIND_GPTMODEL, namespace, model)
+            common.enqueue(KIND_GPTMODEL, namespace, model, "finetunejob")
         return
     meta = body.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     decision = (annotations.get(ANNOTATION_APPROVED), annotations.get(ANNOTATION_APPROVED_REVISION))  # a person's
     if SEEN.changed(key, (uid, meta.get("generation"), bool(meta.get("deletionTimestamp")), decision)):
-        common.enqueue(*key)
+        common.enqueue(*key, "own")
     status = body.get("status") or {}
-    promotion = json.dumps([meta.get("generation"), status.get("observedGeneration"), status.get("artifacts"),
-                            status.get("approval"),
-                            [c for c in status.get("conditions") or () if c.get("type") in (PASSED, FAILED)]],
+    gate = [c for c in status.get("conditions") or () if c.get("type") in (PASSED, FAILED)]
+    # The weights matter to the GPTModel once the run passed (they are what it would serve); before, each stage's
+    # outputs change nothing it decides.
+    passed = any(c.get("type") == PASSED and c.get("status") == TRUE for c in gate)
+    promotion = json.dumps([meta.get("generation"), status.get("observedGeneration"),
+                            status.get("artifacts") if passed else None, status.get("approval"), gate],
                            sort_keys=True)
     if model and SEEN.changed((KIND_GPTMODEL, key), promotion):
-        common.enqueue(KIND_GPTMODEL, namespace, model)
+        common.enqueue(KIND_GPTMODEL, namespace, model, "finetunejob")
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=indexes.FTJ_CHILDREN)
 async def stage_job_event(body: kopf.Body, type: str | None, uid: str, **_: Any) -> None:
-    """A stage Job moved: queue its FineTuneJob."""
+    """A stage Job moved in a way its FineTuneJob's plan reads: queue the FineTuneJob."""
     if type == "DELETED":  # deleted to retry its stage, or by a new revision: the pass decides
         SEEN.forget(uid)
-        common.enqueue_owner(KIND_FINETUNEJOB, body)
-    elif SEEN.changed(uid, job_state(body)):
-        common.enqueue_owner(KIND_FINETUNEJOB, body)
+        common.enqueue_owner(KIND_FINETUNEJOB, body, "job")
+    elif SEEN.changed(uid, job_state(body).plan_inputs()):
+        common.enqueue_owner(KIND_FINETUNEJOB, body, "job")
 
 
 @kopf.on.event("", "v1", "pods", labels=indexes.FTJ_CHILDREN)
 async def stage_pod_event(body: kopf.Body, type: str | None, uid: str, **_: Any) -> None:
-    """A stage Pod moved without its Job (unschedulable, pulling its image, an attempt failed): queue its
-    FineTuneJob, so the cause reaches its condition in one pass."""
+    """A stage Pod moved without its Job (unschedulable, pulling its image, an attempt failed, its result written):
+    queue its FineTuneJob, so the cause reaches its condition in one pass. Being scheduled, started or ready
+    changes no plan, and wakes nothing; nor does a new Pod with nothing to say yet."""
     if type == "DELETED":
         SEEN.forget(uid)
-    elif SEEN.changed(uid, pod_state(body)):
-        common.enqueue_labelled(KIND_FINETUNEJOB, body, LABEL_FINETUNEJOB)
+        return
+    state = pod_state(body)
+    before = SEEN.swap(uid, state.plan_inputs())
+    if before != state.plan_inputs() and not (before is common.MISSING and state.quiet):
+        common.enqueue_labelled(KIND_FINETUNEJOB, body, LABEL_FINETUNEJOB, "pod")
 
 
 def one_pass(namespace: str, name: str) -> None:

@@ -35,7 +35,8 @@ SEEN = common.Changes()
 @kopf.on.event(*RESOURCE)
 async def gptmodel_event(type: str | None, name: str, namespace: str, uid: str, body: kopf.Body, **_: Any) -> None:
     """Queue a pass when the GPTModel is new (or first listed) or its spec or deletion changed; queue its
-    FineTuneJobs when it appears or what they read of it changed (what it serves); forget a deleted one."""
+    FineTuneJobs when it appears or its spec changed, and those whose plan reads what it serves when that changed;
+    forget a deleted one."""
     common.track(KIND_GPTMODEL, type or "ADDED", namespace, name)
     key = (KIND_GPTMODEL, namespace, name)
     if type == "DELETED":
@@ -48,14 +49,22 @@ async def gptmodel_event(type: str | None, name: str, namespace: str, uid: str, 
         return
     meta = body.get("metadata") or {}
     if SEEN.changed(key, (uid, meta.get("generation"), bool(meta.get("deletionTimestamp")))):
-        common.enqueue(*key)
+        common.enqueue(*key, "own")
     status = body.get("status") or {}
-    served = json.dumps([uid, meta.get("generation")]
-                        + sorted((k, v) for k, v in status.items() if k.startswith(("serving", "previous"))),
-                        sort_keys=True, default=str)
-    if SEEN.changed((KIND_FINETUNEJOB, key), served):  # FineTuneJobs may be waiting for it, or follow what it serves
-        for ftj in indexes.finetunejobs_of(namespace, name):
-            common.enqueue(KIND_FINETUNEJOB, namespace, ftj)
+    served = (uid, meta.get("generation"), json.dumps(
+        sorted((k, v) for k, v in status.items() if k.startswith(("serving", "previous"))), default=str))
+    before = SEEN.swap((KIND_FINETUNEJOB, key), served)
+    if before == served:
+        return
+    if not isinstance(before, tuple) or before[:2] != served[:2]:
+        # It appeared (FineTuneJobs may be waiting for it) or its spec changed: every FineTuneJob of it reads that.
+        names = indexes.finetunejobs_of(namespace, name)
+    else:  # what it serves changed: the FineTuneJobs whose plan reads that
+        revisions = {status.get("servingRevision"), status.get("previousRevision")}
+        revisions |= {v for k, v in json.loads(before[2]) if k in ("servingRevision", "previousRevision")}
+        names = indexes.finetunejobs_reading_serving(namespace, name, {r for r in revisions if r})
+    for ftj in names:
+        common.enqueue(KIND_FINETUNEJOB, namespace, ftj, "gptmodel")
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=indexes.MODEL_CHILDREN)
@@ -63,9 +72,9 @@ async def deployment_event(body: kopf.Body, type: str | None, uid: str, **_: Any
     """The vLLM Deployment moved (rolled out, stalled, lost Pods, deleted): queue its GPTModel."""
     if type == "DELETED":
         SEEN.forget(uid)
-        common.enqueue_owner(KIND_GPTMODEL, body)
+        common.enqueue_owner(KIND_GPTMODEL, body, "deployment")
     elif SEEN.changed(uid, deployment_state(body)):
-        common.enqueue_owner(KIND_GPTMODEL, body)
+        common.enqueue_owner(KIND_GPTMODEL, body, "deployment")
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_STAGE: STAGE_MONITOR})
@@ -73,16 +82,16 @@ async def monitor_job_event(body: kopf.Body, type: str | None, uid: str, **_: An
     """A monitor Job moved (finished, failed, deleted): queue its GPTModel, which reads the result."""
     if type == "DELETED":
         SEEN.forget(uid)
-        common.enqueue_owner(KIND_GPTMODEL, body)
+        common.enqueue_owner(KIND_GPTMODEL, body, "monitor-job")
     elif SEEN.changed(uid, job_state(body)):
-        common.enqueue_owner(KIND_GPTMODEL, body)
+        common.enqueue_owner(KIND_GPTMODEL, body, "monitor-job")
 
 
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=indexes.MODEL_CHILDREN)
 async def autoscaler_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     """The GPTModel's autoscaler was deleted (by hand): queue its GPTModel, which makes it again."""
     if type == "DELETED":
-        common.enqueue_owner(KIND_GPTMODEL, body)
+        common.enqueue_owner(KIND_GPTMODEL, body, "autoscaler")
 
 
 def one_pass(namespace: str, name: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import kopf
 
 from gptops import cluster
-from gptops.api.conditions import now_rfc3339
+from gptops.api.conditions import PASSED, TRUE, now_rfc3339
 from gptops.api.constants import (
     ANNOTATION_SPEC_HASH,
     GROUP,
@@ -51,6 +51,16 @@ from gptops.reconcile.plan import Action, CreateChild
 
 FTJ_CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_FINETUNEJOB: kopf.PRESENT}
 MODEL_CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL: kopf.PRESENT}
+#: What the API server sends of each child kind's watch (kopf's own label filters run after it has parsed each
+#: event): the label filters of that kind's handlers here, the part they share. A Pod, Job, ... of the namespace that
+#: gptops does not manage costs this operator nothing.
+WATCH_SELECTORS = {
+    ("batch", "v1", "jobs"): f"{LABEL_MANAGED_BY}={MANAGED_BY}",  # stage Jobs and monitor Jobs
+    ("v1", "pods"): f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_FINETUNEJOB}",
+    ("v1", "services"): f"{LABEL_MANAGED_BY}={MANAGED_BY}",  # stage Services and the GPTModels' Services
+    ("apps", "v1", "deployments"): f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_MODEL}",
+    ("autoscaling", "v2", "horizontalpodautoscalers"): f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_MODEL}",
+}
 NAMES = ("gptops_stage_jobs", "gptops_stage_pods", "gptops_stage_services", "gptops_models",
          "gptops_finetunejobs_by_model", "gptops_deployments", "gptops_model_services", "gptops_model_bodies",
          "gptops_finetunejob_bodies", "gptops_autoscalers")
@@ -62,8 +72,9 @@ _bound: dict[str, Any] = {}
 #: The next pass sees them, so it neither creates them again nor announces them twice.
 _created: dict[tuple[str, str], dict[str, tuple[float, JobState]]] = {}
 _created_guard = threading.Lock()
-#: The resourceVersion of each object's last status write by a pass: (plural, namespace, name) -> version.
-_written: dict[tuple[str, str, str], str] = {}
+#: Each object's last status write by a pass: (plural, namespace, name) -> (the resourceVersion it produced, the
+#: one the watch showed when it returned, the object it returned while the watch has not shown it yet).
+_written: dict[tuple[str, str, str], tuple[str, str | None, dict[str, Any] | None]] = {}
 _written_guard = threading.Lock()
 #: Seconds a created Job is assumed to exist without the watch showing it.
 CREATED_GRACE = 30.0
@@ -156,15 +167,33 @@ async def gptops_autoscalers(namespace: str, name: str, meta: Mapping[str, Any],
 @kopf.index(GROUP, VERSION, PLURAL_GPTMODEL, id="gptops_model_bodies")
 async def gptops_model_bodies(namespace: str, name: str, body: kopf.Body,
                               **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """(namespace, name) -> the GPTModel as the watch last showed it (what a pass starts from)."""
-    return {(namespace, name): dict(body)}
+    """(namespace, name) -> the GPTModel as the watch last showed it (what a pass starts from), stripped."""
+    return {(namespace, name): stripped(body)}
 
 
 @kopf.index(GROUP, VERSION, PLURAL_FINETUNEJOB, id="gptops_finetunejob_bodies")
 async def gptops_finetunejob_bodies(namespace: str, name: str, body: kopf.Body,
                                     **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """(namespace, name) -> the FineTuneJob as the watch last showed it (what a pass starts from)."""
-    return {(namespace, name): dict(body)}
+    """(namespace, name) -> the FineTuneJob as the watch last showed it (what a pass starts from), stripped."""
+    return {(namespace, name): stripped(body)}
+
+
+#: Annotations no pass reads, often the largest part of an object applied with `kubectl apply`.
+UNREAD_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def stripped(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An object without what no pass reads (as controller-runtime's informers drop it): metadata.managedFields
+    (it grows with every field manager: the API server's record of who wrote what) and the last-applied
+    annotation. A copy: the watch's own event is left as it is."""
+    out = dict(body)
+    meta = dict(out.get("metadata") or {})
+    meta.pop("managedFields", None)
+    annotations = meta.get("annotations")
+    if annotations and any(a in annotations for a in UNREAD_ANNOTATIONS):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k not in UNREAD_ANNOTATIONS}
+    out["metadata"] = meta
+    return out
 
 
 # --- reading them (from the pass workers' threads) ----------------------------------------------------------
@@ -270,26 +299,56 @@ def finetunejobs_of(namespace: str, model_name: str) -> list[str]:
     return sorted(name for name, _ in _read("gptops_finetunejobs_by_model", (namespace, model_name)))
 
 
+def finetunejobs_reading_serving(namespace: str, model_name: str, revisions: set[str]) -> list[str]:
+    """The FineTuneJobs of a GPTModel whose plan reads what it serves, after that changed: those named by the
+    revisions served or kept for rollback before or after (they keep their Jobs and files), those that passed (their
+    promotion), and those whose current spec has not started (a revision may start from what is served)."""
+    if not bound():
+        return cluster.finetunejobs_of(namespace, model_name)
+    return sorted(name for name, ftj in _read("gptops_finetunejobs_by_model", (namespace, model_name))
+                  if ftj is None or name in revisions or _passed(ftj) or not _started(ftj))
+
+
+def _passed(ftj: FineTuneJob) -> bool:
+    return any(c.type == PASSED and c.status == TRUE for c in ftj.status.conditions)
+
+
+def _started(ftj: FineTuneJob) -> bool:
+    status = ftj.status
+    return (status.observed_generation == ftj.metadata.generation and bool(status.artifacts.revision)
+            and bool(status.stages.prepare and status.stages.prepare.job_name))
+
+
 def current_body(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
     """The object a pass starts from: the watch's copy when it holds the status the last pass wrote (or no pass
-    wrote one yet), else a fresh GET; None when it is gone."""
+    wrote one yet); the object that write returned while the watch still shows what it showed before the write (it
+    shows each change in order, so nothing newer has come); else a fresh GET. None when it is gone."""
     if bound():
         cached = _first(_read(BODIES[plural], (namespace, name)))
+        version = ((cached or {}).get("metadata") or {}).get("resourceVersion")
+        key = (plural, namespace, name)
         with _written_guard:
-            written = _written.get((plural, namespace, name))
-        if cached is not None and written in (None, (cached.get("metadata") or {}).get("resourceVersion")):
-            return cached
+            written = _written.get(key)
+            if cached is not None and (written is None or written[0] == version):
+                if written is not None and written[2] is not None:
+                    _written[key] = (written[0], None, None)  # the watch caught up: keep no copy
+                return cached
+            if written is not None and written[2] is not None and version == written[1]:
+                return written[2]
     return cluster.get_object(plural, namespace, name)
 
 
 def note_written(plural: str, namespace: str, name: str, written: Mapping[str, Any] | None) -> None:
-    """Remember the resourceVersion a status write produced (None: the object is gone)."""
+    """Remember the resourceVersion a status write produced, what the watch showed then, and the object the write
+    returned (None: the object is gone)."""
     if not bound():
         return
+    version = ((written or {}).get("metadata") or {}).get("resourceVersion")
+    cached = _first(_read(BODIES[plural], (namespace, name)))
+    seen = ((cached or {}).get("metadata") or {}).get("resourceVersion")
     with _written_guard:
-        version = ((written or {}).get("metadata") or {}).get("resourceVersion")
-        if version:
-            _written[(plural, namespace, name)] = version
+        if version and written is not None:
+            _written[(plural, namespace, name)] = (version, seen, stripped(written) if seen != version else None)
         else:
             _written.pop((plural, namespace, name), None)
 

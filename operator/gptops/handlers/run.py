@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import socket
+import threading
+import time
+import tracemalloc
 from collections.abc import Sequence
 
 import kopf
@@ -24,6 +29,9 @@ def run_operator(namespaces: Sequence[str], *, all_namespaces: bool, metrics_por
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import gptops.handlers  # noqa: F401  (registers the handlers)
 
+    _limit_malloc_arenas()
+    if os.environ.get(TRACEMALLOC_ENV):
+        _trace_memory(os.environ[TRACEMALLOC_ENV])
     metrics.serve(metrics_port)
     kopf.run(
         standalone=True,
@@ -33,3 +41,46 @@ def run_operator(namespaces: Sequence[str], *, all_namespaces: bool, metrics_por
         namespaces=list(namespaces),
         liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz",
     )
+
+
+#: A file name: trace the operator's allocations (slow: for measurements only) and write the largest sites there.
+TRACEMALLOC_ENV = "GPTOPS_TRACEMALLOC"
+
+
+def _trace_memory(path: str, interval: float = 20.0, top: int = 40) -> None:
+    """Every `interval` seconds while traced memory is at a new peak, rewrite `path` with the allocation sites
+    (file:line) holding the most memory."""
+    tracemalloc.start(1)
+
+    def run() -> None:
+        peak = 0
+        while True:
+            time.sleep(interval)
+            current, _ = tracemalloc.get_traced_memory()
+            if current <= peak:
+                continue
+            peak = current
+            stats = tracemalloc.take_snapshot().statistics("lineno")
+            lines = [f"traced {current / 2**20:.1f} MiB at {time.strftime('%H:%M:%S')}"]
+            lines += [f"{s.size / 2**20:8.2f} MiB {s.count:9d} {s.traceback[0].filename}:{s.traceback[0].lineno}"
+                      for s in stats[:top]]
+            with open(path, "w") as out:
+                out.write("\n".join(lines) + "\n")
+
+    threading.Thread(target=run, name="gptops-tracemalloc", daemon=True).start()
+
+
+#: glibc's malloc arenas for the operator's threads (its default: 8 per core, each keeping its own freed memory).
+MALLOC_ARENAS = 2
+
+
+def _limit_malloc_arenas() -> None:
+    """Have the pass workers' and kopf's threads share MALLOC_ARENAS arenas (as MALLOC_ARENA_MAX would; the
+    threads start after this), so that memory freed in one thread is reused by the others instead of each arena
+    growing to its own peak."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        ctypes.CDLL(None).mallopt(-8, MALLOC_ARENAS)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        pass

@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 
 from gptops import cluster
-from gptops.api.constants import FINALIZER, KOPF_STORAGE_PREFIX
+from gptops.api.constants import FINALIZER, KIND_FINETUNEJOB, KOPF_STORAGE_PREFIX
 from gptops.handlers import common, indexes
 
 
@@ -43,6 +43,20 @@ API_ERROR_BACKOFFS = (1.0, 1.0, 2.0, 3.0, 5.0, 8.0) + (10.0,) * 60
 _resync: common.Resync | None = None
 
 
+class NoDiffBaseStorage(kopf.DiffBaseStorage):
+    """A diff base for an operator without change-detection handlers: nothing is built, stored or read, so a watch
+    event costs no copy of its object."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a Pod its ServiceAccount, else $KUBECONFIG read now (the client library reads it once, at import)."""
@@ -69,12 +83,15 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     start the pass workers and the resync loop."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_STORAGE_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_STORAGE_PREFIX, key="last-handled-configuration")
+    # kopf builds a diff base (a deep copy of the whole object) on every watch event, for change-detection handlers
+    # (on.create/update/...). There are none here (every handler is on.event or an index): build nothing.
+    settings.persistence.diffbase_storage = NoDiffBaseStorage()
     watch_timeout = int(_env_float(WATCH_TIMEOUT_ENV, WATCH_SERVER_TIMEOUT))  # the API server wants an integer
     settings.watching.server_timeout = watch_timeout
     settings.watching.client_timeout = watch_timeout + 30
     settings.watching.connect_timeout = 30
+    for resource, selector in indexes.WATCH_SELECTORS.items():
+        settings.watching.label_selectors[resource] = selector
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 30
     settings.networking.error_backoffs = API_ERROR_BACKOFFS
@@ -95,7 +112,8 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     common.QUEUE = common.WorkQueue(workers, RETRY_DELAYS)
     common.QUEUE.start()
     global _resync
-    _resync = common.Resync(_env_float(RESYNC_ENV, RESYNC_SECONDS))
+    # A FineTuneJob's plan reads no clock (a GPTModel's does: rollout deadlines, monitoring schedules).
+    _resync = common.Resync(_env_float(RESYNC_ENV, RESYNC_SECONDS), event_driven=(KIND_FINETUNEJOB,))
     _resync.start()
 
 

@@ -38,6 +38,20 @@ class PodState:
     deleted: bool = False
     """A deletionTimestamp is set: the Pod is going (and its Job replaces it)."""
 
+    def plan_inputs(self) -> tuple[Any, ...]:
+        """What a FineTuneJob's plan reads of this Pod: whether it is live (Pending and Running alike), succeeded or
+        failed, its result, what keeps it from running. A watch event that changes none of it (scheduled, started,
+        ready) changes no plan."""
+        live = self.phase in ("Pending", "Running", "")
+        return ("live" if live else self.phase, self.message, self.reason, self.exit_code, self.deleted,
+                self.problem())
+
+    @property
+    def quiet(self) -> bool:
+        """Live, with no result, no failed attempt and nothing keeping it from running: a plan reads nothing of it
+        (unless its Job completed, which it has not while its Pod is live)."""
+        return self.plan_inputs() == ("live", "", "", None, False, None)
+
     def problem(self) -> tuple[str, str] | None:
         """(reason, message) of what keeps a live Pod from running, or None."""
         if self.deleted or self.phase not in ("Pending", "Running", ""):
@@ -71,6 +85,14 @@ class JobState:
     queue: str = ""
     """The Kueue LocalQueue it waits in (its kueue.x-k8s.io/queue-name label), "" without one."""
     pods: tuple[PodState, ...] = ()
+
+    def plan_inputs(self) -> tuple[Any, ...]:
+        """What a FineTuneJob's plan reads of this Job besides its Pods: not its Pod counts, nor conditions other
+        than Complete and Failed. A watch event that changes none of it changes no plan."""
+        done = tuple((c.get("type"), c.get("reason"), c.get("message")) for c in self.conditions
+                     if c.get("type") in ("Complete", "Failed") and c.get("status") == "True")
+        return (self.name, self.stage, self.revision_key, self.spec_key, self.start_model, self.created, done,
+                self.start_time, self.completion_time, self.suspended, self.queue)
 
     def _condition(self, type_: str) -> Mapping[str, Any] | None:
         return next((c for c in self.conditions if c.get("type") == type_ and c.get("status") == "True"), None)

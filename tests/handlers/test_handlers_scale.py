@@ -1,0 +1,296 @@
+"""What keeps the operator cheap at scale without changing what it does: the API server filters the children's
+watches by the handlers' own labels; kopf builds no diff base (nothing here reads one); the watch caches keep no
+managedFields; a Pod or Job event that changes nothing a plan reads wakes nothing; the resync runs behind the passes
+events asked for, and skips a FineTuneJob that had a pass within its interval."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import kopf
+import pytest
+
+import gptops.handlers  # noqa: F401  (registers the handlers)
+from gptops.handlers import common, indexes, settings
+from gptops.handlers import finetunejob as ftj_handlers
+from gptops.reconcile.observed import job_state, pod_state
+
+NS = "ml"
+
+
+def _selector_labels(selector: str) -> dict[str, Any]:
+    labels: dict[str, Any] = {}
+    for part in selector.split(","):
+        key, _, value = part.partition("=")
+        labels[key] = value if value else kopf.PRESENT
+    return labels
+
+
+def test_every_child_handler_sees_all_it_matched_before_the_api_server_filtered_its_watch() -> None:
+    registry = kopf.get_default_registry()
+    handlers = [*registry._watching.get_all_handlers(), *registry._indexing.get_all_handlers()]
+    s = kopf.OperatorSettings()
+    for resource, selector in indexes.WATCH_SELECTORS.items():
+        s.watching.label_selectors[resource] = selector
+    filtered = 0
+    for handler in handlers:
+        if handler.selector.group == "gptops.io":
+            continue
+        resource = kopf.Resource(handler.selector.group or "", handler.selector.version,
+                                 handler.selector.any_name)
+        [selector] = s.watching.label_selectors.collect(resource)
+        # Each label the API server requires, the handler requires too (same value, or present for any value).
+        for key, value in _selector_labels(selector).items():
+            assert key in (handler.labels or {}), (handler.id, key)
+            assert value is kopf.PRESENT or handler.labels[key] == value, (handler.id, key)
+        filtered += 1
+    assert filtered >= 10  # the Jobs, Pods, Services, Deployments and autoscalers of both kinds
+
+
+def test_no_handler_needs_the_diff_base_kopf_no_longer_builds() -> None:
+    registry = kopf.get_default_registry()
+    assert not list(registry._changing.get_all_handlers())  # on.create/update/delete/resume/field
+    assert not list(registry._spawning.get_all_handlers())  # daemons, timers
+    storage = settings.NoDiffBaseStorage()
+    body = kopf.Body({"metadata": {"name": "x"}, "spec": {"a": 1}})
+    assert storage.build(body=body) == {} and storage.fetch(body=body) is None
+
+
+def test_the_watch_cache_of_an_object_keeps_all_a_pass_reads_but_managed_fields_and_last_applied() -> None:
+    body = {"apiVersion": "gptops.io/v1alpha1", "kind": "FineTuneJob",
+            "metadata": {"name": "run", "namespace": NS, "uid": "u", "resourceVersion": "7", "generation": 2,
+                         "labels": {"team": "a"},
+                         "annotations": {"gptops.io/approved": "true",
+                                         "kubectl.kubernetes.io/last-applied-configuration": "{...}" * 100},
+                         "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"model": {"name": "m"}}, "status": {"phase": "Training"}}
+    kept = asyncio.run(indexes.gptops_finetunejob_bodies(namespace=NS, name="run", body=kopf.Body(body)))[(NS, "run")]
+    assert "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["annotations"] == {"gptops.io/approved": "true"}
+    assert {k: v for k, v in kept["metadata"].items() if k != "annotations"} == {
+        k: v for k, v in body["metadata"].items() if k not in ("annotations", "managedFields")}
+    assert kept["spec"] == body["spec"] and kept["status"] == body["status"]
+    assert "managedFields" in body["metadata"]  # the watch's event itself is left alone
+
+
+POD = {"metadata": {"name": "run-prepare-x", "namespace": NS, "uid": "pod-1", "creationTimestamp": "t0",
+                    "labels": {"gptops.io/finetunejob": "run", "batch.kubernetes.io/job-name": "run-prepare-1"}},
+       "status": {"phase": "Pending"}}
+
+
+def _pod(**status: Any) -> dict[str, Any]:
+    return {**POD, "status": status}
+
+
+def test_a_pod_starting_wakes_nothing_and_its_result_or_a_problem_wakes_its_finetunejob(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    woken: list[tuple[str, ...]] = []
+    monkeypatch.setattr(common, "enqueue", lambda *key, **_: woken.append(key))
+    monkeypatch.setattr(common, "KNOWN", {("FineTuneJob", NS, "run")})
+    ftj_handlers.SEEN.forget("pod-1")
+
+    def event(body: dict[str, Any]) -> int:
+        before = len(woken)
+        asyncio.run(ftj_handlers.stage_pod_event(body=kopf.Body(body), type="MODIFIED", uid="pod-1"))
+        return len(woken) - before
+
+    assert event(_pod(phase="Pending")) == 0  # new, with nothing to say yet
+    assert event(_pod(phase="Pending", conditions=[{"type": "PodScheduled", "status": "True"}])) == 0
+    assert event(_pod(phase="Pending", containerStatuses=[
+        {"state": {"waiting": {"reason": "ContainerCreating"}}}])) == 0
+    assert event(_pod(phase="Running", containerStatuses=[{"state": {"running": {}}}])) == 0
+    assert event(_pod(phase="Running", containerStatuses=[
+        {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}])) == 1
+    assert event(_pod(phase="Succeeded", containerStatuses=[
+        {"state": {"terminated": {"reason": "Completed", "exitCode": 0, "message": "{\"ok\": true}"}}}])) == 1
+    assert pod_state(_pod(phase="Pending")).plan_inputs() == pod_state(_pod(phase="Running")).plan_inputs()
+    # A Pod first seen when it already cannot be scheduled wakes its FineTuneJob at once.
+    ftj_handlers.SEEN.forget("pod-1")
+    assert event(_pod(phase="Pending", conditions=[{"type": "PodScheduled", "status": "False",
+                                                    "reason": "Unschedulable", "message": "0/2 nodes"}])) == 1
+
+
+def test_a_job_event_wakes_its_finetunejob_when_it_starts_or_ends_not_when_its_pod_counts_move() -> None:
+    base = {"metadata": {"name": "run-prepare-1", "labels": {"gptops.io/stage": "prepare"},
+                         "creationTimestamp": "t0"}, "status": {}}
+
+    def inputs(**status: Any) -> tuple[Any, ...]:
+        return job_state({**base, "status": status}).plan_inputs()
+
+    started = {"startTime": "t1", "active": 1}
+    assert inputs() != inputs(**started)
+    assert inputs(**started) == inputs(startTime="t1", active=1, ready=1, terminating=0)
+    criteria = {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": "t2"}
+    assert inputs(**started) == inputs(startTime="t1", active=0, succeeded=1, conditions=[criteria])
+    complete = {"type": "Complete", "status": "True", "lastTransitionTime": "t3"}
+    assert inputs(startTime="t1", conditions=[criteria]) != inputs(startTime="t1", completionTime="t3",
+                                                                    conditions=[criteria, complete])
+    failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "m"}
+    assert inputs(**started) != inputs(startTime="t1", conditions=[failed])
+    assert job_state({**base, "spec": {"suspend": True}}).plan_inputs() != inputs()
+
+
+def _queue_runs(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], threading.Event]:
+    runs: list[str] = []
+    gate = threading.Event()
+
+    def one_pass(namespace: str, name: str) -> None:
+        if name == "blocker":
+            gate.wait(5)
+        runs.append(name)
+
+    monkeypatch.setitem(common.PASSES, "Test", one_pass)
+    return runs, gate
+
+
+def _wait(cond: Any, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cond()
+
+
+def test_a_resync_round_runs_behind_every_pass_an_event_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs, gate = _queue_runs(monkeypatch)
+    queue = common.WorkQueue(1, (0.01,))
+    queue.start()
+    try:
+        queue.add(("Test", NS, "blocker"))  # the one worker is busy
+        _wait(lambda: queue.depth() == 0)
+        for i in range(5):
+            assert queue.add(("Test", NS, f"old-{i}"), background=True) == "queued"
+        assert queue.add(("Test", NS, "old-0"), background=True) == "merged"
+        queue.add(("Test", NS, "new"))  # a new object's event, after the resync round
+        queue.add(("Test", NS, "old-3"))  # an event for one waiting in the resync round: it moves up
+        gate.set()
+        _wait(lambda: len(runs) == 7)
+        assert runs[:3] == ["blocker", "new", "old-3"]
+        assert sorted(runs[3:]) == ["old-0", "old-1", "old-2", "old-4"]  # each once
+    finally:
+        gate.set()
+        queue.stop()
+
+
+def test_the_resync_skips_an_object_whose_last_pass_is_recent_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs, _ = _queue_runs(monkeypatch)
+    key = ("Test", NS, "run")
+    monkeypatch.setattr(common, "KNOWN", {key})
+    queue = common.WorkQueue(1, (0.01,))
+    queue.start()
+    try:
+        queue.add(key)
+        _wait(lambda: runs == ["run"])
+        time.sleep(0.05)
+        assert queue.add(key, background=True, fresh_within=60) == "fresh"
+        assert queue.add(key, background=True, fresh_within=0.01) == "queued"  # its pass is older than that
+        _wait(lambda: runs == ["run", "run"])
+        queue.forget(key)  # deleted: nothing is kept of it
+        assert queue.add(key, background=True, fresh_within=60) == "queued"
+    finally:
+        queue.stop()
+
+
+def _ftj(name: str, *, passed: bool = False, started: bool = True, generation: int = 1) -> Any:
+    from gptops.api import FineTuneJob
+
+    status: dict[str, Any] = {}
+    if started:
+        status = {"observedGeneration": 1, "artifacts": {"revision": f"r-{name}"},
+                  "stages": {"prepare": {"jobName": f"{name}-prepare-r"}}}
+    if passed:
+        status["conditions"] = [{"type": "Passed", "status": "True", "reason": "ThresholdsMet", "message": "ok",
+                                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+    return FineTuneJob.from_dict({
+        "apiVersion": "gptops.io/v1alpha1", "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": generation},
+        "spec": {"model": {"name": "m"}, "dataset": {"source": {"pvc": {"claimName": "d", "path": "c.jsonl"}}}},
+        "status": status})
+
+
+def test_a_promotion_wakes_the_finetunejobs_whose_plan_reads_what_the_gptmodel_serves(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptops.handlers import gptmodel as gm_handlers
+
+    runs = [_ftj("running"), _ftj("passed", passed=True), _ftj("waiting", started=False),
+            _ftj("edited", generation=2), _ftj("old-served"), _ftj("new-served")]
+    monkeypatch.setattr(indexes, "bound", lambda: True)
+    monkeypatch.setattr(indexes, "_read", lambda index, key: [(f.name, f) for f in runs]
+                        if index == "gptops_finetunejobs_by_model" and key == (NS, "m") else [])
+    woken: list[str] = []
+    monkeypatch.setattr(common, "enqueue", lambda kind, ns, name, *_, **__: woken.append(name)
+                        if kind == "FineTuneJob" else None)
+    gm_handlers.SEEN.forget(("FineTuneJob", ("GPTModel", NS, "m")))
+
+    def event(generation: int, **status: Any) -> list[str]:
+        woken.clear()
+        body = {"metadata": {"name": "m", "namespace": NS, "uid": "uid-m", "generation": generation},
+                "spec": {}, "status": status}
+        asyncio.run(gm_handlers.gptmodel_event(type="MODIFIED", name="m", namespace=NS, uid="uid-m",
+                                               body=kopf.Body(body)))
+        return sorted(woken)
+
+    everyone = sorted(f.name for f in runs)
+    assert event(1, servingRevision="old-served") == everyone  # it appeared: FineTuneJobs may wait for it
+    assert event(1, servingRevision="old-served", phase="x") == []  # nothing it serves changed
+    # A promotion: the run it served before and the one it serves now, the runs that passed, the runs not started.
+    assert event(1, servingRevision="new-served", previousRevision=None) == [
+        "edited", "new-served", "old-served", "passed", "waiting"]
+    assert event(2, servingRevision="new-served") == everyone  # its spec changed
+
+
+def test_a_stage_recording_its_outputs_wakes_the_gptmodel_only_once_the_run_passed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    woken: list[tuple[str, ...]] = []
+    monkeypatch.setattr(common, "enqueue", lambda *key, **_: woken.append(key[:3]))
+    key = ("FineTuneJob", NS, "run")
+    ftj_handlers.SEEN.forget(key)
+    ftj_handlers.SEEN.forget(("GPTModel", key))
+
+    def event(status: dict[str, Any]) -> list[tuple[str, ...]]:
+        woken.clear()
+        body = {"metadata": {"name": "run", "namespace": NS, "uid": "uid-run", "generation": 1},
+                "spec": {"model": {"name": "m"}}, "status": status}
+        asyncio.run(ftj_handlers.finetunejob_event(type="MODIFIED", name="run", namespace=NS, uid="uid-run",
+                                                   body=kopf.Body(body)))
+        return [k for k in woken if k[0] == "GPTModel"]
+
+    waiting = [{"type": "Passed", "status": "Unknown", "reason": "Waiting", "message": "waiting"}]
+    passed = [{"type": "Passed", "status": "True", "reason": "ThresholdsMet", "message": "ok"}]
+    assert event({"observedGeneration": 1, "conditions": waiting}) == [("GPTModel", NS, "m")]  # first seen
+    assert event({"observedGeneration": 1, "conditions": waiting,
+                  "artifacts": {"revision": "r", "dataset": "/d"}}) == []  # the prepare stage's output
+    assert event({"observedGeneration": 1, "conditions": waiting,
+                  "artifacts": {"revision": "r", "dataset": "/d", "model": "/m"}}) == []  # the train stage's
+    assert event({"observedGeneration": 1, "conditions": passed,
+                  "artifacts": {"revision": "r", "dataset": "/d", "model": "/m"}}) == [("GPTModel", NS, "m")]
+    assert event({"observedGeneration": 1, "conditions": passed,
+                  "artifacts": {"revision": "r", "dataset": "/d", "model": "/m", "digest": "sha256:1"}}) == [
+        ("GPTModel", NS, "m")]  # what it would serve changed
+
+
+def test_a_pass_after_a_status_write_starts_from_what_the_write_returned_until_the_watch_shows_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def obj(version: str, phase: str) -> dict[str, Any]:
+        return {"metadata": {"name": "run", "namespace": NS, "resourceVersion": version}, "status": {"phase": phase}}
+
+    cache = {"body": obj("1", "Pending")}
+    gets: list[str] = []
+    monkeypatch.setattr(indexes, "bound", lambda: True)
+    monkeypatch.setattr(indexes, "_read", lambda index, key: [cache["body"]])
+    monkeypatch.setattr(indexes.cluster, "get_object", lambda *key: gets.append(key[2]) or obj("9", "from GET"))
+    plural = "finetunejobs"
+    indexes.forget_written(plural, NS, "run")
+
+    assert indexes.current_body(plural, NS, "run")["status"]["phase"] == "Pending"  # nothing written yet
+    indexes.note_written(plural, NS, "run", obj("2", "Preparing"))
+    # The watch still shows version 1: the pass plans from the status it wrote, without a GET.
+    assert indexes.current_body(plural, NS, "run")["status"]["phase"] == "Preparing" and not gets
+    cache["body"] = obj("2", "Preparing")  # the watch caught up
+    assert indexes.current_body(plural, NS, "run")["metadata"]["resourceVersion"] == "2" and not gets
+    indexes.note_written(plural, NS, "run", obj("3", "Training"))
+    cache["body"] = obj("4", "Training")  # a change after the write (someone else's, or a relist): ask the API
+    assert indexes.current_body(plural, NS, "run")["status"]["phase"] == "from GET" and gets == ["run"]
+    indexes.forget_written(plural, NS, "run")
