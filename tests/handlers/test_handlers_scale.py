@@ -10,10 +10,9 @@ import threading
 import time
 from typing import Any
 
+import gptops.handlers  # noqa: F401  (registers the handlers)
 import kopf
 import pytest
-
-import gptops.handlers  # noqa: F401  (registers the handlers)
 from gptops.handlers import common, indexes, settings
 from gptops.handlers import finetunejob as ftj_handlers
 from gptops.reconcile.observed import job_state, pod_state
