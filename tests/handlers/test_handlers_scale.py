@@ -10,10 +10,9 @@ import threading
 import time
 from typing import Any
 
+import gptops.handlers  # noqa: F401  (registers the handlers)
 import kopf
 import pytest
-
-import gptops.handlers  # noqa: F401  (registers the handlers)
 from gptops.handlers import common, indexes, settings
 from gptops.handlers import finetunejob as ftj_handlers
 from gptops.reconcile.observed import job_state, pod_state
@@ -294,3 +293,16 @@ def test_a_pass_after_a_status_write_starts_from_what_the_write_returned_until_t
     cache["body"] = obj("4", "Training")  # a change after the write (someone else's, or a relist): ask the API
     assert indexes.current_body(plural, NS, "run")["status"]["phase"] == "from GET" and gets == ["run"]
     indexes.forget_written(plural, NS, "run")
+
+
+def test_resync_rounds_that_never_drain_keep_one_entry_per_waiting_object() -> None:
+    queue = common.WorkQueue(1, (0.01,))  # not started: nothing drains
+    keys = [("Test", NS, f"run-{i}") for i in range(600)]
+    for _ in range(10):  # ten resync rounds, each object then woken by an event (it moves to the front lane)
+        for key in keys:
+            queue.add(key, background=True)
+        for key in keys:
+            queue.add(key)
+        queue._ready.clear()
+        queue._waiting.clear()
+    assert len(queue._background) <= 2 * len(keys) + 1000

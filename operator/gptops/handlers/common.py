@@ -288,6 +288,9 @@ class WorkQueue:
                     return "fresh"
                 if key in self._running or key in self._waiting or key in self._idle:
                     return "merged"  # the pass running now reads the state the resync would
+                if len(self._background) > 2 * len(self._idle) + 1000:  # entries of keys that moved to the front
+                    self._background = collections.deque(dict.fromkeys(k for k in self._background
+                                                                       if k in self._idle))
                 self._idle.add(key)
                 self._background.append(key)
                 outcome = "queued"
