@@ -63,11 +63,15 @@ class Finisher:
         self.k = k
         self.finished: set[str] = set()
 
-    def step(self, stages: tuple[str, ...] = STAGES) -> int:
+    def step(self, stages: tuple[str, ...] = STAGES, once: set[str] | None = None) -> int:
+        """Gives a result to every such Pod; with `once`, to at most one stage of each run: the runs finished are
+        added to it and skipped while it is kept."""
         done = 0
         for pod in self.k.items("pods", STAGE_PODS):
             meta, stage = pod["metadata"], pod["metadata"]["labels"][LABEL_STAGE]
+            run = meta["labels"].get(LABEL_FINETUNEJOB, "")
             if (stage not in stages or meta["uid"] in self.finished or meta.get("deletionTimestamp")
+                    or (once is not None and run in once)
                     or RESULT_ANNOTATION in (meta.get("annotations") or {})
                     or pod["status"].get("phase") != "Running"):
                 continue
@@ -78,6 +82,8 @@ class Finisher:
             if self.k.kubectl("annotate", "pod", meta["name"], f"{RESULT_ANNOTATION}={result}",
                               check=False).returncode == 0:
                 self.finished.add(meta["uid"])
+                if once is not None:
+                    once.add(run)
                 done += 1
         return done
 
@@ -290,12 +296,12 @@ def test_an_operator_killed_every_few_seconds_completes_twenty_runs_once(k: Clus
         wait_for(lambda op=op: op.reconciles("FineTuneJob") + op.reconciles("GPTModel") > 0,
                  "the operator's first pass", timeout=180)
         alive_until = time.monotonic() + 4 + 2 * (kills % 4)
-        # The stage Pods finish only in every other life, so the lifecycle spans several kills however fast the
-        # operator is (each stage of a run takes at least two lives).
-        finishing = kills % 2 == 1
+        # The stage Pods finish only in every other life, and each run finishes at most one stage in a life, so the
+        # lifecycle spans several kills however fast the operator is (a run's three stages take at least six lives).
+        finishing, finished_this_life = kills % 2 == 1, set()
         while time.monotonic() < alive_until:
             if finishing:
-                finisher.step()
+                finisher.step(once=finished_this_life)
             time.sleep(0.3)
         op.kill()
         kills += 1
