@@ -173,6 +173,33 @@ def test_a_resync_round_runs_behind_every_pass_an_event_asked_for(monkeypatch: p
         queue.stop()
 
 
+def test_the_first_pass_of_a_new_object_runs_ahead_of_the_events_of_objects_passed_before(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    runs, gate = _queue_runs(monkeypatch)
+    known = {("Test", NS, f"old-{i}") for i in range(3)}
+    monkeypatch.setattr(common, "KNOWN", known | {("Test", NS, "blocker")})
+    queue = common.WorkQueue(1, (0.01,))
+    queue.start()
+    try:
+        gate.set()
+        for key in sorted(known):  # each has had its first pass
+            queue.add(key)
+        _wait(lambda: len(runs) == 3)
+        gate.clear()
+        queue.add(("Test", NS, "blocker"))  # the one worker is busy
+        _wait(lambda: queue.depth() == 0)
+        for key in sorted(known):  # their Jobs moved: a thousand runs' children would queue the same way
+            assert queue.add(key) == "queued"
+        queue.add(("Test", NS, "new"))  # applied after them
+        gate.set()
+        _wait(lambda: len(runs) == 8)
+        assert runs[3:5] == ["blocker", "new"]
+        assert runs[5:] == ["old-0", "old-1", "old-2"]
+    finally:
+        gate.set()
+        queue.stop()
+
+
 def test_the_resync_skips_an_object_whose_last_pass_is_recent_enough(monkeypatch: pytest.MonkeyPatch) -> None:
     runs, _ = _queue_runs(monkeypatch)
     key = ("Test", NS, "run")

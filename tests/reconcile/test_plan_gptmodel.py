@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from reconcile_world import World, conditions, passed_finetunejob, settle
+from reconcile_world import World, conditions, merge_patch, passed_finetunejob, settle
 
 from gptops.reconcile import ApplyChild, CreateChild
 from gptops.reconcile.gptmodel import ANNOTATION_ROLLED_BACK_FROM, ANNOTATION_ROLLOUT_STARTED
@@ -85,6 +85,29 @@ def test_a_promoted_revision_is_rolled_out(world: World) -> None:
     settle(world, "model")
     assert conditions(world.model["status"])["Ready"]["status"] == "True"
     assert revision(world) == "ft-1"
+
+
+def test_a_rollout_moving_through_its_replicas_writes_the_status_once_at_its_start_and_once_at_its_end(
+        world: World) -> None:
+    serve_source(world)
+    world.model["status"].update(PROMOTED)
+    world.apply_model(world.plan_model())  # the promotion's pass: the rollout starts
+    started = world.model["status"]
+    assert conditions(started)["Progressing"]["reason"] == "RolloutInProgress"
+    dep = world.deployment
+    assert dep is not None
+    # The Deployment controller at work: the new Pod created, then ready beside the old one, then the old one gone.
+    for updated, ready, available in ((1, 1, 1), (1, 2, 2), (1, 2, 1)):
+        world.deployment = replace(dep, observed_generation=dep.generation, status_replicas=2,
+                                   updated_replicas=updated, ready_replicas=ready, available_replicas=available,
+                                   conditions=({"type": "Available", "status": "True"},))
+        plan = world.plan_model()
+        assert plan.actions == ()
+        assert merge_patch(started, plan.status) == started, plan.status  # no status write
+    world.roll_out()
+    plan = world.plan_model()
+    assert conditions(plan.status)["Progressing"]["reason"] == "RolloutComplete"
+    assert plan.status["readyReplicas"] == 1 and plan.status["ready"] == "1/1"
 
 
 def test_a_pin_wins_over_promotion(world: World) -> None:

@@ -246,15 +246,18 @@ _MISSING = MISSING = object()  # what Changes.swap returns for a key seen the fi
 
 
 class WorkQueue:
-    """Keys (kind, namespace, name) waiting for a pass, and the worker threads that run them. Two lanes: passes that
-    something asked for (an event), and background passes (the resync) that run only when the first lane is empty,
-    so that a resync round over thousands of objects never delays the pass of a new object."""
+    """Keys (kind, namespace, name) waiting for a pass, and the worker threads that run them. Three lanes: the first
+    pass of an object this operator has not passed yet (a new FineTuneJob's first Job is what its user waits for),
+    passes that something asked for (an event), and background passes (the resync) that run only when the other
+    lanes are empty, so that neither the children's events of a thousand runs nor a resync round over them delays
+    the pass of a new object."""
 
     def __init__(self, workers: int, retry_delays: tuple[float, ...]) -> None:
         self.retry_delays = retry_delays
         self._cond = threading.Condition()
+        self._new: collections.deque[Key] = collections.deque()  # never passed yet
         self._ready: collections.deque[Key] = collections.deque()
-        self._waiting: set[Key] = set()  # in _ready
+        self._waiting: set[Key] = set()  # in _new or _ready
         self._background: collections.deque[Key] = collections.deque()
         self._idle: set[Key] = set()  # in _background (and not in _ready)
         self._running: set[Key] = set()
@@ -303,7 +306,7 @@ class WorkQueue:
             elif key not in self._waiting:
                 self._idle.discard(key)  # moves to the front lane (its entry in the background lane is skipped)
                 self._waiting.add(key)
-                self._ready.append(key)
+                (self._ready if key in self._ended else self._new).append(key)
                 outcome = "queued"
             else:
                 outcome = "merged"
@@ -318,7 +321,7 @@ class WorkQueue:
 
     def depth(self) -> int:
         with self._cond:
-            return len(self._ready) + len(self._idle)
+            return len(self._new) + len(self._ready) + len(self._idle)
 
     def _next(self) -> Key | None:
         with self._cond:
@@ -332,8 +335,8 @@ class WorkQueue:
                         self._idle.discard(key)
                         self._waiting.add(key)
                         self._ready.append(key)
-                if self._ready:
-                    key = self._ready.popleft()
+                if self._new or self._ready:
+                    key = (self._new or self._ready).popleft()
                     self._waiting.discard(key)
                     self._running.add(key)
                     return key

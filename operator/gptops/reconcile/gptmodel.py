@@ -181,7 +181,7 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
             _degraded(rollback["metadata"]["annotations"]),
         ]
         return _finish(model, observed, actions, serving, pin_note, wants, endpoint=model.endpoint(),
-                       ready_replicas=dep.ready_replicas if dep else 0, watch=watch, older=older)
+                       ready_replicas=_ready_replicas(dep), watch=watch, older=older)
 
     # A new revision, or a new spec, is watched from now until it is rolled out; else the watch goes on (or none).
     desired = _deployment(
@@ -225,12 +225,12 @@ def plan_gptmodel(model: GPTModel, observed: ObservedGPTModel) -> Plan:
         degraded = _degraded(desired["metadata"]["annotations"])
     else:
         assert dep is not None
-        progressing = Want(PROGRESSING, TRUE, Reason.ROLLOUT_IN_PROGRESS,
-                           f"rolling out revision {revision}: {dep.updated_replicas}/{dep.replicas} updated, "
-                           f"{dep.available_replicas} available")
+        # The same words as when it started: the Deployment's counts move several times in a rollout, and each
+        # change here would be a status write of its own (`kubectl rollout status` has them).
+        progressing = Want(PROGRESSING, TRUE, Reason.ROLLOUT_IN_PROGRESS, f"rolling out revision {revision}")
         degraded = _degraded(desired["metadata"]["annotations"])
     return _finish(model, observed, actions, serving, pin_note, [_ready(dep), progressing, degraded],
-                   endpoint=model.endpoint(), ready_replicas=dep.ready_replicas if dep else 0, watch=watch,
+                   endpoint=model.endpoint(), ready_replicas=_ready_replicas(dep), watch=watch,
                    older=older)
 
 
@@ -349,10 +349,16 @@ def _ready(dep: DeploymentState | None) -> Want:
     if dep is None:
         return Want(READY, FALSE, Reason.DEPLOYMENT_CREATED, "waiting for the Deployment")
     available = dep.condition("Available")
-    detail = f"{dep.available_replicas}/{dep.replicas} replicas available"
+    detail = f"{min(dep.available_replicas, dep.replicas)}/{dep.replicas} replicas available"
     if available is not None and available.get("status") == TRUE and dep.available_replicas > 0:
         return Want(READY, TRUE, Reason.MINIMUM_REPLICAS_AVAILABLE, detail)
     return Want(READY, FALSE, Reason.MINIMUM_REPLICAS_UNAVAILABLE, detail)
+
+
+def _ready_replicas(dep: DeploymentState | None) -> int:
+    """Ready replicas, up to the Deployment's own count: a rollout's surge Pod beside the old one is not a replica
+    more (counted, it would change the status twice in every rollout)."""
+    return min(dep.ready_replicas, dep.replicas) if dep is not None else 0
 
 
 def _degraded(annotations: dict[str, str] | Any) -> Want:
