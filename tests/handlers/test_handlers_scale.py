@@ -66,7 +66,9 @@ def test_the_watch_cache_of_an_object_keeps_all_a_pass_reads_but_managed_fields_
                                          "kubectl.kubernetes.io/last-applied-configuration": "{...}" * 100},
                          "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
             "spec": {"model": {"name": "m"}}, "status": {"phase": "Training"}}
-    kept = asyncio.run(indexes.gptops_finetunejob_bodies(namespace=NS, name="run", body=kopf.Body(body)))[(NS, "run")]
+    cached = asyncio.run(indexes.gptops_finetunejob_bodies(namespace=NS, name="run", body=kopf.Body(body)))[(NS, "run")]
+    assert cached.version == "7"
+    kept = cached.load()
     assert "managedFields" not in kept["metadata"]
     assert kept["metadata"]["annotations"] == {"gptops.io/approved": "true"}
     assert {k: v for k, v in kept["metadata"].items() if k != "annotations"} == {
@@ -193,8 +195,7 @@ def test_the_resync_skips_an_object_whose_last_pass_is_recent_enough(monkeypatch
 
 
 def _ftj(name: str, *, passed: bool = False, started: bool = True, generation: int = 1) -> Any:
-    from gptops.api import FineTuneJob
-
+    """What gptops_finetunejobs_by_model keeps of such a FineTuneJob."""
     status: dict[str, Any] = {}
     if started:
         status = {"observedGeneration": 1, "artifacts": {"revision": f"r-{name}"},
@@ -202,11 +203,13 @@ def _ftj(name: str, *, passed: bool = False, started: bool = True, generation: i
     if passed:
         status["conditions"] = [{"type": "Passed", "status": "True", "reason": "ThresholdsMet", "message": "ok",
                                  "lastTransitionTime": "2026-01-01T00:00:00Z"}]
-    return FineTuneJob.from_dict({
-        "apiVersion": "gptops.io/v1alpha1", "kind": "FineTuneJob",
-        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": generation},
-        "spec": {"model": {"name": "m"}, "dataset": {"source": {"pvc": {"claimName": "d", "path": "c.jsonl"}}}},
-        "status": status})
+    body = {"apiVersion": "gptops.io/v1alpha1", "kind": "FineTuneJob",
+            "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": generation},
+            "spec": {"model": {"name": "m"}, "dataset": {"source": {"pvc": {"claimName": "d", "path": "c.jsonl"}}}},
+            "status": status}
+    indexed = asyncio.run(indexes.gptops_finetunejobs_by_model(namespace=NS, name=name, spec=body["spec"],
+                                                               body=kopf.Body(body)))
+    return indexed[(NS, "m")]
 
 
 def test_a_promotion_wakes_the_finetunejobs_whose_plan_reads_what_the_gptmodel_serves(
@@ -216,7 +219,7 @@ def test_a_promotion_wakes_the_finetunejobs_whose_plan_reads_what_the_gptmodel_s
     runs = [_ftj("running"), _ftj("passed", passed=True), _ftj("waiting", started=False),
             _ftj("edited", generation=2), _ftj("old-served"), _ftj("new-served")]
     monkeypatch.setattr(indexes, "bound", lambda: True)
-    monkeypatch.setattr(indexes, "_read", lambda index, key: [(f.name, f) for f in runs]
+    monkeypatch.setattr(indexes, "_read", lambda index, key: runs
                         if index == "gptops_finetunejobs_by_model" and key == (NS, "m") else [])
     woken: list[str] = []
     monkeypatch.setattr(common, "enqueue", lambda kind, ns, name, *_, **__: woken.append(name)
@@ -278,7 +281,7 @@ def test_a_pass_after_a_status_write_starts_from_what_the_write_returned_until_t
     cache = {"body": obj("1", "Pending")}
     gets: list[str] = []
     monkeypatch.setattr(indexes, "bound", lambda: True)
-    monkeypatch.setattr(indexes, "_read", lambda index, key: [cache["body"]])
+    monkeypatch.setattr(indexes, "_read", lambda index, key: [indexes.CachedBody.of(cache["body"])])
     monkeypatch.setattr(indexes.cluster, "get_object", lambda *key: gets.append(key[2]) or obj("9", "from GET"))
     plural = "finetunejobs"
     indexes.forget_written(plural, NS, "run")
