@@ -30,8 +30,12 @@ def run_operator(namespaces: Sequence[str], *, all_namespaces: bool, metrics_por
     if not verbose:  # kopf says "Handler ... succeeded" for every watch event; our passes log what changed
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import gptops.handlers  # noqa: F401  (registers the handlers)
+    from gptops.handlers.settings import install_watch_filter
+
+    install_watch_filter()
 
     _limit_malloc_arenas()
+    _map_large_blocks()
     _return_freed_memory(_env_float(TRIM_ENV, TRIM_SECONDS))
     if os.environ.get(TRACEMALLOC_ENV):
         _trace_memory(os.environ[TRACEMALLOC_ENV])
@@ -87,6 +91,22 @@ def _limit_malloc_arenas() -> None:
         return
     try:
         ctypes.CDLL(None).mallopt(-8, MALLOC_ARENAS)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+#: Bytes from which glibc's malloc maps a block of its own, returned to the system when freed (its default).
+MMAP_THRESHOLD = 128 * 1024
+
+
+def _map_large_blocks() -> None:
+    """Keep glibc's threshold for blocks of their own at MMAP_THRESHOLD. glibc raises it to the size of each such
+    block freed (up to 32 MiB): after kopf's first 1 MiB watch-stream read, every later one is carved from the
+    heap, where it stays resident among smaller live blocks once freed."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        ctypes.CDLL(None).mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD: set, it is no longer raised
     except (OSError, AttributeError):  # not glibc
         pass
 
