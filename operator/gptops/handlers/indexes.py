@@ -75,8 +75,8 @@ _bound: dict[str, Any] = {}
 _created: dict[tuple[str, str], dict[str, tuple[float, JobState]]] = {}
 _created_guard = threading.Lock()
 #: Each object's last status write by a pass: (plural, namespace, name) -> (the resourceVersion it produced, the
-#: one the watch showed when it returned, the object it returned while the watch has not shown it yet).
-_written: dict[tuple[str, str, str], tuple[str, str | None, dict[str, Any] | None]] = {}
+#: one the watch showed when it returned, the object it returned while the watch has not shown it yet, compact).
+_written: dict[tuple[str, str, str], tuple[str, str | None, CachedBody | None]] = {}
 _written_guard = threading.Lock()
 #: Seconds a created Job is assumed to exist without the watch showing it.
 CREATED_GRACE = 30.0
@@ -378,7 +378,7 @@ def current_body(plural: str, namespace: str, name: str) -> dict[str, Any] | Non
                     _written[key] = (written[0], None, None)  # the watch caught up: keep no copy
                 return cached.load()
             if written is not None and written[2] is not None and version == written[1]:
-                return written[2]
+                return written[2].load()
     return cluster.get_object(plural, namespace, name)
 
 
@@ -392,7 +392,7 @@ def note_written(plural: str, namespace: str, name: str, written: Mapping[str, A
     seen = cached.version if cached is not None else None
     with _written_guard:
         if version and written is not None:
-            _written[(plural, namespace, name)] = (version, seen, stripped(written) if seen != version else None)
+            _written[(plural, namespace, name)] = (version, seen, CachedBody.of(written) if seen != version else None)
         else:
             _written.pop((plural, namespace, name), None)
 
