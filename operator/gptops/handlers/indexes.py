@@ -6,8 +6,8 @@ of the same event, so a pass woken by a watch event sees that event.
 The indexes hold small frozen snapshots (reconcile/observed.py), the parsed GPTModels (every FineTuneJob pass reads
 one), and each FineTuneJob and GPTModel once, as compact JSON: not decoded API objects, nor a parsed FineTuneJob.
 They live in kopf's event loop and are read here from the pass workers' threads; reads copy under a retry (a store
-changing size during a copy raises, and the copy is taken again). Outside a running operator (unit tests) they are unbound and the
-passes observe through cluster.py.
+changing size during a copy raises, and the copy is taken again). Outside a running operator (unit tests) they are
+unbound and the passes observe through cluster.py.
 """
 
 from __future__ import annotations
