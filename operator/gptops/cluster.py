@@ -298,6 +298,13 @@ def apply(actions: tuple[Action, ...], body: Mapping[str, Any]) -> frozenset[str
     return frozenset(existed)
 
 
+def event_subject(body: Mapping[str, Any]) -> dict[str, Any]:
+    """All post_event reads of an object: an Event waiting to be posted keeps this, not the whole object."""
+    meta = body["metadata"]
+    return {"apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"), "kind": body.get("kind", ""),
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid", "")}}
+
+
 def post_event(body: Mapping[str, Any], event: EmitEvent) -> None:
     """Record an event on `body` through the API (any thread: no kopf handler context is needed)."""
     meta = body["metadata"]

@@ -13,9 +13,11 @@ from typing import Any
 import gptops.handlers  # noqa: F401  (registers the handlers)
 import kopf
 import pytest
+from gptops import cluster
 from gptops.handlers import common, indexes, settings
 from gptops.handlers import finetunejob as ftj_handlers
 from gptops.reconcile.observed import job_state, pod_state
+from gptops.reconcile.plan import EmitEvent
 
 NS = "ml"
 
@@ -66,13 +68,34 @@ def test_the_watch_cache_of_an_object_keeps_all_a_pass_reads_but_managed_fields_
                                          "kubectl.kubernetes.io/last-applied-configuration": "{...}" * 100},
                          "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
             "spec": {"model": {"name": "m"}}, "status": {"phase": "Training"}}
-    kept = asyncio.run(indexes.gptops_finetunejob_bodies(namespace=NS, name="run", body=kopf.Body(body)))[(NS, "run")]
+    cached = asyncio.run(indexes.gptops_finetunejob_bodies(namespace=NS, name="run", body=kopf.Body(body)))[(NS, "run")]
+    assert cached.version == "7"
+    kept = cached.load()
     assert "managedFields" not in kept["metadata"]
     assert kept["metadata"]["annotations"] == {"gptops.io/approved": "true"}
     assert {k: v for k, v in kept["metadata"].items() if k != "annotations"} == {
         k: v for k, v in body["metadata"].items() if k not in ("annotations", "managedFields")}
     assert kept["spec"] == body["spec"] and kept["status"] == body["status"]
     assert "managedFields" in body["metadata"]  # the watch's event itself is left alone
+
+
+def test_an_event_waiting_to_be_posted_keeps_only_what_posting_it_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(cluster, "api_client", lambda: None)
+    monkeypatch.setattr(cluster, "_raw", lambda call, namespace, manifest: sent.append(
+        {k: v for k, v in manifest.items() if not k.endswith("Timestamp")}))
+    body = {"apiVersion": "gptops.io/v1alpha1", "kind": "FineTuneJob",
+            "metadata": {"name": "run", "namespace": NS, "uid": "u", "labels": {"team": "a"}},
+            "spec": {"model": {"name": "m"}}, "status": {"phase": "Training"}}
+    event = EmitEvent("Normal", "JobCreated", "created Job run-prepare-1")
+    poster = common.EventPoster()  # not started: what waits stays in its queue
+    poster.post((event,), body)
+    waiting, subject = poster._queue.get_nowait()
+    assert waiting == event and set(subject) == {"apiVersion", "kind", "metadata"}
+    assert set(subject["metadata"]) == {"name", "namespace", "uid"}
+    cluster.post_event(subject, event)
+    cluster.post_event(body, event)
+    assert sent[0] == sent[1]
 
 
 POD = {"metadata": {"name": "run-prepare-x", "namespace": NS, "uid": "pod-1", "creationTimestamp": "t0",
@@ -220,8 +243,7 @@ def test_the_resync_skips_an_object_whose_last_pass_is_recent_enough(monkeypatch
 
 
 def _ftj(name: str, *, passed: bool = False, started: bool = True, generation: int = 1) -> Any:
-    from gptops.api import FineTuneJob
-
+    """What gptops_finetunejobs_by_model keeps of such a FineTuneJob."""
     status: dict[str, Any] = {}
     if started:
         status = {"observedGeneration": 1, "artifacts": {"revision": f"r-{name}"},
@@ -229,11 +251,13 @@ def _ftj(name: str, *, passed: bool = False, started: bool = True, generation: i
     if passed:
         status["conditions"] = [{"type": "Passed", "status": "True", "reason": "ThresholdsMet", "message": "ok",
                                  "lastTransitionTime": "2026-01-01T00:00:00Z"}]
-    return FineTuneJob.from_dict({
-        "apiVersion": "gptops.io/v1alpha1", "kind": "FineTuneJob",
-        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": generation},
-        "spec": {"model": {"name": "m"}, "dataset": {"source": {"pvc": {"claimName": "d", "path": "c.jsonl"}}}},
-        "status": status})
+    body = {"apiVersion": "gptops.io/v1alpha1", "kind": "FineTuneJob",
+            "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": generation},
+            "spec": {"model": {"name": "m"}, "dataset": {"source": {"pvc": {"claimName": "d", "path": "c.jsonl"}}}},
+            "status": status}
+    indexed = asyncio.run(indexes.gptops_finetunejobs_by_model(namespace=NS, name=name, spec=body["spec"],
+                                                               body=kopf.Body(body)))
+    return indexed[(NS, "m")]
 
 
 def test_a_promotion_wakes_the_finetunejobs_whose_plan_reads_what_the_gptmodel_serves(
@@ -243,7 +267,7 @@ def test_a_promotion_wakes_the_finetunejobs_whose_plan_reads_what_the_gptmodel_s
     runs = [_ftj("running"), _ftj("passed", passed=True), _ftj("waiting", started=False),
             _ftj("edited", generation=2), _ftj("old-served"), _ftj("new-served")]
     monkeypatch.setattr(indexes, "bound", lambda: True)
-    monkeypatch.setattr(indexes, "_read", lambda index, key: [(f.name, f) for f in runs]
+    monkeypatch.setattr(indexes, "_read", lambda index, key: runs
                         if index == "gptops_finetunejobs_by_model" and key == (NS, "m") else [])
     woken: list[str] = []
     monkeypatch.setattr(common, "enqueue", lambda kind, ns, name, *_, **__: woken.append(name)
@@ -305,7 +329,7 @@ def test_a_pass_after_a_status_write_starts_from_what_the_write_returned_until_t
     cache = {"body": obj("1", "Pending")}
     gets: list[str] = []
     monkeypatch.setattr(indexes, "bound", lambda: True)
-    monkeypatch.setattr(indexes, "_read", lambda index, key: [cache["body"]])
+    monkeypatch.setattr(indexes, "_read", lambda index, key: [indexes.CachedBody.of(cache["body"])])
     monkeypatch.setattr(indexes.cluster, "get_object", lambda *key: gets.append(key[2]) or obj("9", "from GET"))
     plural = "finetunejobs"
     indexes.forget_written(plural, NS, "run")
@@ -333,3 +357,28 @@ def test_resync_rounds_that_never_drain_keep_one_entry_per_waiting_object() -> N
         queue._ready.clear()
         queue._waiting.clear()
     assert len(queue._background) <= 2 * len(keys) + 1000
+
+
+def test_a_gptmodel_pass_sees_its_finetunejobs_as_the_watch_last_showed_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptops.api import FineTuneJob, GPTModel
+
+    from tests.reconcile.reconcile_world import GPTMODEL, passed_finetunejob
+
+    bodies = {name: passed_finetunejob(name) for name in ("a", "b")}
+    bodies["bad"] = {**passed_finetunejob("bad"), "spec": {"model": {"name": "tiny"}, "nonsense": 1}}
+    stores: dict[tuple[str, Any], list[Any]] = {}
+    for name, body in bodies.items():
+        for index in (indexes.gptops_finetunejobs_by_model, indexes.gptops_finetunejob_bodies):
+            kept = asyncio.run(index(namespace="ml", name=name, spec=body["spec"], body=kopf.Body(body)))
+            for key, value in kept.items():
+                stores.setdefault((index.__name__, key), []).append(value)
+    monkeypatch.setattr(indexes, "bound", lambda: True)
+    monkeypatch.setattr(indexes, "_read", lambda index, key: list(stores.get((index, key), [])))
+    monkeypatch.setattr(cluster, "observe_monitoring", lambda *_: ((), ()))
+    monkeypatch.setattr(cluster, "observe_keda", lambda *_: (None, None))
+    monkeypatch.setattr(cluster, "observe_artifacts_claim", lambda *_: None)
+
+    observed = indexes.observe_gptmodel(GPTModel.from_dict(GPTMODEL))
+    assert observed.finetunejobs == (FineTuneJob.from_dict(bodies["a"]), FineTuneJob.from_dict(bodies["b"]))
+    assert indexes.finetunejobs_of("ml", "tiny") == ["a", "b", "bad"]
+    assert indexes.finetunejobs_reading_serving("ml", "tiny", set()) == ["a", "b", "bad"]  # passed, or unreadable

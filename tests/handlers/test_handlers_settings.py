@@ -3,7 +3,11 @@ so a cluster without DNS (or with DNS not yet up) still works."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import kopf
+from gptops.handlers import settings
 from gptops.handlers.settings import in_cluster_server
 
 INFO = kopf.ConnectionInfo(server="https://kubernetes.default.svc", token="t", ca_path="/ca.crt",
@@ -24,3 +28,24 @@ def test_an_ipv6_service_address_is_bracketed():
 
 def test_without_the_environment_kopfs_default_stays():
     assert in_cluster_server(INFO, {}).server == "https://kubernetes.default.svc"
+
+
+def test_kopf_watches_drop_managed_fields_as_soon_as_they_decode_an_object() -> None:
+    from kopf._cogs.clients import watching
+
+    async def watch(**_: Any) -> Any:
+        yield {"type": None, "object": {"metadata": {"name": "a", "managedFields": [{"manager": "m"}]}, "spec": {}}}
+        yield watching.Bookmark.LISTED
+        yield {"type": "MODIFIED", "object": {"metadata": {"name": "a", "uid": "u"}, "status": {"phase": "x"}}}
+
+    async def events() -> list[Any]:
+        return [e async for e in settings.drop_managed_fields(watch)(resource="r", namespace=None)]
+
+    assert asyncio.run(events()) == [{"type": None, "object": {"metadata": {"name": "a"}, "spec": {}}},
+                                     watching.Bookmark.LISTED,
+                                     {"type": "MODIFIED", "object": {"metadata": {"name": "a", "uid": "u"},
+                                                                     "status": {"phase": "x"}}}]
+    settings.install_watch_filter()
+    settings.install_watch_filter()  # once per process, however often asked
+    assert watching.continuous_watch.drops_managed_fields
+    assert watching.continuous_watch.__name__ == "watch_without"

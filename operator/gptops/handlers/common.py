@@ -405,9 +405,10 @@ class EventPoster:
         self._thread.join(timeout=10)
 
     def post(self, events: tuple[Any, ...], body: Mapping[str, Any]) -> None:
+        subject = cluster.event_subject(body) if events else body  # a waiting Event keeps no whole object
         for event in events:
             try:
-                self._queue.put_nowait((event, body))
+                self._queue.put_nowait((event, subject))
             except queue.Full:
                 cluster.post_event(body, event)
 

@@ -3,18 +3,21 @@ and Services of each FineTuneJob, the GPTModels, the FineTuneJobs of each GPTMod
 Service and autoscaler. kopf fills every index from its watch before any handler runs, and updates an index before the handlers
 of the same event, so a pass woken by a watch event sees that event.
 
-The indexes hold small frozen snapshots (reconcile/observed.py) or parsed models, not whole API objects. They live in
-kopf's event loop and are read here from the pass workers' threads; reads copy under a retry (a store changing size
-during a copy raises, and the copy is taken again). Outside a running operator (unit tests) they are unbound and the
-passes observe through cluster.py.
+The indexes hold small frozen snapshots (reconcile/observed.py), the parsed GPTModels (every FineTuneJob pass reads
+one), and each FineTuneJob and GPTModel once, as compact JSON: not decoded API objects, nor a parsed FineTuneJob.
+They live in kopf's event loop and are read here from the pass workers' threads; reads copy under a retry (a store
+changing size during a copy raises, and the copy is taken again). Outside a running operator (unit tests) they are
+unbound and the passes observe through cluster.py.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from sys import intern
+from typing import Any, NamedTuple, TypeVar
 
 import kopf
 
@@ -48,7 +51,6 @@ from gptops.reconcile.observed import (
 )
 from gptops.reconcile.plan import Action, CreateChild
 
-
 FTJ_CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_FINETUNEJOB: kopf.PRESENT}
 MODEL_CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL: kopf.PRESENT}
 #: What the API server sends of each child kind's watch (kopf's own label filters run after it has parsed each
@@ -73,8 +75,8 @@ _bound: dict[str, Any] = {}
 _created: dict[tuple[str, str], dict[str, tuple[float, JobState]]] = {}
 _created_guard = threading.Lock()
 #: Each object's last status write by a pass: (plural, namespace, name) -> (the resourceVersion it produced, the
-#: one the watch showed when it returned, the object it returned while the watch has not shown it yet).
-_written: dict[tuple[str, str, str], tuple[str, str | None, dict[str, Any] | None]] = {}
+#: one the watch showed when it returned, the object it returned while the watch has not shown it yet, compact).
+_written: dict[tuple[str, str, str], tuple[str, str | None, CachedBody | None]] = {}
 _written_guard = threading.Lock()
 #: Seconds a created Job is assumed to exist without the watch showing it.
 CREATED_GRACE = 30.0
@@ -132,16 +134,30 @@ async def gptops_models(namespace: str, name: str, body: kopf.Body, **_: Any) ->
         return {(namespace, name): None}
 
 
+class ModelRun(NamedTuple):
+    """What a GPTModel's event handler reads of one of its FineTuneJobs, to choose which to wake; a pass reads the
+    FineTuneJob itself from the bodies' cache."""
+
+    name: str
+    valid: bool
+    """It parses (a pass plans with it)."""
+    passed: bool
+    """Its Passed condition is True."""
+    started: bool
+    """Its current spec has started: the status is of this generation and names a revision and a prepare Job."""
+
+
 @kopf.index(GROUP, VERSION, PLURAL_FINETUNEJOB, id="gptops_finetunejobs_by_model")
 async def gptops_finetunejobs_by_model(namespace: str, name: str, spec: Mapping[str, Any], body: kopf.Body,
-                                 **_: Any) -> dict[tuple[str, str], tuple[str, FineTuneJob | None]]:
-    """(namespace, spec.model.name) -> (name, the parsed FineTuneJob, None when it does not parse)."""
+                                 **_: Any) -> dict[tuple[str, str], ModelRun]:
+    """(namespace, spec.model.name) -> the FineTuneJob's name and the few facts the GPTModel's handler reads (the
+    parsed model is not kept: a GPTModel pass parses its FineTuneJobs from gptops_finetunejob_bodies)."""
     model = (spec.get("model") or {}).get("name", "")
     try:
-        parsed: FineTuneJob | None = FineTuneJob.from_dict(dict(body))
+        ftj = FineTuneJob.from_dict(dict(body))
     except ValueError:
-        parsed = None
-    return {(namespace, model): (name, parsed)}
+        return {(namespace, model): ModelRun(intern(name), False, False, False)}
+    return {(namespace, model): ModelRun(intern(name), True, _passed(ftj), _started(ftj))}
 
 
 @kopf.index("apps", "v1", "deployments", labels=MODEL_CHILDREN, id="gptops_deployments")
@@ -164,18 +180,35 @@ async def gptops_autoscalers(namespace: str, name: str, meta: Mapping[str, Any],
     return {(namespace, name): (_owners(meta), (meta.get("annotations") or {}).get(ANNOTATION_SPEC_HASH, ""))}
 
 
+class CachedBody(NamedTuple):
+    """An object as the watch last showed it, stripped, kept as compact JSON (a decoded object takes about five
+    times its JSON's size): one copy per object, decoded afresh for each pass that starts from it."""
+
+    version: str | None
+    """Its metadata.resourceVersion."""
+    data: bytes
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> CachedBody:
+        kept = stripped(body)
+        return cls(kept["metadata"].get("resourceVersion"), json.dumps(kept, separators=(",", ":")).encode())
+
+    def load(self) -> dict[str, Any]:
+        return json.loads(self.data)  # type: ignore[no-any-return]
+
+
 @kopf.index(GROUP, VERSION, PLURAL_GPTMODEL, id="gptops_model_bodies")
 async def gptops_model_bodies(namespace: str, name: str, body: kopf.Body,
-                              **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+                              **_: Any) -> dict[tuple[str, str], CachedBody]:
     """(namespace, name) -> the GPTModel as the watch last showed it (what a pass starts from), stripped."""
-    return {(namespace, name): stripped(body)}
+    return {(namespace, name): CachedBody.of(body)}
 
 
 @kopf.index(GROUP, VERSION, PLURAL_FINETUNEJOB, id="gptops_finetunejob_bodies")
 async def gptops_finetunejob_bodies(namespace: str, name: str, body: kopf.Body,
-                                    **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+                                    **_: Any) -> dict[tuple[str, str], CachedBody]:
     """(namespace, name) -> the FineTuneJob as the watch last showed it (what a pass starts from), stripped."""
-    return {(namespace, name): stripped(body)}
+    return {(namespace, name): CachedBody.of(body)}
 
 
 #: Annotations no pass reads, often the largest part of an object applied with `kubectl apply`.
@@ -281,8 +314,8 @@ def observe_gptmodel(gm: GPTModel) -> ObservedGPTModel:
         now=now_rfc3339(),
         deployment=found[1] if found else None,
         service=bool(_read("gptops_model_services", (ns, name))),
-        finetunejobs=tuple(sorted((f for _, f in _read("gptops_finetunejobs_by_model", (ns, gm.name))
-                                   if f is not None), key=lambda f: f.name)),
+        finetunejobs=tuple(sorted((f for r in _read("gptops_finetunejobs_by_model", (ns, gm.name)) if r.valid
+                                   if (f := _finetunejob(ns, r.name)) is not None), key=lambda f: f.name)),
         monitor_jobs=monitor_jobs,
         serving_pods=serving_pods,
         autoscaler=autoscaler[1] if autoscaler else None,
@@ -296,7 +329,7 @@ def finetunejobs_of(namespace: str, model_name: str) -> list[str]:
     """The names of the FineTuneJobs in `namespace` whose spec.model is `model_name`."""
     if not bound():
         return cluster.finetunejobs_of(namespace, model_name)
-    return sorted(name for name, _ in _read("gptops_finetunejobs_by_model", (namespace, model_name)))
+    return sorted(r.name for r in _read("gptops_finetunejobs_by_model", (namespace, model_name)))
 
 
 def finetunejobs_reading_serving(namespace: str, model_name: str, revisions: set[str]) -> list[str]:
@@ -305,8 +338,19 @@ def finetunejobs_reading_serving(namespace: str, model_name: str, revisions: set
     promotion), and those whose current spec has not started (a revision may start from what is served)."""
     if not bound():
         return cluster.finetunejobs_of(namespace, model_name)
-    return sorted(name for name, ftj in _read("gptops_finetunejobs_by_model", (namespace, model_name))
-                  if ftj is None or name in revisions or _passed(ftj) or not _started(ftj))
+    return sorted(r.name for r in _read("gptops_finetunejobs_by_model", (namespace, model_name))
+                  if not r.valid or r.name in revisions or r.passed or not r.started)
+
+
+def _finetunejob(namespace: str, name: str) -> FineTuneJob | None:
+    """The FineTuneJob as the watch last showed it, parsed; None when it is gone or does not parse."""
+    cached = _first(_read("gptops_finetunejob_bodies", (namespace, name)))
+    if cached is None:
+        return None
+    try:
+        return FineTuneJob.from_dict(cached.load())
+    except ValueError:
+        return None
 
 
 def _passed(ftj: FineTuneJob) -> bool:
@@ -325,16 +369,16 @@ def current_body(plural: str, namespace: str, name: str) -> dict[str, Any] | Non
     shows each change in order, so nothing newer has come); else a fresh GET. None when it is gone."""
     if bound():
         cached = _first(_read(BODIES[plural], (namespace, name)))
-        version = ((cached or {}).get("metadata") or {}).get("resourceVersion")
+        version = cached.version if cached is not None else None
         key = (plural, namespace, name)
         with _written_guard:
             written = _written.get(key)
             if cached is not None and (written is None or written[0] == version):
                 if written is not None and written[2] is not None:
                     _written[key] = (written[0], None, None)  # the watch caught up: keep no copy
-                return cached
+                return cached.load()
             if written is not None and written[2] is not None and version == written[1]:
-                return written[2]
+                return written[2].load()
     return cluster.get_object(plural, namespace, name)
 
 
@@ -345,10 +389,10 @@ def note_written(plural: str, namespace: str, name: str, written: Mapping[str, A
         return
     version = ((written or {}).get("metadata") or {}).get("resourceVersion")
     cached = _first(_read(BODIES[plural], (namespace, name)))
-    seen = ((cached or {}).get("metadata") or {}).get("resourceVersion")
+    seen = cached.version if cached is not None else None
     with _written_guard:
         if version and written is not None:
-            _written[(plural, namespace, name)] = (version, seen, stripped(written) if seen != version else None)
+            _written[(plural, namespace, name)] = (version, seen, CachedBody.of(written) if seen != version else None)
         else:
             _written.pop((plural, namespace, name), None)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import ctypes
+import gc
 import logging
 import os
 import socket
@@ -28,8 +30,13 @@ def run_operator(namespaces: Sequence[str], *, all_namespaces: bool, metrics_por
     if not verbose:  # kopf says "Handler ... succeeded" for every watch event; our passes log what changed
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import gptops.handlers  # noqa: F401  (registers the handlers)
+    from gptops.handlers.settings import install_watch_filter
+
+    install_watch_filter()
 
     _limit_malloc_arenas()
+    _map_large_blocks()
+    _return_freed_memory(_env_float(TRIM_ENV, TRIM_SECONDS))
     if os.environ.get(TRACEMALLOC_ENV):
         _trace_memory(os.environ[TRACEMALLOC_ENV])
     metrics.serve(metrics_port)
@@ -49,7 +56,7 @@ TRACEMALLOC_ENV = "GPTOPS_TRACEMALLOC"
 
 def _trace_memory(path: str, interval: float = 20.0, top: int = 40) -> None:
     """Every `interval` seconds while traced memory is at a new peak, rewrite `path` with the allocation sites
-    (file:line) holding the most memory."""
+    (file:line) holding the most memory and the commonest types of the objects the garbage collector tracks."""
     tracemalloc.start(1)
 
     def run() -> None:
@@ -64,6 +71,8 @@ def _trace_memory(path: str, interval: float = 20.0, top: int = 40) -> None:
             lines = [f"traced {current / 2**20:.1f} MiB at {time.strftime('%H:%M:%S')}"]
             lines += [f"{s.size / 2**20:8.2f} MiB {s.count:9d} {s.traceback[0].filename}:{s.traceback[0].lineno}"
                       for s in stats[:top]]
+            kinds = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+            lines += ["objects the collector tracks, by type:"] + [f"{n:9d} {k}" for k, n in kinds.most_common(top)]
             with open(path, "w") as out:
                 out.write("\n".join(lines) + "\n")
 
@@ -84,3 +93,48 @@ def _limit_malloc_arenas() -> None:
         ctypes.CDLL(None).mallopt(-8, MALLOC_ARENAS)  # M_ARENA_MAX
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+#: Bytes from which glibc's malloc maps a block of its own, returned to the system when freed (its default).
+MMAP_THRESHOLD = 128 * 1024
+
+
+def _map_large_blocks() -> None:
+    """Keep glibc's threshold for blocks of their own at MMAP_THRESHOLD. glibc raises it to the size of each such
+    block freed (up to 32 MiB): after kopf's first 1 MiB watch-stream read, every later one is carved from the
+    heap, where it stays resident among smaller live blocks once freed."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        ctypes.CDLL(None).mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD: set, it is no longer raised
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+#: Seconds between two returns of the C heap's free pages to the system (0: never).
+TRIM_ENV, TRIM_SECONDS = "GPTOPS_MALLOC_TRIM_SECONDS", 10.0
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def _return_freed_memory(interval: float) -> None:
+    """Every `interval` seconds, give the pages glibc's malloc holds free back to the system (malloc_trim). glibc
+    returns on its own only the free memory at the top of each arena's heap; what the watch streams' chunks and
+    decoded events freed below live objects stays resident, so the process would keep its largest burst's size."""
+    if interval <= 0:
+        return
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+
+    def run() -> None:
+        while True:
+            time.sleep(interval)
+            trim(0)
+
+    threading.Thread(target=run, name="gptops-malloc-trim", daemon=True).start()

@@ -5,13 +5,15 @@ No timers or daemons: kopf would put a finalizer on every object, and a stopped 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import kopf
+from kopf._cogs.clients import watching
 
 from gptops import cluster
 from gptops.api.constants import FINALIZER, KIND_FINETUNEJOB, KOPF_STORAGE_PREFIX
@@ -55,6 +57,30 @@ class NoDiffBaseStorage(kopf.DiffBaseStorage):
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         return None
+
+
+def drop_managed_fields(watch: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    """kopf's listing-and-watching of a resource, each object without metadata.managedFields, dropped as soon as it
+    is decoded. No handler or pass reads it (kopf's own patches do not either), and it is a third to a half of a
+    Pod's or Job's decoded size: the events waiting in kopf's per-object queues during a burst hold that much less.
+    """
+
+    async def watch_without(**kwargs: Any) -> AsyncIterator[Any]:
+        async with contextlib.aclosing(watch(**kwargs)) as events:  # type: ignore[type-var]
+            async for event in events:
+                obj = event.get("object") if isinstance(event, dict) else None
+                if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict):
+                    obj["metadata"].pop("managedFields", None)
+                yield event
+
+    return watch_without
+
+
+def install_watch_filter() -> None:
+    """Have kopf's watches drop managedFields (once per process)."""
+    if not getattr(watching.continuous_watch, "drops_managed_fields", False):
+        watching.continuous_watch = drop_managed_fields(watching.continuous_watch)  # type: ignore[assignment]
+        watching.continuous_watch.drops_managed_fields = True  # type: ignore[attr-defined]
 
 
 @kopf.on.login()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from sys import intern
 from typing import Any
 
 from gptops.api.constants import (
@@ -18,6 +19,8 @@ from gptops.api.finetunejob import FineTuneJob
 from gptops.api.gptmodel import GPTModel
 
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+#: What a plan reads of a Job's condition: not its timestamps.
+CONDITION_FIELDS = ("type", "status", "reason", "message")
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,7 @@ def job_state(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) ->
         spec_key=labels.get(LABEL_SPEC_KEY, ""),
         start_model=(meta.get("annotations") or {}).get(ANNOTATION_START_MODEL, ""),
         created=str(meta.get("creationTimestamp") or ""),
-        conditions=tuple(status.get("conditions") or ()),
+        conditions=tuple(_condition(c) for c in status.get("conditions") or ()),
         start_time=_str_or_none(status.get("startTime")),
         completion_time=_str_or_none(status.get("completionTime")),
         active=int(status.get("active") or 0),
@@ -251,6 +254,12 @@ def deployment_state(deployment: Mapping[str, Any]) -> DeploymentState:
         available_replicas=int(status.get("availableReplicas") or 0),
         conditions=tuple(status.get("conditions") or ()),
     )
+
+
+def _condition(condition: Mapping[str, Any]) -> dict[str, Any]:
+    """A Job's condition as a snapshot keeps it (a watch cache keeps one per Job): the fields a plan reads, their
+    strings interned (every Job repeats the same types, reasons and messages)."""
+    return {k: intern(v) if isinstance(v := condition[k], str) else v for k in CONDITION_FIELDS if k in condition}
 
 
 def _str_or_none(value: Any) -> str | None:
