@@ -113,11 +113,11 @@ build() {  # name
 build operator
 build trainer
 # The images these replaced are left untagged, and each trainer build leaves its 6 GB of layers in the build cache:
-# without this every code change would keep another copy. The cache keeps what was used last (the 6.2 GB deps stage,
-# the trainer's wheels, about 3.5 GB, and the small stages on top of them): an older deps stage (a Dockerfile or
-# constraints change ago) goes first.
+# without this every code change would keep another copy. The trim takes the layers used least recently (an older deps
+# stage, a Dockerfile or constraints change ago) until the cache is back to GPTOPS_BUILD_CACHE, and never the cache
+# mounts: the trainer's wheels (3 GB) were last used when its deps stage was built, so a trim by age alone took them.
 "$DOCKER" image prune -f >/dev/null
-"$DOCKER" builder prune -f --keep-storage "${GPTOPS_BUILD_CACHE:-12GB}" >/dev/null
+"$DOCKER" builder prune -f --filter type=regular --keep-storage "${GPTOPS_BUILD_CACHE:-12GB}" >/dev/null
 
 echo "$base"
 echo "gptops/operator:$VERSION"
