@@ -109,6 +109,7 @@ class Recorder:
         self.served: dict[str, float] = {}        # ftj -> first seen as some GPTModel's servingRevision
         self.models_serving: dict[str, str] = {}  # model -> servingRevision
         self.finished_pods: set[str] = set()
+        self.ftj_seen: dict[str, float] = {}      # ftj -> first seen (when a watcher can know of it)
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
 
@@ -196,6 +197,8 @@ class Recorder:
         if type_ == "DELETED":
             return
         now = time.monotonic()
+        with self.lock:
+            self.ftj_seen.setdefault(obj["metadata"]["name"], now)
         conditions = (obj.get("status") or {}).get("conditions") or ()
         if any(c.get("type") == "Passed" and c.get("status") == "True" for c in conditions):
             with self.lock:
@@ -233,6 +236,37 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def histogram_buckets(text: str, name: str) -> dict[tuple[str, ...], dict[float, float]]:
+    """A histogram's cumulative bucket counts, by its labels other than `le`."""
+    out: dict[tuple[str, ...], dict[float, float]] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+            le = float(labels.pop("le"))
+            out.setdefault(tuple(f"{k}={v}" for k, v in sorted(labels.items())), {})[le] = float(
+                line.rsplit(" ", 1)[1])
+    return out
+
+
+def histogram_delta(before: str, after: str, name: str) -> dict[str, Any]:
+    """A histogram of the operator's between two scrapes, by its labels: how many, the share over 0.1, 0.5 and 1 s,
+    and the bucket bound under which 99% of them fell (the work queue's waits by lane, the passes' durations)."""
+    start, end = (histogram_buckets(t, name) for t in (before, after))
+    result: dict[str, Any] = {}
+    for labels, buckets in sorted(end.items()):
+        counts = {le: n - start.get(labels, {}).get(le, 0.0) for le, n in buckets.items()}
+        total = counts.get(float("inf"), 0.0)
+        if not total:
+            continue
+        bounds = sorted(counts)
+        result[" ".join(labels)] = {
+            "count": int(total),
+            **{f"over{t}s": round(1 - counts[t] / total, 4) for t in (0.1, 0.5, 1.0) if t in counts},
+            "p99AtMost": next((le for le in bounds if counts[le] >= 0.99 * total), None),
+        }
+    return result
 
 
 def apiserver_metrics(cp: devcluster.DevCluster, attempts: int = 6) -> str:
@@ -543,6 +577,7 @@ def main() -> None:
         requests_before = operator_requests(cp)
         own_before = own_writes(cp)
         cpu_before = sum(psutil.Process(operator.pid).cpu_times()[:2])
+        metrics_before = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
 
         profiler = None
         if args.profile:
@@ -605,6 +640,7 @@ def main() -> None:
                 by_ftj.setdefault(ftj, {})[stage] = job
             to_prepare = [recorder.job_added[jobs["prepare"]] - applied[f]
                           for f, jobs in by_ftj.items() if "prepare" in jobs and f in applied]
+            to_seen = [recorder.ftj_seen[f] - t for f, t in applied.items() if f in recorder.ftj_seen]
             handoffs: dict[str, list[float]] = {}
             for f, jobs in by_ftj.items():
                 for before, after in zip(STAGE_ORDER, STAGE_ORDER[1:]):
@@ -641,6 +677,7 @@ def main() -> None:
             "applySeconds": round(apply_seconds, 3), "applyRate": args.rate or None,
             "latencySeconds": {
                 "applyToPrepareJob": percentiles(to_prepare),
+                "applyToWatchSeen": percentiles(to_seen),  # this script's own watch: the watch's share of it
                 **{k: percentiles(v) for k, v in handoffs.items()},
                 "evaluateToPassed": percentiles(to_passed),
                 "evaluateToServed": percentiles(to_served),
@@ -652,6 +689,8 @@ def main() -> None:
                                  for k in ("FineTuneJob", "GPTModel")},
                 "wakesPerFineTuneJob": {k: round(v / runs, 2) for k, v in sorted(wakes.items())},
                 "passesPerSecond": round(passes / (finished - t_apply), 2),
+                "queueWaitSeconds": histogram_delta(metrics_before, op_metrics, "gptops_reconcile_queue_seconds"),
+                "passSeconds": histogram_delta(metrics_before, op_metrics, "gptops_reconcile_duration_seconds"),
                 "cpuSeconds": round(cpu_seconds, 2),
                 "rssMiB": {"idle": round(idle_rss / mib, 1), "peak": round(peak_rss / mib, 1)},
             },

@@ -28,6 +28,13 @@ RECONCILE_DURATION_SECONDS = Histogram(
     "Time spent in one reconcile pass (observe, plan, apply).",
     ["kind"],
 )
+RECONCILE_QUEUE_SECONDS = Histogram(
+    "gptops_reconcile_queue_seconds",
+    "Time a pass waited in the work queue, from the first request to its start, by kind and lane (first: an "
+    "object's first pass; event: a pass an event asked for; retry: after a backoff; background: the resync's).",
+    ["kind", "lane"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
 RECONCILE_WAKES_TOTAL = Counter(
     "gptops_reconcile_wakes_total",
     "Requests for a pass, by kind, what asked for it (its own event, a child's, another kind's, the resync, a retry) "

@@ -223,6 +223,44 @@ def test_the_first_pass_of_a_new_object_runs_ahead_of_the_events_of_objects_pass
         queue.stop()
 
 
+def test_the_queue_reports_how_long_each_lane_waited(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import REGISTRY
+
+    def waited(lane: str) -> tuple[float, float]:
+        labels = {"kind": "Test", "lane": lane}
+        return (REGISTRY.get_sample_value("gptops_reconcile_queue_seconds_count", labels) or 0.0,
+                REGISTRY.get_sample_value("gptops_reconcile_queue_seconds_sum", labels) or 0.0)
+
+    runs, gate = _queue_runs(monkeypatch)
+    monkeypatch.setattr(common, "KNOWN", {("Test", NS, "old"), ("Test", NS, "blocker")})
+    queue = common.WorkQueue(1, (0.01,))
+    queue.start()
+    try:
+        gate.set()
+        queue.add(("Test", NS, "old"))
+        _wait(lambda: runs == ["old"])
+        gate.clear()
+        before = {lane: waited(lane) for lane in ("first", "event", "background")}
+        queue.add(("Test", NS, "blocker"))  # a first pass, holding the one worker
+        _wait(lambda: queue.depth() == 0)
+        queue.add(("Test", NS, "new"))
+        queue.add(("Test", NS, "old"))
+        queue.add(("Test", NS, "idle"), background=True)
+        time.sleep(0.2)
+        gate.set()
+        _wait(lambda: len(runs) == 5)
+        after = {lane: waited(lane) for lane in before}
+        count, seconds = (a - b for a, b in zip(after["first"], before["first"]))
+        assert count == 2 and seconds >= 0.2  # the blocker's own wait, and the new one's behind it
+        count, seconds = (a - b for a, b in zip(after["event"], before["event"]))
+        assert count == 1 and seconds >= 0.2
+        count, seconds = (a - b for a, b in zip(after["background"], before["background"]))
+        assert count == 1 and seconds >= 0.2
+    finally:
+        gate.set()
+        queue.stop()
+
+
 def test_the_resync_skips_an_object_whose_last_pass_is_recent_enough(monkeypatch: pytest.MonkeyPatch) -> None:
     runs, _ = _queue_runs(monkeypatch)
     key = ("Test", NS, "run")

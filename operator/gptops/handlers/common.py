@@ -265,6 +265,7 @@ class WorkQueue:
         self._later: list[tuple[float, Key]] = []  # (when, key): retries after a backoff
         self._failures: dict[Key, int] = {}
         self._ended: dict[Key, float] = {}  # when its last pass ended
+        self._since: dict[Key, tuple[float, str]] = {}  # waiting or dirty: since when, and in which lane
         self._stop = False
         self._threads = [threading.Thread(target=self._work, name=f"gptops-pass-{i}", daemon=True)
                          for i in range(workers)]
@@ -296,17 +297,22 @@ class WorkQueue:
                                                                        if k in self._idle))
                 self._idle.add(key)
                 self._background.append(key)
+                self._since[key] = (time.monotonic(), "background")
                 outcome = "queued"
             elif delay > 0:
                 heapq.heappush(self._later, (time.monotonic() + delay, key))
                 outcome = "later"
             elif key in self._running:
                 self._dirty.add(key)
+                self._since.setdefault(key, (time.monotonic(), "event"))
                 outcome = "rerun"
             elif key not in self._waiting:
                 self._idle.discard(key)  # moves to the front lane (its entry in the background lane is skipped)
                 self._waiting.add(key)
-                (self._ready if key in self._ended else self._new).append(key)
+                lane = "event" if key in self._ended else "first"
+                (self._ready if lane == "event" else self._new).append(key)
+                since = self._since.get(key)  # a background wait that an event moved to the front keeps its start
+                self._since[key] = (since[0] if since else time.monotonic(), lane)
                 outcome = "queued"
             else:
                 outcome = "merged"
@@ -318,6 +324,8 @@ class WorkQueue:
         with self._cond:
             self._ended.pop(key, None)
             self._failures.pop(key, None)
+            if key not in self._waiting and key not in self._idle and key not in self._dirty:
+                self._since.pop(key, None)
 
     def depth(self) -> int:
         with self._cond:
@@ -329,6 +337,7 @@ class WorkQueue:
                 now = time.monotonic()
                 while self._later and self._later[0][0] <= now:
                     _, key = heapq.heappop(self._later)
+                    self._since.setdefault(key, (now, "retry"))
                     if key in self._running:
                         self._dirty.add(key)
                     elif key not in self._waiting:
@@ -338,17 +347,22 @@ class WorkQueue:
                 if self._new or self._ready:
                     key = (self._new or self._ready).popleft()
                     self._waiting.discard(key)
-                    self._running.add(key)
-                    return key
+                    return self._start(key, now)
                 while self._background:
                     key = self._background.popleft()
                     if key in self._idle:
                         self._idle.discard(key)
-                        self._running.add(key)
-                        return key
+                        return self._start(key, now)
                 timeout = min(1.0, self._later[0][0] - now) if self._later else 1.0
                 self._cond.wait(timeout=max(timeout, 0.01))
             return None
+
+    def _start(self, key: Key, now: float) -> Key:
+        """Mark `key` running (the condition's lock held) and record how long it waited."""
+        self._running.add(key)
+        since, lane = self._since.pop(key, (now, "event"))
+        metrics.RECONCILE_QUEUE_SECONDS.labels(kind=key[0], lane=lane).observe(max(0.0, now - since))
+        return key
 
     def _done(self, key: Key, retry_in: float | None) -> None:
         with self._cond:
