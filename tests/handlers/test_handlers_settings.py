@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import kopf
+import pytest
 from gptops.handlers import settings
 from gptops.handlers.settings import in_cluster_server
 
@@ -49,3 +50,19 @@ def test_kopf_watches_drop_managed_fields_as_soon_as_they_decode_an_object() -> 
     settings.install_watch_filter()  # once per process, however often asked
     assert watching.continuous_watch.drops_managed_fields
     assert watching.continuous_watch.__name__ == "watch_without"
+
+
+def test_a_setting_from_the_environment_that_is_no_number_names_its_variable(monkeypatch: Any) -> None:
+    monkeypatch.setenv("GPTOPS_RESYNC_SECONDS", "ten")
+    with pytest.raises(ValueError, match=r"GPTOPS_RESYNC_SECONDS='ten': give a number .* such as 60"):
+        settings.env_float("GPTOPS_RESYNC_SECONDS", 60.0)
+    monkeypatch.setenv("GPTOPS_RESYNC_SECONDS", "")
+    assert settings.env_float("GPTOPS_RESYNC_SECONDS", 60.0) == 60.0
+    monkeypatch.setenv("GPTOPS_RESYNC_SECONDS", "2.5")
+    assert settings.env_float("GPTOPS_RESYNC_SECONDS", 60.0) == 2.5
+
+
+def test_the_watch_filter_is_in_place_with_the_pinned_kopf() -> None:
+    """The filter wraps a kopf internal: a kopf that moved it would run the operator without it (and say so); this
+    fails first, when the pin is raised."""
+    assert settings.install_watch_filter() is True

@@ -478,10 +478,17 @@ class Resync:
                 metrics.RESYNC_TIMESTAMP_SECONDS.set_to_current_time()
 
 
-def release_memory() -> None:
-    """Collect garbage and return the freed heap to the system (glibc keeps it otherwise, and RSS never falls)."""
-    gc.collect()
+def trim_heap() -> None:
+    """Return the C heap's free pages to the system: glibc's malloc_trim (glibc keeps them otherwise, and RSS never
+    falls); nothing where the C library is another."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def release_memory() -> None:
+    """Collect garbage (the cycles of deleted objects) and return the freed heap at once, whether or not the
+    operator's periodic trim runs (`gptops operator` starts one; GPTOPS_MALLOC_TRIM_SECONDS=0 turns it off)."""
+    gc.collect()
+    trim_heap()

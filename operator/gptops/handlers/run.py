@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import kopf
 
 from gptops import metrics
+from gptops.handlers import common, settings  # registers the handlers (the package imports them all)
 
 
 def run_operator(namespaces: Sequence[str], *, all_namespaces: bool, metrics_port: int = metrics.DEFAULT_PORT,
@@ -29,14 +30,11 @@ def run_operator(namespaces: Sequence[str], *, all_namespaces: bool, metrics_por
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:  # kopf says "Handler ... succeeded" for every watch event; our passes log what changed
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    import gptops.handlers  # noqa: F401  (registers the handlers)
-    from gptops.handlers.settings import install_watch_filter
-
-    install_watch_filter()
+    settings.install_watch_filter()
 
     _limit_malloc_arenas()
     _map_large_blocks()
-    _return_freed_memory(_env_float(TRIM_ENV, TRIM_SECONDS))
+    _return_freed_memory(settings.env_float(TRIM_ENV, TRIM_SECONDS))
     if os.environ.get(TRACEMALLOC_ENV):
         _trace_memory(os.environ[TRACEMALLOC_ENV])
     metrics.serve(metrics_port)
@@ -115,26 +113,16 @@ def _map_large_blocks() -> None:
 TRIM_ENV, TRIM_SECONDS = "GPTOPS_MALLOC_TRIM_SECONDS", 10.0
 
 
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
-
-
 def _return_freed_memory(interval: float) -> None:
     """Every `interval` seconds, give the pages glibc's malloc holds free back to the system (malloc_trim). glibc
     returns on its own only the free memory at the top of each arena's heap; what the watch streams' chunks and
     decoded events freed below live objects stays resident, so the process would keep its largest burst's size."""
     if interval <= 0:
         return
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
 
     def run() -> None:
         while True:
             time.sleep(interval)
-            trim(0)
+            common.trim_heap()
 
     threading.Thread(target=run, name="gptops-malloc-trim", daemon=True).start()

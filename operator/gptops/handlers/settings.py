@@ -13,16 +13,27 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import kopf
-from kopf._cogs.clients import watching
+
+try:  # kopf's internals: the watch filter below depends on them (kopf 1.45); without them it is left out
+    from kopf._cogs.clients import watching
+except ImportError:  # pragma: no cover - another kopf
+    watching = None  # type: ignore[assignment]
 
 from gptops import cluster
 from gptops.api.constants import FINALIZER, KIND_FINETUNEJOB, KOPF_STORAGE_PREFIX
 from gptops.handlers import common, indexes
 
 
-def _env_float(name: str, default: float) -> float:
+log = logging.getLogger(__name__)
+
+
+def env_float(name: str, default: float) -> float:
+    """A number from the environment, else `default`; a value that is no number names the variable."""
     value = os.environ.get(name)
-    return float(value) if value else default
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: give a number of seconds or workers, such as {default:g}") from None
 
 
 #: Seconds between two passes over every object when no event woke it (controller-runtime's resync period).
@@ -76,11 +87,19 @@ def drop_managed_fields(watch: Callable[..., AsyncIterator[Any]]) -> Callable[..
     return watch_without
 
 
-def install_watch_filter() -> None:
-    """Have kopf's watches drop managedFields (once per process)."""
-    if not getattr(watching.continuous_watch, "drops_managed_fields", False):
-        watching.continuous_watch = drop_managed_fields(watching.continuous_watch)  # type: ignore[assignment]
+def install_watch_filter() -> bool:
+    """Have kopf's watches drop managedFields (once per process). It wraps a function inside kopf (kopf 1.45's
+    `continuous_watch`, which its watchers look up at each reconnect): where another kopf moved it, the operator runs
+    without the filter, with more memory per event, and says so."""
+    watch = getattr(watching, "continuous_watch", None)
+    if watch is None:
+        log.warning("kopf %s has no _cogs.clients.watching.continuous_watch: watch events keep their managedFields",
+                    getattr(kopf, "__version__", "?"))
+        return False
+    if not getattr(watch, "drops_managed_fields", False):
+        watching.continuous_watch = drop_managed_fields(watch)  # type: ignore[assignment]
         watching.continuous_watch.drops_managed_fields = True  # type: ignore[attr-defined]
+    return True
 
 
 @kopf.on.login()
@@ -112,7 +131,7 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     # kopf builds a diff base (a deep copy of the whole object) on every watch event, for change-detection handlers
     # (on.create/update/...). There are none here (every handler is on.event or an index): build nothing.
     settings.persistence.diffbase_storage = NoDiffBaseStorage()
-    watch_timeout = int(_env_float(WATCH_TIMEOUT_ENV, WATCH_SERVER_TIMEOUT))  # the API server wants an integer
+    watch_timeout = int(env_float(WATCH_TIMEOUT_ENV, WATCH_SERVER_TIMEOUT))  # the API server wants an integer
     settings.watching.server_timeout = watch_timeout
     settings.watching.client_timeout = watch_timeout + 30
     settings.watching.connect_timeout = 30
@@ -129,7 +148,7 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = "gptops"
     settings.posting.event_name_prefix = "gptops-"
-    workers = int(_env_float(WORKERS_ENV, WORKERS))
+    workers = int(env_float(WORKERS_ENV, WORKERS))
     cluster.configure(os.environ.get("KUBECONFIG"), pool_size=workers + 2)
     common.KNOWN.clear()
     indexes.bind(kwargs)
@@ -139,7 +158,7 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     common.QUEUE.start()
     global _resync
     # A FineTuneJob's plan reads no clock (a GPTModel's does: rollout deadlines, monitoring schedules).
-    _resync = common.Resync(_env_float(RESYNC_ENV, RESYNC_SECONDS), event_driven=(KIND_FINETUNEJOB,))
+    _resync = common.Resync(env_float(RESYNC_ENV, RESYNC_SECONDS), event_driven=(KIND_FINETUNEJOB,))
     _resync.start()
 
 
