@@ -223,6 +223,40 @@ def test_the_first_pass_of_a_new_object_runs_ahead_of_the_events_of_objects_pass
         queue.stop()
 
 
+def test_workers_kept_for_first_passes_start_a_new_object_while_a_burst_of_events_holds_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[str] = []
+    gate = threading.Event()
+
+    def one_pass(namespace: str, name: str) -> None:
+        started.append(name)
+        if name.startswith("old"):
+            gate.wait(5)
+
+    monkeypatch.setitem(common.PASSES, "Test", one_pass)
+    old = [("Test", NS, f"old-{i}") for i in range(4)]
+    monkeypatch.setattr(common, "KNOWN", set(old))
+    queue = common.WorkQueue(3, (0.01,), first_pass_workers=1)
+    for key in old:  # their first passes, done
+        queue._ended[key] = time.monotonic()
+    queue.start()
+    try:
+        for key in old:  # a burst of their children's events
+            assert queue.add(key) == "queued"
+        _wait(lambda: len(started) == 2)
+        time.sleep(0.2)
+        assert sorted(started) == ["old-0", "old-1"]  # two of three workers: the third is kept
+        queue.add(("Test", NS, "new"))
+        _wait(lambda: "new" in started)  # at once, while the burst still holds two workers
+        assert len(started) == 3
+        gate.set()
+        _wait(lambda: len(started) == 5)
+        assert sorted(started[3:]) == ["old-2", "old-3"]
+    finally:
+        gate.set()
+        queue.stop()
+
+
 def test_the_queue_reports_how_long_each_lane_waited(monkeypatch: pytest.MonkeyPatch) -> None:
     from prometheus_client import REGISTRY
 

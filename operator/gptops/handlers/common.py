@@ -252,8 +252,13 @@ class WorkQueue:
     lanes are empty, so that neither the children's events of a thousand runs nor a resync round over them delays
     the pass of a new object."""
 
-    def __init__(self, workers: int, retry_delays: tuple[float, ...]) -> None:
+    def __init__(self, workers: int, retry_delays: tuple[float, ...], *, first_pass_workers: int = 0) -> None:
         self.retry_delays = retry_delays
+        # The other lanes run on at most this many workers at once: the rest stay free for first passes, which would
+        # otherwise wait for a worker whenever a burst of events (a thousand runs' Jobs) or a resync round took all.
+        self._other_limit = max(1, workers - first_pass_workers)
+        self._others = 0  # passes of the other lanes running
+        self._first_running: set[Key] = set()
         self._cond = threading.Condition()
         self._new: collections.deque[Key] = collections.deque()  # never passed yet
         self._ready: collections.deque[Key] = collections.deque()
@@ -344,14 +349,24 @@ class WorkQueue:
                         self._idle.discard(key)
                         self._waiting.add(key)
                         self._ready.append(key)
-                if self._new or self._ready:
-                    key = (self._new or self._ready).popleft()
+                if self._new:
+                    key = self._new.popleft()
                     self._waiting.discard(key)
+                    self._first_running.add(key)
+                    return self._start(key, now)
+                if self._others >= self._other_limit:  # the workers left are kept for first passes
+                    self._cond.wait(timeout=1.0)
+                    continue
+                if self._ready:
+                    key = self._ready.popleft()
+                    self._waiting.discard(key)
+                    self._others += 1
                     return self._start(key, now)
                 while self._background:
                     key = self._background.popleft()
                     if key in self._idle:
                         self._idle.discard(key)
+                        self._others += 1
                         return self._start(key, now)
                 timeout = min(1.0, self._later[0][0] - now) if self._later else 1.0
                 self._cond.wait(timeout=max(timeout, 0.01))
@@ -367,6 +382,11 @@ class WorkQueue:
     def _done(self, key: Key, retry_in: float | None) -> None:
         with self._cond:
             self._running.discard(key)
+            if key in self._first_running:
+                self._first_running.discard(key)
+            else:
+                self._others -= 1
+                self._cond.notify()  # a worker waiting for the other lanes' capacity may go on
             if key in KNOWN:  # not a deleted object's last pass
                 self._ended[key] = time.monotonic()
             if key in self._dirty:

@@ -42,6 +42,8 @@ RESYNC_ENV, RESYNC_SECONDS = "GPTOPS_RESYNC_SECONDS", 60.0
 WATCH_TIMEOUT_ENV, WATCH_SERVER_TIMEOUT = "GPTOPS_WATCH_SERVER_TIMEOUT", 300.0
 #: Threads that run passes (most of a pass waits on the API server).
 WORKERS_ENV, WORKERS = "GPTOPS_WORKERS", 16
+#: Of those, how many only the first pass of a new object may use (its first Job is what its user waits for).
+FIRST_PASS_WORKERS_ENV, FIRST_PASS_WORKERS = "GPTOPS_FIRST_PASS_WORKERS", 4
 #: Seconds an idle kopf per-object worker waits for that object's next event before it exits (kopf's default: 5).
 IDLE_WORKER_SECONDS = 0.5
 #: Seconds before a failed pass runs again, one per retry; after the last, the next event or resync wakes it.
@@ -154,7 +156,8 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     indexes.bind(kwargs)
     common.EVENTS = common.EventPoster()
     common.EVENTS.start()
-    common.QUEUE = common.WorkQueue(workers, RETRY_DELAYS)
+    common.QUEUE = common.WorkQueue(workers, RETRY_DELAYS,
+                                    first_pass_workers=int(env_float(FIRST_PASS_WORKERS_ENV, FIRST_PASS_WORKERS)))
     common.QUEUE.start()
     global _resync
     # A FineTuneJob's plan reads no clock (a GPTModel's does: rollout deadlines, monitoring schedules).
