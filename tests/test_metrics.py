@@ -74,6 +74,7 @@ def test_every_documented_metric_is_exposed() -> None:
     metrics.record_gptmodel_conditions("m7", "gm", {"Ready": True})
     text = generate_latest(REGISTRY).decode()
     for name in ("gptops_reconcile_total", "gptops_reconcile_errors_total", "gptops_reconcile_duration_seconds",
+                 "gptops_reconcile_queue_seconds",
                  "gptops_finetunejobs", "gptops_stage_duration_seconds", "gptops_evaluation_metric",
                  "gptops_promotions_total", "gptops_rollbacks_total", "gptops_serving_revision_info",
                  "gptops_stage_failures_total", "gptops_gptmodel_condition"):
