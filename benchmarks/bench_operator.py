@@ -501,6 +501,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: The issue's target for p99 apply -> prepare Job at N=1000, drawn on the plot.
+TARGET_P99_SECONDS = 1.0
+
+
 def plot(png: Path, results: list[Path]) -> None:
     """p99 apply -> prepare Job and the throughput ratio against N, one line per label (the file's stem)."""
     try:
@@ -516,14 +520,15 @@ def plot(png: Path, results: list[Path]) -> None:
         data = json.loads(path.read_text())
         label = path.stem.rsplit("-", 1)[0]
         runs.setdefault(label, []).append((data["runs"], data["latencySeconds"]["applyToPrepareJob"]["p99"]))
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=80)
+    fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=80)
     for label, points in sorted(runs.items()):
         xs, ys = zip(*sorted(points))
         ax.plot(xs, ys, marker="o", label=label)
+    ax.axhline(TARGET_P99_SECONDS, color="grey", linestyle="--", linewidth=1, label="target at N=1000")
     ax.set_xlabel("FineTuneJobs applied (N)")
     ax.set_ylabel("p99 apply -> prepare Job (s)")
     ax.set_yscale("log")
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     fig.tight_layout()
     fig.savefig(png)
     print(json.dumps({"plot": str(png)}))
