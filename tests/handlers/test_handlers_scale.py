@@ -314,33 +314,6 @@ def test_the_resync_skips_an_object_whose_last_pass_is_recent_enough(monkeypatch
         queue.stop()
 
 
-def test_the_resync_goes_over_a_finished_run_ten_times_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gptops.api.constants import KIND_FINETUNEJOB, KIND_GPTMODEL
-
-    running, finished, model = ((KIND_FINETUNEJOB, NS, "running"), (KIND_FINETUNEJOB, NS, "finished"),
-                                (KIND_GPTMODEL, NS, "gm"))
-    monkeypatch.setattr(common, "KNOWN", {running, finished, model})
-    monkeypatch.setattr(common, "SETTLED", set())
-    for key, phase in ((running, "Training"), (finished, "Promoted")):  # what their last passes wrote
-        ftj = type("Run", (), {"namespace": NS, "name": key[2], "metadata": type("M", (), {"uid": key[2]})()})()
-        ftj_handlers._record(ftj, {}, {"phase": phase})
-    assert common.SETTLED == {finished}
-    asked: dict[Any, float] = {}
-    monkeypatch.setattr(common, "enqueue", lambda kind, namespace, name, source, background, fresh_within:
-                        asked.__setitem__((kind, namespace, name), fresh_within))
-    resync = common.Resync(0.05, event_driven=(KIND_FINETUNEJOB,))
-    resync.start()
-    try:
-        _wait(lambda: len(asked) == 3)
-    finally:
-        resync.stop()
-    # A pass within the window makes the resync's needless: 0.05 s for a running one, 0.5 s for a finished one;
-    # a GPTModel's plan reads the clock (rollout deadlines): it is always passed.
-    assert asked == {running: 0.05, finished: pytest.approx(0.5), model: 0.0}
-    common.track(KIND_FINETUNEJOB, "DELETED", NS, "finished")
-    assert common.SETTLED == set()
-
-
 def _ftj(name: str, *, passed: bool = False, started: bool = True, generation: int = 1) -> Any:
     """What gptops_finetunejobs_by_model keeps of such a FineTuneJob."""
     status: dict[str, Any] = {}

@@ -47,11 +47,6 @@ PLURALS: dict[str, str] = {}
 #: Every object the watches have shown this operator (so the resync loop stays in the watched namespaces).
 KNOWN: set[Key] = set()
 
-#: Objects whose last pass found them settled (a finished FineTuneJob): only an event moves them on, so the resync
-#: goes over them SETTLED_RESYNC_FACTOR times less often, as a net for a missed event.
-SETTLED: set[Key] = set()
-SETTLED_RESYNC_FACTOR = 10
-
 #: How many deletes the watches have shown (the resync thread releases memory once they stop coming).
 DELETED = [0]
 RELEASE_CHECK_SECONDS = 5.0
@@ -80,7 +75,6 @@ def track(kind: str, event_type: str, namespace: str, name: str) -> None:
     if event_type == "DELETED":
         DELETED[0] += 1
         KNOWN.discard(key)
-        SETTLED.discard(key)
         with _locks_guard:
             _locks.pop(key, None)
         if QUEUE is not None:
@@ -471,8 +465,8 @@ QUEUE: WorkQueue | None = None
 class Resync:
     """A background thread that queues every known object every `interval` seconds, in the work queue's background
     lane: level-based passes catch what no event announces (and any event that was missed). The kinds in
-    `event_driven` (whose plans read no clock) are skipped when a pass over them ended within the interval (that
-    pass was as good as the resync's), or within SETTLED_RESYNC_FACTOR intervals for a SETTLED one."""
+    `event_driven` (whose plans read no clock) are skipped when a pass over them ended within the interval: that
+    pass was as good as the resync's."""
 
     def __init__(self, interval: float, event_driven: tuple[str, ...] = ()) -> None:
         self.interval = interval
@@ -500,10 +494,8 @@ class Resync:
             if time.monotonic() >= next_round:
                 next_round = time.monotonic() + self.interval
                 for key in sorted(KNOWN):
-                    fresh = 0.0
-                    if key[0] in self.event_driven:
-                        fresh = self.interval * (SETTLED_RESYNC_FACTOR if key in SETTLED else 1)
-                    enqueue(*key, "resync", background=True, fresh_within=fresh)
+                    enqueue(*key, "resync", background=True,
+                            fresh_within=self.interval if key[0] in self.event_driven else 0.0)
                 metrics.RESYNC_TIMESTAMP_SECONDS.set_to_current_time()
 
 

@@ -101,17 +101,8 @@ def one_pass(namespace: str, name: str) -> None:
         _record(ftj, ftj.status.to_dict(), plan.status)
 
 
-#: Phases that only an event moves on: a new spec, its GPTModel promoting another run, a person's approval.
-SETTLED_PHASES = frozenset({"Failed", "Promoted", "Passed", "Rejected", "AwaitingApproval"})
-
-
 def _record(ftj: FineTuneJob, before: dict[str, Any], status: dict[str, Any]) -> None:
     metrics.record_finetunejob_phase(ftj.namespace, ftj.name, status.get("phase"), ftj.metadata.uid)
-    key = (KIND_FINETUNEJOB, ftj.namespace, ftj.name)
-    if status.get("phase") in SETTLED_PHASES and key in common.KNOWN:
-        common.SETTLED.add(key)
-    else:
-        common.SETTLED.discard(key)
     numbers = {k: v for k, v in (status.get("metrics") or {}).items() if v is not None}
     metrics.record_evaluation(ftj.namespace, ftj.name, numbers)
     failed = next((c for c in status.get("conditions") or () if c["type"] == FAILED and c["status"] == TRUE), None)

@@ -153,7 +153,6 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     workers = int(env_float(WORKERS_ENV, WORKERS))
     cluster.configure(os.environ.get("KUBECONFIG"), pool_size=workers + 2)
     common.KNOWN.clear()
-    common.SETTLED.clear()
     indexes.bind(kwargs)
     common.EVENTS = common.EventPoster()
     common.EVENTS.start()
