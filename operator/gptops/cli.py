@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import faulthandler
+
 import typer
 
 from gptops.devcluster.cli import app as dev_cluster_app
@@ -17,6 +19,13 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _every_command() -> None:
+    # A crash in native code (torch, Arrow, tokenizers) prints the Python stack of every thread to stderr instead of
+    # ending the process in silence.
+    faulthandler.enable()
 
 
 @app.command()

@@ -155,3 +155,45 @@ def test_pages_of_a_memory_mapped_arrow_file_read_by_prepare_leave_its_resident_
         assert remaining < touched - 12 * 1024, f"RssFile went from +{touched} to +{remaining} KiB"
         assert remaining > 12 * 1024, "the mapping outside the root lost its pages too"
         assert int(pa.compute.sum(ta["x"]).as_py()) + int(pa.compute.sum(tb["x"]).as_py()) == total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="maps memory at a fixed address; the releaser is "
+                    "Linux-only")
+def test_a_mapping_that_went_and_was_replaced_before_its_pages_were_released_keeps_its_data(tmp_path):
+    """The releaser reads /proc/self/maps, then advises each range; in between, another thread can unmap a file and
+    the allocator can map its own memory at the same address. That memory must keep its data (MADV_DONTNEED zeroes it:
+    a corrupted heap, and a stage that dies with SIGSEGV long after)."""
+    import ctypes
+    import mmap
+
+    from gptops.pipeline.data.mapped import ReleasedMappings, read_only_file_mappings
+
+    released = ReleasedMappings(tmp_path)
+    if released._madvise is None:
+        pytest.skip("this kernel has no MADV_PAGEOUT (Linux 5.4 or later): the releaser does nothing here")
+    size = 64 * mmap.PAGESIZE
+    path = tmp_path / "blocks.arrow"
+    path.write_bytes(b"\x01" * size)
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    assert mapped[:] == b"\x01" * size
+    ranges = read_only_file_mappings((tmp_path,))
+    assert len(ranges) == 1 and ranges[0][1] - ranges[0][0] == size
+    mapped.close()  # the file goes ...
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    map_fixed_noreplace = 0x100000
+    start = ranges[0][0]
+    address = libc.mmap(start, size, mmap.PROT_READ | mmap.PROT_WRITE,
+                        mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | map_fixed_noreplace, -1, 0)
+    if address != start:
+        pytest.skip(f"could not map anonymous memory at {start:#x} again (errno {ctypes.get_errno()})")
+    try:
+        ctypes.memset(address, 0x5A, size)  # ... and the heap's memory takes its place, written
+        released.advise(ranges)  # the list read before
+        assert ctypes.string_at(address, size) == b"\x5a" * size, "anonymous memory lost its data to the releaser"
+    finally:
+        libc.munmap(address, size)

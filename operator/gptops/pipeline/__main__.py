@@ -10,6 +10,7 @@ result, so the operator can say what happened while the Job retries.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -143,6 +144,7 @@ def _run(args: argparse.Namespace) -> StageResult:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    faulthandler.enable()  # a crash in native code leaves the Python stack of every thread in the Pod's log
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     main_process = int(os.environ.get("LOCAL_RANK", 0)) == 0  # one result per Pod under torchrun
     failed = EXIT_STAGE_FAILED

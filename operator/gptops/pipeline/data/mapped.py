@@ -3,10 +3,15 @@
 `datasets` reads its Arrow files through read-only memory maps. Every page a pass touches stays mapped into the process,
 and counts in its resident set (RSS), until the kernel reclaims it or the file is unmapped: one pass over a 2 GB dataset
 shows as 2 GB of RSS although the process holds none of it, and a container's memory limit or a scheduler that reads
-RSS sees a stage several times larger than it is. `ReleasedMappings` drops those pages from the process every fraction
-of a second (`madvise(MADV_DONTNEED)` on the read-only file mappings under the stage's own directories): the next read
-of a dropped page faults it in again from the page cache, so nothing changes but the count. Anonymous memory, and any
-mapping that is writable or outside those directories, is never touched. Linux only; elsewhere it does nothing.
+RSS sees a stage several times larger than it is. `ReleasedMappings` reclaims those pages every fraction of a second
+(`madvise(MADV_PAGEOUT)` on the read-only file mappings under the stage's own directories): the next read of a
+reclaimed page reads it in again, so nothing changes but the count. Linux 5.4 or later; elsewhere it does nothing.
+
+Why MADV_PAGEOUT and not MADV_DONTNEED: the ranges come from /proc/self/maps, and between reading the list and advising
+a range, another thread (datasets closing a file, Arrow's or torch's allocators) can unmap it and map something new at
+the same address. MADV_DONTNEED on a private anonymous mapping throws its pages away (they read back as zeros): a
+corrupted heap and a crash long after. MADV_PAGEOUT never loses data: clean file pages are dropped, anything else is
+written back or swapped first, or left where it is when it cannot be.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ log = logging.getLogger(__name__)
 INTERVAL_SECONDS = 0.2
 """How often the pages are dropped: at a few hundred MB/s of reading, tens of MB stay resident in between."""
 
+MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)
+"""Linux's value (include/uapi/asm-generic/mman-common.h); Python's mmap module has the name from 3.12 on only."""
+
 
 def read_only_file_mappings(roots: tuple[Path, ...], maps: str = "/proc/self/maps") -> list[tuple[int, int]]:
     """[start, end) of the read-only file mappings of this process whose file lies under one of `roots`."""
@@ -39,6 +47,19 @@ def read_only_file_mappings(roots: tuple[Path, ...], maps: str = "/proc/self/map
     return ranges
 
 
+def _pageout_supported(madvise) -> bool:
+    """Whether this kernel knows MADV_PAGEOUT (5.4 and later): asked once, on a page of our own."""
+    page = mmap.mmap(-1, mmap.PAGESIZE)
+    try:
+        buffer = ctypes.c_char.from_buffer(page)
+        try:
+            return madvise(ctypes.addressof(buffer), mmap.PAGESIZE, MADV_PAGEOUT) == 0
+        finally:
+            del buffer
+    finally:
+        page.close()
+
+
 class ReleasedMappings:
     """A context manager: while it is open, a thread drops the resident pages of the read-only mappings of files under
     `roots` every `interval` seconds, and once more on exit."""
@@ -49,10 +70,11 @@ class ReleasedMappings:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._madvise = None
-        if sys.platform == "linux" and hasattr(mmap, "MADV_DONTNEED"):
+        if sys.platform == "linux":
             libc = ctypes.CDLL(None, use_errno=True)
             libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            self._madvise = libc.madvise
+            if _pageout_supported(libc.madvise):
+                self._madvise = libc.madvise
         self.released = 0  # passes that dropped at least one mapping (for tests and logs)
 
     def release(self) -> int:
@@ -63,12 +85,16 @@ class ReleasedMappings:
             ranges = read_only_file_mappings(self.roots)
         except OSError:
             return 0
-        for start, end in ranges:
-            # A mapping can go between reading the list and advising it; the call then fails with ENOMEM and no harm.
-            self._madvise(start, end - start, mmap.MADV_DONTNEED)
+        self.advise(ranges)
         if ranges:
             self.released += 1
         return len(ranges)
+
+    def advise(self, ranges: list[tuple[int, int]]) -> None:
+        """Reclaim the pages of `ranges`. A range can be unmapped, or something else mapped there, after the list was
+        read: the advice is then void (ENOMEM) or reclaims the other mapping's pages without losing them."""
+        for start, end in ranges:
+            self._madvise(start, end - start, MADV_PAGEOUT)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
