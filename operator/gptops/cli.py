@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import io
 
 import typer
 
@@ -24,8 +25,11 @@ app = typer.Typer(
 @app.callback()
 def _every_command() -> None:
     # A crash in native code (torch, Arrow, tokenizers) prints the Python stack of every thread to stderr instead of
-    # ending the process in silence.
-    faulthandler.enable()
+    # ending the process in silence. An stderr without a file descriptor (a test's captured stream) cannot take it.
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 @app.command()
