@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import faulthandler
-import io
-
 import typer
 
+from gptops.crashes import report_native_crashes
 from gptops.devcluster.cli import app as dev_cluster_app
 from gptops.local.cli import run as run_command
 from gptops.local.monitor import monitor as monitor_command
@@ -24,12 +22,7 @@ app = typer.Typer(
 
 @app.callback()
 def _every_command() -> None:
-    # A crash in native code (torch, Arrow, tokenizers) prints the Python stack of every thread to stderr instead of
-    # ending the process in silence. An stderr without a file descriptor (a test's captured stream) cannot take it.
-    try:
-        faulthandler.enable()
-    except (AttributeError, ValueError, io.UnsupportedOperation):
-        pass
+    report_native_crashes()
 
 
 @app.command()

@@ -10,7 +10,6 @@ result, so the operator can say what happened while the Job retries.
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gptops.api.constants import EXIT_CRASHED, EXIT_RESULT_UNWRITTEN, EXIT_STAGE_FAILED
+from gptops.crashes import report_native_crashes
 from gptops.pipeline import as_result, run_evaluate, run_prepare, run_train
 from gptops.pipeline.config import configs_from_spec
 from gptops.pipeline.errors import PipelineError
@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace) -> StageResult:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    faulthandler.enable()  # a crash in native code leaves the Python stack of every thread in the Pod's log
+    report_native_crashes()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     main_process = int(os.environ.get("LOCAL_RANK", 0)) == 0  # one result per Pod under torchrun
     failed = EXIT_STAGE_FAILED
