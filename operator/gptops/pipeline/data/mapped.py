@@ -30,7 +30,7 @@ INTERVAL_SECONDS = 0.2
 """How often the pages are dropped: at a few hundred MB/s of reading, tens of MB stay resident in between."""
 
 MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)
-"""Linux's value (include/uapi/asm-generic/mman-common.h); Python's mmap module has the name from 3.12 on only."""
+"""Linux's value (include/uapi/asm-generic/mman-common.h); Python 3.11's mmap module does not name it."""
 
 
 def read_only_file_mappings(roots: tuple[Path, ...], maps: str = "/proc/self/maps") -> list[tuple[int, int]]:
